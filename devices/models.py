@@ -1,0 +1,96 @@
+"""Tables of the devices domain: inventory, assignments, commands, dead letters.
+
+Telemetry (`fixes`, `device_events`, `checkins`) is written and read with
+written-out SQL in `devices/service.py`; its DDL is in `db/migrations`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, String
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from db.types import UTCDateTime, utcnow
+
+
+class DeviceKind(StrEnum):
+    BRACELET = "bracelet"
+    BEACON = "beacon"
+    PHONE = "phone"
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "devices"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    serial: str = Field(unique=True)
+    kind: DeviceKind = Field(sa_type=String)
+    model: str = ""
+    firmware: str = ""
+    battery: int | None = None
+    online: bool = False
+    last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_fix_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_good_fix_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DeviceAssignment(SQLModel, table=True):
+    __tablename__ = "device_assignments"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    device_id: uuid.UUID = Field(foreign_key="devices.id")
+    case_id: uuid.UUID = Field(foreign_key="cases.id")
+    assigned_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    unassigned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    assigned_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+    unassigned_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+
+
+class Command(SQLModel, table=True):
+    __tablename__ = "commands"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    device_id: uuid.UUID = Field(foreign_key="devices.id")
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    requested_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    acked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    result: str | None = None
+    detail: str | None = None
+
+
+class DeadLetter(SQLModel, table=True):
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    topic: str
+    reason: str
+    detail: str = ""
+    item_index: int | None = None
+    payload: bytes
+
+
+class CheckinRequest(SQLModel, table=True):
+    __tablename__ = "checkin_requests"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    case_id: uuid.UUID = Field(foreign_key="cases.id")
+    device_id: uuid.UUID | None = Field(default=None, foreign_key="devices.id")
+    source: str
+    requested_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    deadline: datetime = Field(sa_type=UTCDateTime)
+    command_id: uuid.UUID | None = None
+    status: str = "scheduled"
+    resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,140 @@
+"""Real servers for the test suite: a private PostgreSQL (TimescaleDB when installed) and a
+private MQTT broker (mosquitto when on PATH), started once per session on free ports.
+
+Each test that asks for `database_url` gets a fresh database cloned from a migrated
+template. `PROBATION_TEST_REQUIRE_TIMESCALE=1` / `PROBATION_TEST_REQUIRE_MOSQUITTO=1`
+turn a missing TimescaleDB / mosquitto into a failure instead of a fallback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from db.server import LocalPostgres, embedded_bin_dir, system_bin_dirs, timescaledb_available
+from devices.broker import EmbeddedBroker, Mosquitto
+
+TEMPLATE_DB = "probation_template"
+_counter = itertools.count()
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _choose_postgres(data_dir: Path) -> LocalPostgres:
+    for bin_dir in system_bin_dirs():
+        if timescaledb_available(bin_dir):
+            return LocalPostgres(
+                bin_dir=bin_dir, data_dir=data_dir, timescaledb=True,
+                settings={"timescaledb.max_background_workers": "0", "fsync": "off",
+                          "synchronous_commit": "off", "full_page_writes": "off"},
+            )
+    if _flag("PROBATION_TEST_REQUIRE_TIMESCALE"):
+        raise RuntimeError(
+            "PROBATION_TEST_REQUIRE_TIMESCALE=1 but no system PostgreSQL with TimescaleDB "
+            "is installed (see .ci/install-timescaledb.sh)"
+        )
+    bins = system_bin_dirs()
+    return LocalPostgres(
+        bin_dir=bins[0] if bins else embedded_bin_dir(), data_dir=data_dir,
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """The session's PostgreSQL server, with a migrated template database."""
+    from db.migrate import upgrade
+
+    pg = _choose_postgres(tmp_path_factory.mktemp("pg"))
+    pg.start()
+    with psycopg.connect(pg.url(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    upgrade(pg.url(TEMPLATE_DB))
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def timescale(pg_server: LocalPostgres) -> bool:
+    """Whether the suite runs on TimescaleDB."""
+    return pg_server.timescaledb
+
+
+def _new_database(pg: LocalPostgres) -> str:
+    name = f"t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg.url(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    return name
+
+
+def _drop_database(pg: LocalPostgres, name: str) -> None:
+    from db.engine import get_engine
+
+    url = pg.url(name)
+    for cached in [url]:
+        try:
+            get_engine(cached).dispose()
+        except Exception:
+            pass
+    with psycopg.connect(pg.url(), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_server: LocalPostgres) -> Iterator[str]:
+    """A clean, migrated database for this test."""
+    name = _new_database(pg_server)
+    try:
+        yield pg_server.url(name)
+    finally:
+        _drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's MQTT broker."""
+    if Mosquitto.available():
+        broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
+        broker.start()
+        try:
+            yield broker.url
+        finally:
+            broker.stop()
+        return
+    if _flag("PROBATION_TEST_REQUIRE_MOSQUITTO"):
+        raise RuntimeError("PROBATION_TEST_REQUIRE_MOSQUITTO=1 but mosquitto is not on PATH")
+    from db.server import free_port
+
+    embedded = EmbeddedBroker(port=free_port())
+    embedded.start()
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def mqtt_prefix() -> str:
+    """A topic prefix private to this test, so tests sharing the broker never cross."""
+    return f"test{uuid.uuid4().hex[:10]}/v1"
+
+
+@pytest.fixture
+def settings(database_url: str, mqtt_url: str, mqtt_prefix: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from probation.settings import Settings
+
+    return Settings(
+        database_url=database_url, mqtt_url=mqtt_url, mqtt_prefix=mqtt_prefix,
+        data_dir=tmp_path / "data", jwt_secret="test-secret-" + "x" * 40,
+        mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+    )
