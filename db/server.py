@@ -87,7 +87,7 @@ def _run_as_user() -> str | None:
     return "embedded_postgres"
 
 
-def _make_traversable(path: Path) -> None:
+def make_traversable(path: Path) -> None:
     """Let the server's user reach `path`: o+x on each parent (never o+r)."""
     for parent in path.resolve().parents:
         mode = parent.stat().st_mode
@@ -136,12 +136,12 @@ class LocalPostgres:
             return False
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         if self.user is not None:
-            _make_traversable(self.pgdata)
+            make_traversable(self.pgdata)
             entry = pwd.getpwnam(self.user)
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
             for p in (self.bin_dir.parent / "lib", self.bin_dir.parent / "share", self.bin_dir):
                 if p.exists():
-                    _make_traversable(p / "x")
+                    make_traversable(p / "x")
         res = self._cmd(
             "initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
             "--encoding=UTF8", "--locale=C",
@@ -177,6 +177,14 @@ class LocalPostgres:
 
     def running(self) -> bool:
         return self._cmd("pg_ctl", "-D", str(self.pgdata), "status").returncode == 0
+
+    def running_port(self) -> int | None:
+        """The port of a server already running on this data dir (another process's)."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists() or not self.running():
+            return None
+        lines = pid_file.read_text().splitlines()
+        return int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (`fast`: roll back sessions; `immediate`: like a crash)."""

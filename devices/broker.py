@@ -136,12 +136,13 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        from db.server import free_port
+        from db.server import free_port, make_traversable
 
         if not self.port:
             self.port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o777)  # mosquitto drops privileges when started as root
+        make_traversable(self.data_dir)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(MOSQUITTO_CONF.format(port=self.port, data=self.data_dir))
         exe = shutil.which("mosquitto") or "mosquitto"

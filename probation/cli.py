@@ -58,10 +58,31 @@ def _on_term(stop: object) -> None:
 
 
 def _run_uvicorn(fastapi_app: object, host: str, port: int) -> None:
+    """Run uvicorn until SIGTERM/SIGINT, then return (so the caller can stop its parts).
+
+    uvicorn re-raises the captured signal after its own shutdown, which would kill the
+    process before `serve` stops the worker, the scheduler and the embedded servers.
+    """
+    import contextlib
+
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def, override]
+            def handler(signum: int, frame: object) -> None:
+                log.info("received signal %d, shutting down", signum)
+                self.should_exit = True
+
+            old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
     config = uvicorn.Config(fastapi_app, host=host, port=port, log_level="info", access_log=False)  # type: ignore[arg-type]
-    uvicorn.Server(config).run()
+    Server(config).run()
 
 
 @app.command()

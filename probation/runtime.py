@@ -64,8 +64,13 @@ def start_embedded(settings: Settings, *, need_broker: bool = True) -> Runtime:
         _prepare_data_dir(settings.data_dir)
         pg = LocalPostgres(bin_dir=embedded_bin_dir(), data_dir=data, port=free_port(EMBEDDED_PG_PORT))
         created = pg.init()
-        pg.start()
-        rt.postgres = pg
+        already = pg.running_port()
+        if already is not None:
+            # Another process (a running `serve`) owns the server: use it, never stop it.
+            pg.port = already
+        else:
+            pg.start()
+            rt.postgres = pg
         _ensure_database(pg, EMBEDDED_DB)
         rt.database_url = pg.url(EMBEDDED_DB)
         rt.notes.append(

@@ -1,0 +1,84 @@
+"""`probation serve` as a newcomer runs it: no configuration, embedded servers, data kept."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from db.server import free_port
+
+PROBATION = str(Path(sys.executable).parent / "probation")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBATION_")}
+    env["PROBATION_DATA_DIR"] = str(data_dir)
+    env["PROBATION_ADMIN_PASSWORD"] = "admin-password-1"
+    return env
+
+
+def _start(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [PROBATION, "serve", "--port", str(port)], env=_env(data_dir),
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+    deadline = t0 + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"serve not healthy in 30 s:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=20)
+
+
+def test_serve_embedded_starts_and_keeps_data_across_restarts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    log = tmp_path / "serve.log"
+
+    proc, first_start = _start(data_dir, port, log)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/docs").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready").json()
+        assert ready == {"status": "ready", "database": True, "broker": True}
+        out = subprocess.run(
+            [PROBATION, "user", "add", "--username", "officer1", "--role", "officer",
+             "--password", "officer-password-1"],
+            env=_env(data_dir), capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+    finally:
+        assert _stop(proc) == 0, log.read_text()
+    text = log.read_text()
+    for what in ("API:", "Docs:", "Database:", "Broker:"):
+        assert what in text
+    assert "serve stopped" in text
+
+    proc, second_start = _start(data_dir, port, log)
+    try:
+        m = re.findall(r"Database: (postgresql://\S+)", log.read_text())
+        with psycopg.connect(m[-1]) as c:
+            users = {r[0] for r in c.execute("SELECT username FROM users")}
+        assert users == {"admin", "officer1"}
+    finally:
+        assert _stop(proc) == 0
+    print(f"serve start: first {first_start:.2f} s, restart {second_start:.2f} s")
