@@ -1,0 +1,199 @@
+"""Biometric check-in evaluation: the ingest pipeline's `CheckinHook` and its follow-up.
+
+Two steps, because the pipeline's check-in hook must have no side effects (it also sees
+redelivered check-ins that will not be stored again):
+
+1. `BiometricCheckins.evaluate` (the `devices.pipeline.CheckinHook`): decrypts the face
+   template enrolled for the case's subject (`devices.biometrics`), computes the cosine
+   similarity with the submitted embedding (numpy) and decides: passed when similarity
+   ≥ 0.6 and liveness ≥ 0.8 (configurable). Reads only.
+2. `CheckinOutcomes.on_batch` (a `devices.pipeline.GeofenceHook`, called with the
+   check-ins that were actually stored): a passing check-in marks its request `passed`
+   (the one named by `request_id`, the request's or its command's id, else the case's oldest open request whose window
+   holds it); a failing one opens a `checkin_failed` alert (an instantaneous episode).
+   Combine it with the geofence hook through `ChainedHooks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from cryptography.exceptions import InvalidTag
+
+from alerts.episodes import open_episode
+from alerts.models import AlertType
+from devices.biometrics import cosine_similarity, decrypt_template, load_key
+from devices.pipeline import CheckinVerdict, DeviceBatch, GeofenceHook, StoredCheckin
+from devices.protocol import Checkin
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[Any]
+
+# A check-in may arrive a little before its request's due time (device clocks).
+EARLY_S = 120
+
+
+@dataclass(frozen=True, slots=True)
+class CheckinThresholds:
+    similarity: float = 0.6
+    liveness: float = 0.8
+
+
+def _template(conn: Conn, case_id: uuid.UUID) -> tuple[uuid.UUID, str, bytes] | None:
+    row = conn.execute(
+        "SELECT t.subject_id, t.method, t.ciphertext FROM cases c"
+        " JOIN biometric_templates t ON t.subject_id = c.subject_id WHERE c.id = %s",
+        (case_id,),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], bytes(row[2]))
+
+
+def evaluate_checkins(
+    conn: Conn,
+    *,
+    device_id: uuid.UUID,
+    case_id: uuid.UUID | None,
+    checkins: Sequence[Checkin],
+    key: str | bytes,
+    thresholds: CheckinThresholds | None = None,
+) -> list[CheckinVerdict]:
+    """One verdict per check-in (same order); reads the template, writes nothing.
+
+    No case, no enrolled template, another method, an undecryptable template or a
+    length mismatch → not passed with similarity None.
+    """
+    th = thresholds or CheckinThresholds()
+    if not checkins:
+        return []
+    tpl = _template(conn, case_id) if case_id is not None else None
+    if tpl is None:
+        return [CheckinVerdict(False, None) for _ in checkins]
+    subject_id, method, blob = tpl
+    try:
+        template = decrypt_template(load_key(key), blob, subject_id=subject_id, method=method)
+    except (InvalidTag, ValueError):
+        log.error("check-ins: the template of subject %s does not decrypt with the "
+                  "configured key (device %s)", subject_id, device_id)
+        return [CheckinVerdict(False, None) for _ in checkins]
+    out: list[CheckinVerdict] = []
+    for c in checkins:
+        emb = np.asarray(c.embedding, dtype=np.float64)
+        if c.method != method or emb.shape != template.shape:
+            out.append(CheckinVerdict(False, None))
+            continue
+        sim = cosine_similarity(template, emb)
+        out.append(CheckinVerdict(sim >= th.similarity and c.liveness >= th.liveness, sim))
+    return out
+
+
+class BiometricCheckins:
+    """The ingest pipeline's check-in hook (`devices.pipeline.CheckinHook`)."""
+
+    def __init__(self, *, key: str | bytes, thresholds: CheckinThresholds | None = None) -> None:
+        self.key = load_key(key)
+        self.thresholds = thresholds or CheckinThresholds()
+
+    def evaluate(
+        self, conn: Conn, *, device_id: uuid.UUID, case_id: uuid.UUID | None,
+        checkins: Sequence[Checkin],
+    ) -> Sequence[CheckinVerdict]:
+        return evaluate_checkins(conn, device_id=device_id, case_id=case_id, checkins=checkins,
+                                 key=self.key, thresholds=self.thresholds)
+
+
+def failure_reason(
+    checkin: Checkin, verdict: CheckinVerdict, thresholds: CheckinThresholds
+) -> str:
+    """Why a check-in did not pass: `no_template`, `face_mismatch` or `liveness`."""
+    if verdict.similarity is None:
+        return "no_template"
+    if verdict.similarity < thresholds.similarity:
+        return "face_mismatch"
+    return "liveness"
+
+
+def _request_uuid(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def apply_checkin_outcomes(
+    conn: Conn,
+    *,
+    device_id: uuid.UUID,
+    case_id: uuid.UUID,
+    checkins: Sequence[StoredCheckin],
+    thresholds: CheckinThresholds | None = None,
+) -> list[uuid.UUID]:
+    """Act on stored check-ins: mark requests passed, open `checkin_failed`; returns the
+    ids of alerts opened."""
+    th = thresholds or CheckinThresholds()
+    opened: list[uuid.UUID] = []
+    for sc in checkins:
+        c, v = sc.checkin, sc.verdict
+        if v.passed:
+            conn.execute(
+                """
+                UPDATE checkin_requests SET status = 'passed', resolved_at = %(ts)s
+                WHERE id = (
+                    SELECT id FROM checkin_requests
+                    WHERE case_id = %(case)s AND status IN ('scheduled', 'sent')
+                      AND (id = %(rid)s OR command_id = %(rid)s OR (due_at - make_interval(secs => %(early)s) <= %(ts)s
+                                            AND %(ts)s <= deadline))
+                    ORDER BY (id = %(rid)s OR command_id = %(rid)s) IS TRUE DESC, due_at
+                    LIMIT 1 FOR UPDATE)
+                """,
+                {"ts": c.ts, "case": case_id, "rid": _request_uuid(c.request_id),
+                 "early": EARLY_S},
+            )
+            continue
+        reason = failure_reason(c, v, th)
+        ep = open_episode(
+            conn, case_id=case_id, type=AlertType.CHECKIN_FAILED, started_at=c.ts,
+            ended_at=c.ts, device_id=device_id,
+            evidence={
+                "reason": reason, "seq": c.seq, "method": c.method,
+                "similarity": None if v.similarity is None else round(v.similarity, 4),
+                "liveness": c.liveness, "request_id": c.request_id,
+                "thresholds": {"similarity": th.similarity, "liveness": th.liveness},
+                "location": None if c.lat is None else {"lat": c.lat, "lon": c.lon, "acc": c.acc},
+            },
+        )
+        if ep.created:
+            opened.append(ep.alert_id)
+    return opened
+
+
+class CheckinOutcomes:
+    """A `devices.pipeline.GeofenceHook` that acts on stored check-ins only."""
+
+    def __init__(self, *, thresholds: CheckinThresholds | None = None) -> None:
+        self.thresholds = thresholds or CheckinThresholds()
+
+    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+        for b in batches:
+            if b.checkins and b.case_id is not None:
+                apply_checkin_outcomes(conn, device_id=b.device_id, case_id=b.case_id,
+                                       checkins=b.checkins, thresholds=self.thresholds)
+
+
+class ChainedHooks:
+    """Several `GeofenceHook`s as one, called in order inside the same transaction."""
+
+    def __init__(self, *hooks: GeofenceHook) -> None:
+        self.hooks = hooks
+
+    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+        for h in self.hooks:
+            h.on_batch(conn, batches)
