@@ -1,0 +1,367 @@
+"""The ingest pipeline's geofence stage: fixes and device events → episodes → alerts.
+
+Runs inside the batch's transaction (a `GeofenceHook`), so a device's episode state
+(`geofence_states`) is committed together with its fixes and alerts: a crash or a
+restart neither loses nor repeats an episode. The zones registry is cached per
+process and rebuilt when `config_versions('zones')` moves (bumped by triggers on
+every zone, attachment and case change), so API changes reach the next batch.
+
+Late fixes (older than the newest fix already evaluated for the device) re-run the
+device from the newest snapshot before them; re-opened episodes map to the alerts that
+already exist (same episode key), and episodes that are new are marked `late`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+from psycopg.types.json import Jsonb
+
+from alerts.episodes import close_episode, find_open_episode, open_episode, update_episode
+from alerts.models import AlertType
+from devices.pipeline import Conn, DeviceBatch
+from devices.protocol import CommandType
+from geofence import (
+    CaseZones,
+    EngineState,
+    FixBatch,
+    InvalidGeometry,
+    InvalidSchedule,
+    ZoneEntry,
+    advance,
+    compile_zone,
+)
+from geofence.episodes import Fix as EngineFix
+from geofence.episodes import Transition
+
+log = logging.getLogger(__name__)
+
+#: Rapid mode: the fix interval while a zone episode is open (monitoring-rules.md).
+RAPID_FIX_INTERVAL_S = 15
+#: The normal fix interval per risk level, restored when the episode closes.
+NORMAL_FIX_INTERVAL_S = {"high": 30, "medium": 60, "low": 120}
+#: Snapshots of a device's state at most this often (late-fix re-evaluation points).
+SNAPSHOT_EVERY = timedelta(minutes=15)
+#: Snapshots older than this are pruned; a later upload replays from its oldest fix.
+SNAPSHOT_KEEP = timedelta(days=3)
+#: Without a snapshot, a late batch is replayed from this long before its oldest fix.
+REPLAY_WITHOUT_SNAPSHOT = timedelta(hours=1)
+
+#: Device event → (alert type it opens, event types that close it).
+EVENT_ALERTS: dict[str, tuple[AlertType, frozenset[str]]] = {
+    "strap_open": (AlertType.STRAP_TAMPER, frozenset({"strap_closed"})),
+    "case_open": (AlertType.CASE_TAMPER, frozenset({"case_closed"})),
+    "battery_low": (AlertType.BATTERY_LOW, frozenset({"charging_started"})),
+    "battery_critical": (AlertType.BATTERY_CRITICAL, frozenset({"charging_started"})),
+    "power_off": (AlertType.POWER_OFF, frozenset({"power_on"})),
+    "gps_jamming": (AlertType.GPS_JAMMING, frozenset()),
+    "beacon_lost": (AlertType.BEACON_LOST, frozenset({"beacon_found"})),
+}
+CLOSERS: dict[str, list[AlertType]] = {}
+for _atype, _closers in EVENT_ALERTS.values():
+    for _c in _closers:
+        CLOSERS.setdefault(_c, []).append(_atype)
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _fix_json(f: EngineFix) -> dict[str, Any]:
+    return {"ts": _dt(f.ts).isoformat(), "lat": f.lat, "lon": f.lon, "acc": f.acc}
+
+
+@dataclass
+class _Registry:
+    version: int
+    zones: CaseZones
+    risk: dict[str, str]
+
+
+@dataclass
+class GeofenceEvaluator:
+    """The geofence hook: evaluates each batch's fixes and events for assigned devices."""
+
+    rapid_mode: bool = True
+    _registry: _Registry | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    pending_commands: list[uuid.UUID] = field(default_factory=list, init=False)
+
+    # ------------------------------------------------------------------ registry
+    def registry(self, conn: Conn) -> _Registry:
+        """The zones registry, rebuilt when the zones version moved."""
+        row = conn.execute("SELECT version FROM config_versions WHERE name = 'zones'").fetchone()
+        version = int(row[0]) if row else 0
+        with self._lock:
+            reg = self._registry
+            if reg is not None and reg.version == version:
+                return reg
+        reg = self._load(conn, version)
+        with self._lock:
+            self._registry = reg
+        return reg
+
+    def _load(self, conn: Conn, version: int) -> _Registry:
+        cases = {
+            str(cid): tz
+            for cid, tz in conn.execute("SELECT id, timezone FROM cases WHERE status = 'active'")
+        }
+        risk = {
+            str(cid): r
+            for cid, r in conn.execute("SELECT id, risk_level FROM cases WHERE status = 'active'")
+        }
+        attachments: dict[str, list[str]] = {}
+        for cid, zid in conn.execute(
+            "SELECT cz.case_id, cz.zone_id FROM case_zones cz JOIN cases c ON c.id = cz.case_id"
+            " WHERE c.status = 'active'"
+        ):
+            attachments.setdefault(str(zid), []).append(str(cid))
+        zones: dict[str, ZoneEntry] = {}
+        rows = conn.execute(
+            "SELECT id, kind, geometry, circle, buffer_m, schedule, exceptions FROM zones"
+            " WHERE deleted_at IS NULL AND id = ANY(%s)",
+            ([uuid.UUID(z) for z in attachments],),
+        ).fetchall()
+        for zid, kind, geometry, circle, buffer_m, schedule, exceptions in rows:
+            try:
+                compiled = compile_zone(
+                    zone_id=str(zid), kind=kind, geometry=geometry, circle=circle,
+                    buffer_m=float(buffer_m or 0),
+                )
+                zones[str(zid)] = ZoneEntry.make(compiled, schedule, exceptions or [])
+            except (InvalidGeometry, InvalidSchedule) as e:
+                log.error("zone %s cannot be evaluated and is skipped: %s", zid, e)
+        attach = {z: attachments[z] for z in zones}
+        log.info("geofence registry: %d active cases, %d zones (version %d)",
+                 len(cases), len(zones), version)
+        return _Registry(version, CaseZones(cases, zones, attach), risk)
+
+    # ------------------------------------------------------------------ hook
+    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+        assigned = [b for b in batches if b.case_id is not None]
+        if not assigned:
+            return
+        with_fixes = [b for b in assigned if b.fixes]
+        if with_fixes:
+            self._fixes(conn, with_fixes)
+        for b in assigned:
+            if b.events:
+                self._events(conn, b)
+            if b.fixes:
+                close_jamming_on_good_fix(conn, b)
+
+    def _fixes(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+        reg = self.registry(conn)
+        zones = reg.zones
+        devices = [b for b in batches if str(b.case_id) in zones.case_index]
+        if not devices:
+            return
+        ids = [b.device_id for b in devices]
+        rows = conn.execute(
+            "SELECT device_id, last_ts, state, (SELECT max(ts) FROM geofence_snapshots s"
+            " WHERE s.device_id = g.device_id) FROM geofence_states g"
+            " WHERE device_id = ANY(%s) FOR UPDATE",
+            (ids,),
+        ).fetchall()
+        stored = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        states: dict[str, Any] = {}
+        cols: dict[str, list[Any]] = {k: [] for k in ("case", "dev", "ts", "lat", "lon", "acc")}
+        late_since: dict[uuid.UUID, int] = {}  # device → last_ts before this batch (ms)
+        for b in devices:
+            dev = str(b.device_id)
+            last_ts, state, _ = stored.get(b.device_id, (None, None, None))
+            first = min(f.ts for f in b.fixes)
+            fixes: list[tuple[int, float, float, float]]
+            if last_ts is not None and first < last_ts:
+                # A late upload: replay this device from a snapshot before its oldest fix.
+                state, fixes = self._replay_window(conn, b.device_id, first)
+                late_since[b.device_id] = _ms(last_ts)
+            else:
+                fixes = [(_ms(f.ts), f.lat, f.lon, f.acc) for f in b.fixes]
+            if state:
+                states[dev] = state
+            for ts, lat, lon, acc in fixes:
+                cols["case"].append(str(b.case_id))
+                cols["dev"].append(dev)
+                cols["ts"].append(ts)
+                cols["lat"].append(lat)
+                cols["lon"].append(lon)
+                cols["acc"].append(acc)
+        batch = FixBatch.from_columns(
+            zones, cols["case"], cols["dev"], np.asarray(cols["ts"], dtype=np.int64),
+            cols["lat"], cols["lon"], cols["acc"],
+        )
+        new_state, transitions = advance(EngineState.from_device_states(states), batch, zones)
+        by_device = {str(b.device_id): b for b in devices}
+        for t in transitions:
+            b = by_device[t.device_id]
+            self._apply(conn, t, b, late_since.get(b.device_id), reg)
+        now = datetime.now(UTC)
+        for b in devices:
+            dev = str(b.device_id)
+            dstate = new_state.device_state(dev)
+            last = dstate.get("last_fix")
+            last_ts = _dt(int(last["ts"])) if last else None
+            prev = stored.get(b.device_id)
+            if prev is not None and prev[0] is not None and last_ts is not None:
+                last_ts = max(last_ts, prev[0])
+            doc = Jsonb(dstate, dumps=lambda v: orjson.dumps(v).decode())
+            conn.execute(
+                "INSERT INTO geofence_states (device_id, last_ts, state, version, updated_at)"
+                " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (device_id) DO UPDATE SET"
+                " last_ts = EXCLUDED.last_ts, state = EXCLUDED.state,"
+                " version = geofence_states.version + 1, updated_at = EXCLUDED.updated_at",
+                (b.device_id, last_ts, doc, now),
+            )
+            snap = prev[2] if prev is not None else None
+            if last_ts is not None and b.device_id not in late_since and (
+                snap is None or last_ts - snap >= SNAPSHOT_EVERY
+            ):
+                conn.execute(
+                    "INSERT INTO geofence_snapshots (device_id, ts, state) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (b.device_id, last_ts, doc),
+                )
+                conn.execute(
+                    "DELETE FROM geofence_snapshots WHERE device_id = %s AND ts < %s",
+                    (b.device_id, last_ts - SNAPSHOT_KEEP),
+                )
+
+    def _replay_window(
+        self, conn: Conn, device_id: uuid.UUID, first: datetime
+    ) -> tuple[dict[str, Any] | None, list[tuple[int, float, float, float]]]:
+        snap = conn.execute(
+            "SELECT ts, state FROM geofence_snapshots WHERE device_id = %s AND ts < %s"
+            " ORDER BY ts DESC LIMIT 1",
+            (device_id, first),
+        ).fetchone()
+        since = snap[0] if snap else first - REPLAY_WITHOUT_SNAPSHOT
+        state = snap[1] if snap else None
+        if snap is not None:
+            # Snapshots taken after the late fix's time are no longer true.
+            conn.execute(
+                "DELETE FROM geofence_snapshots WHERE device_id = %s AND ts > %s",
+                (device_id, snap[0]),
+            )
+        else:
+            conn.execute("DELETE FROM geofence_snapshots WHERE device_id = %s", (device_id,))
+        rows = conn.execute(
+            "SELECT ts, lat, lon, acc FROM fixes WHERE device_id = %s AND ts > %s ORDER BY ts",
+            (device_id, since),
+        ).fetchall()
+        return state, [(_ms(ts), lat, lon, float(acc)) for ts, lat, lon, acc in rows]
+
+    def _apply(
+        self, conn: Conn, t: Transition, b: DeviceBatch, late_since_ms: int | None,
+        reg: _Registry,
+    ) -> None:
+        case_id = uuid.UUID(t.case_id)
+        zone_id = uuid.UUID(t.zone_id)
+        atype = AlertType(t.alert_type)
+        evidence = {
+            "zone_id": t.zone_id,
+            "first_fix": _fix_json(t.first_fix),
+            "last_fix": _fix_json(t.last_fix),
+            "max_depth_m": round(float(t.max_depth_m), 2),
+            "duration_s": round((t.last_fix.ts - t.first_fix.ts) / 1000, 1),
+        }
+        if t.inferred:
+            evidence["inferred"] = True
+        if t.kind == "open":
+            started = _dt(t.started_at)
+            late = late_since_ms is not None and t.started_at < late_since_ms
+            delay = (b.received_at - started).total_seconds() if late else None
+            if late:
+                evidence["late"] = True
+                evidence["delay_s"] = delay
+            res = open_episode(
+                conn, case_id=case_id, type=atype, started_at=started, evidence=evidence,
+                device_id=b.device_id, zone_id=zone_id, late=late, delay_s=delay,
+                inferred=t.inferred,
+                ended_at=_dt(t.ended_at) if t.ended_at is not None else None,
+            )
+            if res.created and t.ended_at is None and not t.inferred:
+                self._rapid(conn, b.device_id, RAPID_FIX_INTERVAL_S)
+        elif t.kind == "update":
+            alert_id = find_open_episode(
+                conn, case_id=case_id, type=atype, zone_id=zone_id, device_id=b.device_id
+            )
+            if alert_id is not None:
+                update_episode(conn, alert_id=alert_id, evidence=evidence)
+        elif t.kind == "close":
+            ended = _dt(t.ended_at if t.ended_at is not None else t.at)
+            closed = close_episode(
+                conn, case_id=case_id, type=atype, ended_at=ended, zone_id=zone_id,
+                device_id=b.device_id, evidence=evidence,
+            )
+            if closed is not None and atype != AlertType.EXCLUSION_ZONE_APPROACH:
+                normal = NORMAL_FIX_INTERVAL_S.get(reg.risk.get(t.case_id, "medium"), 60)
+                self._rapid(conn, b.device_id, normal)
+
+    def _rapid(self, conn: Conn, device_id: uuid.UUID, fix_interval_s: int) -> None:
+        """Record a `set_interval` command; it is published after the batch commits."""
+        if not self.rapid_mode:
+            return
+        from devices import service
+
+        rec = service.create_command(
+            conn, device_id=device_id, type=CommandType.SET_INTERVAL.value,
+            params={"fix_interval_s": fix_interval_s},
+        )
+        with self._lock:
+            self.pending_commands.append(rec.id)
+
+    def take_pending_commands(self) -> list[uuid.UUID]:
+        with self._lock:
+            out, self.pending_commands = self.pending_commands, []
+        return out
+
+    # ------------------------------------------------------------------ events
+    def _events(self, conn: Conn, b: DeviceBatch) -> None:
+        assert b.case_id is not None
+        for ev in sorted(b.events, key=lambda e: e.ts):
+            opened = EVENT_ALERTS.get(ev.type)
+            if opened is not None:
+                atype, _ = opened
+                evidence = {"event": ev.type, "seq": ev.seq, "ts": ev.ts.isoformat(),
+                            "detail": ev.detail}
+                open_episode(
+                    conn, case_id=b.case_id, type=atype, started_at=ev.ts,
+                    evidence=evidence, device_id=b.device_id,
+                )
+            for atype in CLOSERS.get(ev.type, ()):
+                close_episode(
+                    conn, case_id=b.case_id, type=atype, ended_at=ev.ts, device_id=b.device_id,
+                    evidence={"closed_by": ev.type, "closed_seq": ev.seq}, reason=ev.type,
+                )
+
+
+def close_jamming_on_good_fix(conn: Conn, b: DeviceBatch) -> None:
+    """A clean GPS fix after a jamming report ends the jamming episode."""
+    good = [f for f in b.fixes if f.src == "gps" and f.acc <= 100]
+    if not good or b.case_id is None:
+        return
+    last = max(f.ts for f in good)
+    alert_id = find_open_episode(
+        conn, case_id=b.case_id, type=AlertType.GPS_JAMMING, device_id=b.device_id
+    )
+    if alert_id is None:
+        return
+    row = conn.execute("SELECT started_at FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+    if row is not None and row[0] < last:
+        close_episode(
+            conn, case_id=b.case_id, type=AlertType.GPS_JAMMING, ended_at=last,
+            device_id=b.device_id, evidence={"closed_by": "good_gps_fix"}, reason="good_gps_fix",
+        )
