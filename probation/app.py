@@ -49,6 +49,9 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
 
         bootstrap_admin(database_url, settings)
         yield
+        publisher = getattr(app.state, "command_publisher", None)  # started by the API on demand
+        if publisher is not None:
+            publisher.stop()
 
     app = FastAPI(
         title="Probation electronic monitoring API",
@@ -62,7 +65,15 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"], summary="Readiness: database and broker reachable")
+    _readiness = {"application/json": {"schema": {
+        "type": "object", "required": ["status", "database", "broker"],
+        "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},
+                       "database": {"type": "boolean"}, "broker": {"type": "boolean"}}}}}
+
+    @app.get("/ready", tags=["operations"], summary="Readiness: database and broker reachable",
+             response_class=JSONResponse,
+             responses={200: {"content": _readiness}, 503: {"description": "Not ready",
+                                                            "content": _readiness}})
     def ready() -> JSONResponse:
         db_ok = True
         try:
@@ -77,7 +88,9 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

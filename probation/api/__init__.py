@@ -2,12 +2,67 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import Any
+
 from fastapi import FastAPI
+
+#: Resource modules, each exporting `router`; optional ones are mounted when present.
+RESOURCES = ("auth", "users", "subjects", "cases", "devices", "zones", "tracks", "alerts", "audit")
+OPTIONAL = ("dead_letters",)
 
 
 def install(app: FastAPI) -> None:
-    """Mount every resource router and the error handlers on `app`."""
+    """Mount every resource router, the error handlers and the middlewares on `app`."""
     from fastapi import APIRouter
 
+    from probation.errors import RequestIdMiddleware, install_error_handlers
+    from probation.idempotency import IdempotencyMiddleware
+
     api = APIRouter(prefix="/api/v1")
+    names = list(RESOURCES) + [n for n in OPTIONAL if importlib.util.find_spec(f"{__name__}.{n}")]
+    for name in names:
+        api.include_router(importlib.import_module(f"{__name__}.{name}").router)
     app.include_router(api)
+    install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries its id
+    _problem_openapi(app)
+
+
+def _problem_openapi(app: FastAPI) -> None:
+    """Serve error responses as `application/problem+json` in the OpenAPI document."""
+    from probation.errors import PROBLEM_MEDIA_TYPE
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema["info"]["description"] = (
+            schema["info"].get("description", "") + "\n\nErrors are RFC 9457 problem details "
+            "(`application/problem+json`); `Accept-Language: kk|ru|en` selects the language of "
+            "their `title`, `detail` and field messages. Lists are paginated with `limit` and "
+            "an opaque `cursor`. Every mutating request may carry `Idempotency-Key`."
+        )
+        for path, item in schema.get("paths", {}).items():
+            for op in item.values():
+                if not isinstance(op, dict):
+                    continue
+                if path.startswith("/api/"):
+                    op.setdefault("responses", {}).setdefault("500", {
+                        "description": "Unexpected error (logged with the request id)",
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}},
+                    })
+                for resp in op.get("responses", {}).values():
+                    content = resp.get("content", {})
+                    ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                    if ref.endswith("/Problem"):
+                        content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

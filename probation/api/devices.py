@@ -1,0 +1,75 @@
+"""Device inventory (admin) and a case's device assignments."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from devices import inventory as service
+from devices.models import DeviceKind
+from probation.deps import AdminUser, Idempotent, ScopeDep, SessionDep, VisibleCase
+from probation.errors import problem_responses
+from probation.models import AssignmentCreate, AssignmentPublic, DeviceCreate, DevicePublic, Page
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+
+router = APIRouter(tags=["devices"])
+
+
+@router.post("/devices", response_model=DevicePublic, status_code=201,
+             summary="Register a device (admin)",
+             responses=problem_responses(401, 403, 409, 422), dependencies=[Idempotent])
+def create_device(session: SessionDep, actor: AdminUser, body: DeviceCreate) -> DevicePublic:
+    return service.create_device(session, data=body, actor_id=actor.id)
+
+
+@router.get(
+    "/devices", response_model=Page[DevicePublic], summary="Device inventory",
+    responses=problem_responses(401, 422),
+    description="Admins see every device; others the devices of their cases and the free ones.",
+)
+def list_devices(
+    session: SessionDep, scope: ScopeDep,
+    kind: Annotated[DeviceKind | None, Query()] = None,
+    serial: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                        description="Serial prefix.")] = None,
+    assigned: Annotated[bool | None, Query()] = None,
+    limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None,
+) -> Page[DevicePublic]:
+    items, nxt = service.list_devices(session, scope=scope, kind=kind, serial=serial,
+                                      assigned=assigned, limit=limit, cursor=cursor)
+    return Page[DevicePublic](items=items, next_cursor=nxt)
+
+
+@router.get("/devices/{device_id}", response_model=DevicePublic, summary="A device",
+            responses=problem_responses(401, 404, 422))
+def get_device(session: SessionDep, scope: ScopeDep, device_id: uuid.UUID) -> DevicePublic:
+    return service.get_device(session, device_id=device_id, scope=scope)
+
+
+@router.get("/cases/{case_id}/devices", response_model=list[AssignmentPublic],
+            summary="A case's device assignments, newest first (history included)",
+            responses=problem_responses(401, 404, 422))
+def case_devices(session: SessionDep, case: VisibleCase) -> list[AssignmentPublic]:
+    return service.case_assignments(session, case=case)
+
+
+@router.post("/cases/{case_id}/devices", response_model=AssignmentPublic, status_code=201,
+             summary="Assign a device to the case",
+             responses=problem_responses(401, 404, 409, 422), dependencies=[Idempotent])
+def assign_device(
+    session: SessionDep, scope: ScopeDep, case: VisibleCase, body: AssignmentCreate
+) -> AssignmentPublic:
+    return service.assign_device(session, case=case, device_id=body.device_id,
+                                 actor_id=scope.user_id)
+
+
+@router.delete("/cases/{case_id}/devices/{device_id}", response_model=AssignmentPublic,
+               summary="Unassign a device from the case (the assignment stays in the history)",
+               responses=problem_responses(401, 404, 422), dependencies=[Idempotent])
+def unassign_device(
+    session: SessionDep, scope: ScopeDep, case: VisibleCase, device_id: uuid.UUID
+) -> AssignmentPublic:
+    return service.unassign_device(session, case=case, device_id=device_id,
+                                   actor_id=scope.user_id)

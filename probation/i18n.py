@@ -1,0 +1,376 @@
+# ruff: noqa: RUF001  (Cyrillic letters in the ru/kk catalogues are intended)
+"""Message catalogues for problem details: Kazakh (`kk`), Russian (`ru`), English (`en`).
+
+Handlers never build human-readable text themselves: they raise a domain error
+with a code and parameters, and the error handler looks the code up here in the
+language that `Accept-Language` asks for. Two catalogues:
+
+- `PROBLEMS`: code → (title, detail template) for a whole problem;
+- `FIELDS`: error type → message template for one entry of a 422's `errors`
+  (pydantic's types plus ours); unknown types fall back to pydantic's message.
+
+Templates use `str.format` named fields; a missing parameter never raises.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Final, NamedTuple
+
+LANGUAGES: Final = ("en", "ru", "kk")
+DEFAULT_LANGUAGE: Final = "en"
+
+
+class Message(NamedTuple):
+    title: str
+    detail: str
+
+
+def negotiate(accept_language: str | None) -> str:
+    """The best supported language for an `Accept-Language` header (RFC 9110 q-values)."""
+    if not accept_language:
+        return DEFAULT_LANGUAGE
+    best, best_q = DEFAULT_LANGUAGE, -1.0
+    for order, part in enumerate(accept_language.split(",")):
+        piece = part.strip()
+        if not piece:
+            continue
+        tag, _, params = piece.partition(";")
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                q = 0.0
+        primary = tag.strip().lower().split("-")[0]
+        if primary == "*":
+            primary = DEFAULT_LANGUAGE
+        # earlier entries win ties (the header's own order)
+        score = q - order * 1e-6
+        if primary in LANGUAGES and q > 0 and score > best_q:
+            best, best_q = primary, score
+    return best
+
+
+class _Lenient(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _fill(template: str, params: dict[str, Any]) -> str:
+    return string.Formatter().vformat(template, (), _Lenient(params))
+
+
+PROBLEMS: Final[dict[str, dict[str, Message]]] = {
+    "en": {
+        "bad_request": Message("Bad request", "The request cannot be processed."),
+        "not_authenticated": Message("Not authenticated", "Sign in and send the access token as a Bearer token."),
+        "invalid_token": Message("Invalid token", "The access token is invalid or has expired."),
+        "invalid_credentials": Message("Invalid credentials", "The username or password is wrong."),
+        "account_locked": Message("Account locked", "Too many failed sign-ins: the account is locked until {until}."),
+        "forbidden": Message("Forbidden", "Your role may not do this."),
+        "not_found": Message("Not found", "No such resource, or you may not see it."),
+        "method_not_allowed": Message("Method not allowed", "This resource does not support this method."),
+        "conflict": Message("Conflict", "The request conflicts with the current state of the resource."),
+        "validation_failed": Message("Invalid request", "One or more fields are invalid."),
+        "internal_error": Message("Internal error", "Something went wrong on our side. Quote request id {request_id} when reporting it."),
+        "http_error": Message("HTTP error", "The request failed with status {status}."),
+        "username_taken": Message("Username taken", "A user named {username} exists already."),
+        "iin_taken": Message("Person exists", "A person with this IIN is registered already."),
+        "serial_taken": Message("Serial taken", "A device with serial {serial} is registered already."),
+        "case_closed": Message("Case closed", "The case is closed and cannot be changed."),
+        "device_in_use": Message("Device in use", "The device serves another active case."),
+        "device_already_assigned": Message("Already assigned", "The device is assigned to this case already."),
+        "no_active_assignment": Message("Not assigned", "The device is not assigned to this case."),
+        "no_device": Message("No device", "The case has no active device to send the request to."),
+        "alert_transition": Message("Invalid alert transition", "An alert that is {current} cannot be {target}."),
+        "zone_not_shared": Message("Zone not shared", "Only shared zones can be attached to several cases."),
+        "zone_already_attached": Message("Already attached", "The zone is attached to this case already."),
+        "zone_deleted": Message("Zone deleted", "The zone has been deleted."),
+        "idempotency_in_progress": Message("Request in progress", "A request with this Idempotency-Key is still being processed."),
+        "idempotency_key_reused": Message("Idempotency-Key reused", "This Idempotency-Key was used for a different request."),
+        "service_unavailable": Message("Service unavailable", "A backend service is unavailable; try again shortly."),
+    },
+    "ru": {
+        "bad_request": Message("Неверный запрос", "Запрос не может быть обработан."),
+        "not_authenticated": Message("Требуется вход", "Войдите в систему и передайте токен доступа как Bearer-токен."),
+        "invalid_token": Message("Недействительный токен", "Токен доступа недействителен или истёк."),
+        "invalid_credentials": Message("Неверные учётные данные", "Неверное имя пользователя или пароль."),
+        "account_locked": Message("Учётная запись заблокирована", "Слишком много неудачных попыток входа: учётная запись заблокирована до {until}."),
+        "forbidden": Message("Доступ запрещён", "Ваша роль не позволяет выполнить это действие."),
+        "not_found": Message("Не найдено", "Ресурс не существует или недоступен вам."),
+        "method_not_allowed": Message("Метод не поддерживается", "Этот ресурс не поддерживает данный метод."),
+        "conflict": Message("Конфликт", "Запрос противоречит текущему состоянию ресурса."),
+        "validation_failed": Message("Некорректный запрос", "Одно или несколько полей заполнены неверно."),
+        "internal_error": Message("Внутренняя ошибка", "На сервере произошла ошибка. Сообщите идентификатор запроса {request_id}."),
+        "http_error": Message("Ошибка HTTP", "Запрос завершился с кодом {status}."),
+        "username_taken": Message("Имя занято", "Пользователь {username} уже существует."),
+        "iin_taken": Message("Лицо уже зарегистрировано", "Лицо с таким ИИН уже зарегистрировано."),
+        "serial_taken": Message("Серийный номер занят", "Устройство с серийным номером {serial} уже зарегистрировано."),
+        "case_closed": Message("Дело закрыто", "Дело закрыто и не может быть изменено."),
+        "device_in_use": Message("Устройство занято", "Устройство используется в другом активном деле."),
+        "device_already_assigned": Message("Уже назначено", "Устройство уже назначено этому делу."),
+        "no_active_assignment": Message("Не назначено", "Устройство не назначено этому делу."),
+        "no_device": Message("Нет устройства", "У дела нет активного устройства для отправки запроса."),
+        "alert_transition": Message("Недопустимый переход тревоги", "Тревога в состоянии «{current}» не может перейти в «{target}»."),
+        "zone_not_shared": Message("Зона не общая", "К нескольким делам можно прикрепить только общую зону."),
+        "zone_already_attached": Message("Уже прикреплена", "Зона уже прикреплена к этому делу."),
+        "zone_deleted": Message("Зона удалена", "Зона была удалена."),
+        "idempotency_in_progress": Message("Запрос выполняется", "Запрос с этим Idempotency-Key ещё обрабатывается."),
+        "idempotency_key_reused": Message("Повтор Idempotency-Key", "Этот Idempotency-Key уже использован для другого запроса."),
+        "service_unavailable": Message("Сервис недоступен", "Один из сервисов недоступен; повторите попытку позже."),
+    },
+    "kk": {
+        "bad_request": Message("Қате сұрау", "Сұрауды өңдеу мүмкін емес."),
+        "not_authenticated": Message("Кіру қажет", "Жүйеге кіріп, қол жеткізу токенін Bearer-токен ретінде жіберіңіз."),
+        "invalid_token": Message("Жарамсыз токен", "Қол жеткізу токені жарамсыз немесе мерзімі өтіп кеткен."),
+        "invalid_credentials": Message("Қате тіркелгі деректері", "Пайдаланушы аты немесе құпиясөз қате."),
+        "account_locked": Message("Тіркелгі бұғатталды", "Сәтсіз кіру әрекеттері тым көп: тіркелгі {until} дейін бұғатталды."),
+        "forbidden": Message("Тыйым салынған", "Сіздің рөліңіз бұл әрекетке рұқсат бермейді."),
+        "not_found": Message("Табылмады", "Мұндай ресурс жоқ немесе сізге қолжетімсіз."),
+        "method_not_allowed": Message("Әдіске рұқсат жоқ", "Бұл ресурс осы әдісті қолдамайды."),
+        "conflict": Message("Қайшылық", "Сұрау ресурстың қазіргі күйіне қайшы келеді."),
+        "validation_failed": Message("Жарамсыз сұрау", "Бір немесе бірнеше өріс қате толтырылған."),
+        "internal_error": Message("Ішкі қате", "Серверде қате орын алды. Сұрау идентификаторын {request_id} хабарлаңыз."),
+        "http_error": Message("HTTP қатесі", "Сұрау {status} кодымен аяқталды."),
+        "username_taken": Message("Атау бос емес", "{username} пайдаланушысы бұрыннан бар."),
+        "iin_taken": Message("Тұлға тіркелген", "Осы ЖСН бар тұлға бұрыннан тіркелген."),
+        "serial_taken": Message("Сериялық нөмір бос емес", "{serial} сериялық нөмірлі құрылғы бұрыннан тіркелген."),
+        "case_closed": Message("Іс жабық", "Іс жабылған және оны өзгерту мүмкін емес."),
+        "device_in_use": Message("Құрылғы бос емес", "Құрылғы басқа белсенді іске қызмет етеді."),
+        "device_already_assigned": Message("Бұрыннан тағайындалған", "Құрылғы бұл іске бұрыннан тағайындалған."),
+        "no_active_assignment": Message("Тағайындалмаған", "Құрылғы бұл іске тағайындалмаған."),
+        "no_device": Message("Құрылғы жоқ", "Істе сұрау жіберетін белсенді құрылғы жоқ."),
+        "alert_transition": Message("Дабылдың жарамсыз ауысуы", "«{current}» күйіндегі дабыл «{target}» күйіне өте алмайды."),
+        "zone_not_shared": Message("Аймақ ортақ емес", "Бірнеше іске тек ортақ аймақты тіркеуге болады."),
+        "zone_already_attached": Message("Бұрыннан тіркелген", "Аймақ бұл іске бұрыннан тіркелген."),
+        "zone_deleted": Message("Аймақ жойылған", "Аймақ жойылған."),
+        "idempotency_in_progress": Message("Сұрау орындалуда", "Осы Idempotency-Key бар сұрау әлі өңделуде."),
+        "idempotency_key_reused": Message("Idempotency-Key қайталанды", "Бұл Idempotency-Key басқа сұрау үшін қолданылған."),
+        "service_unavailable": Message("Қызмет қолжетімсіз", "Қызметтердің бірі қолжетімсіз; кейінірек қайталап көріңіз."),
+    },
+}
+
+FIELDS: Final[dict[str, dict[str, str]]] = {
+    "en": {
+        "missing": "This field is required.",
+        "empty": "Must not be empty.",
+        "extra_forbidden": "This field is not allowed.",
+        "string_type": "Must be a string.",
+        "string_too_short": "Must have at least {min_length} characters.",
+        "string_too_long": "Must have at most {max_length} characters.",
+        "string_pattern_mismatch": "Has the wrong format.",
+        "int_type": "Must be an integer.",
+        "int_parsing": "Must be an integer.",
+        "int_from_float": "Must be a whole number.",
+        "float_type": "Must be a number.",
+        "float_parsing": "Must be a number.",
+        "finite_number": "Must be a finite number.",
+        "bool_type": "Must be true or false.",
+        "bool_parsing": "Must be true or false.",
+        "greater_than": "Must be greater than {gt}.",
+        "greater_than_equal": "Must be at least {ge}.",
+        "less_than": "Must be less than {lt}.",
+        "less_than_equal": "Must be at most {le}.",
+        "enum": "Must be one of: {expected}.",
+        "literal_error": "Must be one of: {expected}.",
+        "uuid_type": "Must be a UUID.",
+        "uuid_parsing": "Must be a UUID.",
+        "date_type": "Must be a date (YYYY-MM-DD).",
+        "date_parsing": "Must be a date (YYYY-MM-DD).",
+        "date_from_datetime_parsing": "Must be a date (YYYY-MM-DD).",
+        "date_from_datetime_inexact": "Must be a date without a time.",
+        "datetime_type": "Must be an RFC 3339 date-time.",
+        "datetime_parsing": "Must be an RFC 3339 date-time.",
+        "datetime_from_date_parsing": "Must be an RFC 3339 date-time.",
+        "timezone_aware": "Must carry a UTC offset.",
+        "datetime_range": "Must be between the years 1900 and 2200.",
+        "list_type": "Must be a list.",
+        "dict_type": "Must be an object.",
+        "model_type": "Must be an object.",
+        "model_attributes_type": "Must be an object.",
+        "too_short": "Must have at least {min_length} items.",
+        "too_long": "Must have at most {max_length} items.",
+        "json_invalid": "The body is not valid JSON.",
+        "json_type": "Must be JSON.",
+        "union_tag_invalid": "Has an unknown type.",
+        "union_tag_not_found": "Must name its type.",
+        "value_error": "Is invalid: {reason}.",
+        "iin_format": "An IIN has exactly 12 digits.",
+        "iin_checksum": "The IIN's check digit is wrong.",
+        "iin_century": "The IIN's century and sex digit must be 1 to 6.",
+        "iin_birth_date": "The IIN does not match the birth date.",
+        "timezone_unknown": "Unknown IANA time zone.",
+        "cursor_invalid": "Not a cursor this API issued.",
+        "date_order": "Must not be before {other}.",
+        "time_order": "Must be after {other}.",
+        "hour_order": "The window must end after it starts.",
+        "geometry_or_circle": "Give exactly one of geometry and circle.",
+        "geometry_invalid": "Invalid geometry: {reason}.",
+        "schedule_invalid": "Invalid schedule: {reason}.",
+        "unknown_subject": "No such person.",
+        "unknown_user": "No such user.",
+        "unknown_device": "No such device.",
+        "not_an_officer": "Must be an officer or supervisor you may assign cases to.",
+        "not_a_supervisor": "Must be an active supervisor.",
+        "invalid_supervisor": "Only officers have a supervisor.",
+        "nul_character": "Must not contain NUL characters.",
+        "idempotency_key": "Must be 1 to 255 printable ASCII characters.",
+    },
+    "ru": {
+        "missing": "Обязательное поле.",
+        "empty": "Не может быть пустым.",
+        "extra_forbidden": "Это поле не допускается.",
+        "string_type": "Должно быть строкой.",
+        "string_too_short": "Не менее {min_length} символов.",
+        "string_too_long": "Не более {max_length} символов.",
+        "string_pattern_mismatch": "Неверный формат.",
+        "int_type": "Должно быть целым числом.",
+        "int_parsing": "Должно быть целым числом.",
+        "int_from_float": "Должно быть целым числом.",
+        "float_type": "Должно быть числом.",
+        "float_parsing": "Должно быть числом.",
+        "finite_number": "Должно быть конечным числом.",
+        "bool_type": "Должно быть true или false.",
+        "bool_parsing": "Должно быть true или false.",
+        "greater_than": "Должно быть больше {gt}.",
+        "greater_than_equal": "Должно быть не меньше {ge}.",
+        "less_than": "Должно быть меньше {lt}.",
+        "less_than_equal": "Должно быть не больше {le}.",
+        "enum": "Допустимые значения: {expected}.",
+        "literal_error": "Допустимые значения: {expected}.",
+        "uuid_type": "Должно быть UUID.",
+        "uuid_parsing": "Должно быть UUID.",
+        "date_type": "Должно быть датой (ГГГГ-ММ-ДД).",
+        "date_parsing": "Должно быть датой (ГГГГ-ММ-ДД).",
+        "date_from_datetime_parsing": "Должно быть датой (ГГГГ-ММ-ДД).",
+        "date_from_datetime_inexact": "Должно быть датой без времени.",
+        "datetime_type": "Должно быть датой и временем RFC 3339.",
+        "datetime_parsing": "Должно быть датой и временем RFC 3339.",
+        "datetime_from_date_parsing": "Должно быть датой и временем RFC 3339.",
+        "timezone_aware": "Должно содержать смещение от UTC.",
+        "datetime_range": "Должно быть в пределах 1900-2200 годов.",
+        "list_type": "Должно быть списком.",
+        "dict_type": "Должно быть объектом.",
+        "model_type": "Должно быть объектом.",
+        "model_attributes_type": "Должно быть объектом.",
+        "too_short": "Не менее {min_length} элементов.",
+        "too_long": "Не более {max_length} элементов.",
+        "json_invalid": "Тело запроса не является корректным JSON.",
+        "json_type": "Должно быть JSON.",
+        "union_tag_invalid": "Неизвестный тип.",
+        "union_tag_not_found": "Должен быть указан тип.",
+        "value_error": "Некорректное значение: {reason}.",
+        "iin_format": "ИИН состоит ровно из 12 цифр.",
+        "iin_checksum": "Неверная контрольная цифра ИИН.",
+        "iin_century": "Цифра века и пола в ИИН должна быть от 1 до 6.",
+        "iin_birth_date": "ИИН не соответствует дате рождения.",
+        "timezone_unknown": "Неизвестный часовой пояс IANA.",
+        "cursor_invalid": "Курсор не был выдан этим API.",
+        "date_order": "Не может быть раньше {other}.",
+        "time_order": "Должно быть позже {other}.",
+        "hour_order": "Окно должно заканчиваться после начала.",
+        "geometry_or_circle": "Укажите ровно одно из: geometry или circle.",
+        "geometry_invalid": "Некорректная геометрия: {reason}.",
+        "schedule_invalid": "Некорректное расписание: {reason}.",
+        "unknown_subject": "Такого лица нет.",
+        "unknown_user": "Такого пользователя нет.",
+        "unknown_device": "Такого устройства нет.",
+        "not_an_officer": "Должен быть инспектор или руководитель, которому вы можете назначать дела.",
+        "not_a_supervisor": "Должен быть активный руководитель.",
+        "invalid_supervisor": "Руководитель указывается только для инспекторов.",
+        "nul_character": "Не должно содержать символов NUL.",
+        "idempotency_key": "От 1 до 255 печатных символов ASCII.",
+    },
+    "kk": {
+        "missing": "Міндетті өріс.",
+        "empty": "Бос болмауы керек.",
+        "extra_forbidden": "Бұл өріске рұқсат жоқ.",
+        "string_type": "Жол болуы керек.",
+        "string_too_short": "Кемінде {min_length} таңба болуы керек.",
+        "string_too_long": "Ең көбі {max_length} таңба болуы керек.",
+        "string_pattern_mismatch": "Пішімі қате.",
+        "int_type": "Бүтін сан болуы керек.",
+        "int_parsing": "Бүтін сан болуы керек.",
+        "int_from_float": "Бүтін сан болуы керек.",
+        "float_type": "Сан болуы керек.",
+        "float_parsing": "Сан болуы керек.",
+        "finite_number": "Шектеулі сан болуы керек.",
+        "bool_type": "true немесе false болуы керек.",
+        "bool_parsing": "true немесе false болуы керек.",
+        "greater_than": "{gt} мәнінен үлкен болуы керек.",
+        "greater_than_equal": "Кемінде {ge} болуы керек.",
+        "less_than": "{lt} мәнінен кіші болуы керек.",
+        "less_than_equal": "Ең көбі {le} болуы керек.",
+        "enum": "Рұқсат етілген мәндер: {expected}.",
+        "literal_error": "Рұқсат етілген мәндер: {expected}.",
+        "uuid_type": "UUID болуы керек.",
+        "uuid_parsing": "UUID болуы керек.",
+        "date_type": "Күн болуы керек (ЖЖЖЖ-АА-КК).",
+        "date_parsing": "Күн болуы керек (ЖЖЖЖ-АА-КК).",
+        "date_from_datetime_parsing": "Күн болуы керек (ЖЖЖЖ-АА-КК).",
+        "date_from_datetime_inexact": "Уақытсыз күн болуы керек.",
+        "datetime_type": "RFC 3339 күні мен уақыты болуы керек.",
+        "datetime_parsing": "RFC 3339 күні мен уақыты болуы керек.",
+        "datetime_from_date_parsing": "RFC 3339 күні мен уақыты болуы керек.",
+        "timezone_aware": "UTC ығысуы көрсетілуі керек.",
+        "datetime_range": "1900-2200 жылдар аралығында болуы керек.",
+        "list_type": "Тізім болуы керек.",
+        "dict_type": "Нысан болуы керек.",
+        "model_type": "Нысан болуы керек.",
+        "model_attributes_type": "Нысан болуы керек.",
+        "too_short": "Кемінде {min_length} элемент болуы керек.",
+        "too_long": "Ең көбі {max_length} элемент болуы керек.",
+        "json_invalid": "Сұрау денесі жарамды JSON емес.",
+        "json_type": "JSON болуы керек.",
+        "union_tag_invalid": "Белгісіз түр.",
+        "union_tag_not_found": "Түрі көрсетілуі керек.",
+        "value_error": "Жарамсыз мән: {reason}.",
+        "iin_format": "ЖСН дәл 12 цифрдан тұрады.",
+        "iin_checksum": "ЖСН бақылау цифры қате.",
+        "iin_century": "ЖСН-дағы ғасыр мен жыныс цифры 1-ден 6-ға дейін болуы керек.",
+        "iin_birth_date": "ЖСН туған күнге сәйкес келмейді.",
+        "timezone_unknown": "Белгісіз IANA уақыт белдеуі.",
+        "cursor_invalid": "Бұл курсорды осы API бермеген.",
+        "date_order": "{other} мәнінен ерте болмауы керек.",
+        "time_order": "{other} мәнінен кейін болуы керек.",
+        "hour_order": "Терезе басталғаннан кейін аяқталуы керек.",
+        "geometry_or_circle": "geometry немесе circle өрістерінің дәл біреуін көрсетіңіз.",
+        "geometry_invalid": "Жарамсыз геометрия: {reason}.",
+        "schedule_invalid": "Жарамсыз кесте: {reason}.",
+        "unknown_subject": "Мұндай тұлға жоқ.",
+        "unknown_user": "Мұндай пайдаланушы жоқ.",
+        "unknown_device": "Мұндай құрылғы жоқ.",
+        "not_an_officer": "Сіз іс тағайындай алатын инспектор немесе басшы болуы керек.",
+        "not_a_supervisor": "Белсенді басшы болуы керек.",
+        "invalid_supervisor": "Басшы тек инспекторлар үшін көрсетіледі.",
+        "nul_character": "NUL таңбалары болмауы керек.",
+        "idempotency_key": "1-ден 255-ке дейін басылатын ASCII таңбасы.",
+    },
+}
+
+
+#: Words that appear as parameter values (alert states), per language; English is as is.
+VALUES: Final[dict[str, dict[str, str]]] = {
+    "ru": {"open": "открыта", "acknowledged": "подтверждена", "resolved": "решена"},
+    "kk": {"open": "ашық", "acknowledged": "қабылданды", "resolved": "шешілді"},
+}
+
+
+def problem_text(code: str, lang: str, params: dict[str, Any] | None = None) -> Message:
+    """Title and detail of problem `code` in `lang` (English, then `bad_request`, as fallbacks)."""
+    catalogue = PROBLEMS.get(lang, PROBLEMS[DEFAULT_LANGUAGE])
+    msg = catalogue.get(code) or PROBLEMS[DEFAULT_LANGUAGE].get(code) or catalogue["bad_request"]
+    words = VALUES.get(lang, {})
+    p = {k: words.get(v, v) if isinstance(v, str) else v for k, v in (params or {}).items()}
+    return Message(_fill(msg.title, p), _fill(msg.detail, p))
+
+
+def field_text(kind: str, lang: str, params: dict[str, Any] | None = None, fallback: str = "") -> str:
+    """Message for one invalid field; `fallback` (pydantic's English) for unknown types."""
+    catalogue = FIELDS.get(lang, FIELDS[DEFAULT_LANGUAGE])
+    template = catalogue.get(kind) or FIELDS[DEFAULT_LANGUAGE].get(kind)
+    if template is None:
+        return fallback or kind
+    return _fill(template, params or {})
