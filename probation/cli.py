@@ -6,7 +6,8 @@ import logging
 import signal
 import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +19,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 user_app = typer.Typer(help="Users.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 log = logging.getLogger("probation")
 
@@ -85,30 +88,70 @@ def _run_uvicorn(fastapi_app: object, host: str, port: int) -> None:
     Server(config).run()
 
 
+class Service:
+    """What `serve` runs in one process (and `demo` reuses): the embedded servers where no
+    URLs are set, the migrations, the FastAPI app, the ingest worker and the scheduler."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rt: Any = None
+        self.app: Any = None
+        self.worker: Any = None
+        self.scheduler: Any = None
+
+    def start(self) -> Service:
+        """Start everything but the HTTP server (on failure, stop what was started)."""
+        from db.migrate import upgrade
+        from probation.app import create_app
+        from probation.runtime import start_embedded
+        from probation.scheduler import SchedulerService
+        from probation.workers import build_ingestion
+
+        settings = self.settings
+        rt = self.rt = start_embedded(settings)
+        try:
+            upgrade(rt.database_url)
+            self.app = create_app(settings, database_url=rt.database_url, mqtt_url=rt.mqtt_url)
+            if not settings.mqtt_url:  # the embedded broker speaks MQTT 3.1.1
+                settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})
+            self.worker = build_ingestion(
+                settings, database_url=rt.database_url, mqtt_url=rt.mqtt_url
+            )
+            self.worker.start()
+            self.scheduler = SchedulerService(
+                database_url=rt.database_url, settings=settings, mqtt_url=rt.mqtt_url
+            )
+            self.scheduler.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self.rt is not None:
+            self.rt.stop()
+            self.rt = None
+
+
+def start_service(settings: Settings) -> Service:
+    return Service(settings).start()
+
+
 @app.command()
 def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """API, ingestion worker and scheduler in one process (embedded servers if no URLs)."""
-    from db.migrate import upgrade
-    from devices.ingest import IngestWorker
-    from probation.app import create_app
-    from probation.runtime import start_embedded
-    from probation.scheduler import SchedulerService
-
     settings = _settings()
     t0 = time.monotonic()
-    rt = start_embedded(settings)
-    worker: IngestWorker | None = None
-    scheduler: SchedulerService | None = None
+    svc = Service(settings)
     try:
-        upgrade(rt.database_url)
-        fastapi_app = create_app(settings, database_url=rt.database_url, mqtt_url=rt.mqtt_url)
-        worker = IngestWorker(
-            database_url=rt.database_url, mqtt_url=rt.mqtt_url, prefix=settings.mqtt_prefix,
-            client_id=settings.mqtt_client_id, share_group=settings.mqtt_share_group,
-        )
-        worker.start()
-        scheduler = SchedulerService(database_url=rt.database_url)
-        scheduler.start()
+        svc.start()
+        rt = svc.rt
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         lines = [
             f"API:      http://{shown}:{port}/api/v1",
@@ -121,13 +164,9 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         ]
         for line in lines:
             typer.echo(line, err=True)
-        _run_uvicorn(fastapi_app, host, port)
+        _run_uvicorn(svc.app, host, port)
     finally:
-        if scheduler is not None:
-            scheduler.stop()
-        if worker is not None:
-            worker.stop()
-        rt.stop()
+        svc.stop()
         log.info("serve stopped")
 
 
@@ -143,18 +182,24 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
 
 @app.command()
-def ingest() -> None:
+def ingest(
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus metrics on this port at /metrics (0: off).")
+    ] = 0,
+) -> None:
     """The ingestion worker alone (production; several may share the load)."""
-    from devices.ingest import IngestWorker
+    from probation.workers import build_ingestion
 
     settings = _settings()
-    worker = IngestWorker(
+    worker = build_ingestion(
+        settings,
         database_url=_require(settings.database_url, "DATABASE_URL"),
         mqtt_url=_require(settings.mqtt_url, "MQTT_URL"),
-        prefix=settings.mqtt_prefix,
-        client_id=settings.mqtt_client_id,
-        share_group=settings.mqtt_share_group,
     )
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
     _on_term(worker)
     worker.start()
     worker.wait()
@@ -167,7 +212,10 @@ def scheduler() -> None:
     from probation.scheduler import SchedulerService
 
     settings = _settings()
-    svc = SchedulerService(database_url=_require(settings.database_url, "DATABASE_URL"))
+    svc = SchedulerService(
+        database_url=_require(settings.database_url, "DATABASE_URL"), settings=settings,
+        mqtt_url=_require(settings.mqtt_url, "MQTT_URL"),
+    )
     _on_term(svc)
     svc.start()
     svc.wait()
@@ -219,6 +267,334 @@ def user_add(
         typer.echo(f"created user {username} ({role}) {uid}")
     finally:
         rt.stop()
+
+
+@app.command("dead-letters")
+def dead_letters(
+    reason: Annotated[str | None, typer.Option(help="Only this reason code.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only since this time (RFC 3339, e.g. 2026-11-25T10:00:00Z).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """What ingestion refused: topic, reason code, detail, payload (embedded database if no URL)."""
+    from datetime import datetime
+
+    import orjson
+
+    from db.engine import connect
+    from devices.service import list_dead_letters
+    from probation.runtime import start_embedded
+
+    settings = _settings()
+    try:
+        since_dt = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        since_dt = None
+    if since and (since_dt is None or since_dt.tzinfo is None):
+        typer.echo("--since needs an RFC 3339 time with Z or an offset", err=True)
+        raise typer.Exit(2)
+    rt = start_embedded(settings, need_broker=False)
+    try:
+        with connect(rt.database_url) as conn:
+            rows = list_dead_letters(conn, reason=reason, since=since_dt, limit=limit,
+                                     payload_cap=200)
+    finally:
+        rt.stop()
+    for r in rows:
+        payload = bytes(r["payload"])
+        if as_json:
+            typer.echo(orjson.dumps({**r, "payload": payload.decode("utf-8", "replace")}).decode())
+            continue
+        index = "" if r["item_index"] is None else f" item {r['item_index']}"
+        typer.echo(f"{r['id']:>8} {r['received_at']:%Y-%m-%d %H:%M:%S%z} {r['reason']:<18} "
+                   f"{r['topic']}{index}: {r['detail']}")
+        typer.echo(f"         {payload[:120]!r}{' …' if r['payload_size'] > 120 else ''} "
+                   f"({r['payload_size']} bytes)")
+    if not rows and not as_json:
+        typer.echo("no dead letters", err=True)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (flat JSON object).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="A throwaway database to use (its fixes table is truncated!). "
+                     "Default: a private PostgreSQL, with TimescaleDB when installed."),
+    ] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="A broker to use. Default: a private mosquitto.")
+    ] = None,
+    scale: Annotated[
+        float, typer.Option(help="Scale the volumes (1: 1,000,000 batched fixes, 100,000 "
+                            "single-fix messages).")
+    ] = 1.0,
+    latency_seconds: Annotated[
+        float, typer.Option(help="Length of the steady 2,000 fixes/s latency run.")
+    ] = 20.0,
+    durable: Annotated[
+        bool, typer.Option(help="Private PostgreSQL with fsync and synchronous commit (as in "
+                           "production); --no-durable turns them off.")
+    ] = True,
+) -> None:
+    """Throughput and latency of ingestion through a real broker into the real database."""
+    import orjson
+
+    from devices.bench import BenchConfig, run_ingest_bench
+
+    _setup_logging(Settings(log_level="WARNING"))
+    result = run_ingest_bench(
+        BenchConfig(
+            database_url=database_url, mqtt_url=mqtt_url,
+            batched_fixes=max(50_000, int(1_000_000 * scale)),
+            single_messages=max(5_000, int(100_000 * scale)),
+            latency_seconds=latency_seconds, durable=durable,
+        ),
+        out=typer.echo,
+    )
+    typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+@bench_app.command("scheduler")
+def bench_scheduler(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (flat JSON object).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="An empty, throwaway database to fill. Default: a private "
+                     "PostgreSQL, with TimescaleDB when installed."),
+    ] = None,
+    devices: Annotated[int, typer.Option(help="Assigned devices (one case and zone each).")] = 100_000,
+    repeat: Annotated[int, typer.Option(help="Runs per pass (the median is reported).")] = 3,
+    violations_pct: Annotated[
+        float, typer.Option(help="Percent of devices that go silent, lose their fixes, or "
+                            "are outside at the curfew start (each opens an alert).")
+    ] = 0.2,
+) -> None:
+    """Time the silence and curfew-start passes over N assigned devices (target <= 1 s)."""
+    import orjson
+
+    from probation.bench_scheduler import SchedulerBenchConfig, run_scheduler_bench
+
+    _setup_logging(Settings(log_level="WARNING"))
+    result = run_scheduler_bench(
+        SchedulerBenchConfig(devices=devices, repeat=repeat, database_url=database_url,
+                             silent_pct=violations_pct, nofix_pct=violations_pct,
+                             outside_pct=violations_pct),
+        out=typer.echo,
+    )
+    typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+@bench_app.command("api")
+def bench_api(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (JSON object).")
+    ] = Path("bench/api.json"),
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="An empty, throwaway database to fill (or one an earlier run "
+                     "filled, to reuse). Default: a private PostgreSQL, with TimescaleDB."),
+    ] = None,
+    cases: Annotated[int, typer.Option(help="Active cases (50 per officer).")] = 2000,
+    fixes: Annotated[int, typer.Option(help="Fixes in total, spread over the cases' devices.")] = 5_000_000,
+    requests: Annotated[int, typer.Option(help="Caseload requests measured.")] = 1000,
+    acks: Annotated[int, typer.Option(help="Alert acknowledgements measured.")] = 1000,
+    durable: Annotated[
+        bool, typer.Option(help="Private PostgreSQL with fsync and synchronous commit (as in "
+                           "production); --no-durable turns them off.")
+    ] = True,
+) -> None:
+    """Caseload page (p99 <= 50 ms) and alert acknowledgement (p99 <= 30 ms) under load."""
+    import orjson
+
+    from probation.bench_api import ApiBenchConfig, run_api_bench
+
+    _setup_logging(Settings(log_level="WARNING"))
+    result = run_api_bench(
+        ApiBenchConfig(cases=cases, fixes=fixes, caseload_requests=requests, acks=acks,
+                       database_url=database_url, durable=durable),
+        out=typer.echo,
+    )
+    typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    if not result["pass"]:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- simulation
+
+RateOpt = typer.Option
+
+
+def _rates(curfew: float, exclusion: float, strap: float, power_off: float, gaps: float,
+           checkins: float, checkin_missed: float, checkin_failed: float) -> Any:
+    from probation.simulator.violations import Rates
+
+    return Rates(curfew=curfew, exclusion=exclusion, strap=strap, power_off=power_off, gap=gaps,
+                 checkin_requests=checkins, checkin_missed=checkin_missed,
+                 checkin_failed=checkin_failed)
+
+
+@app.command()
+def simulate(
+    mqtt: Annotated[str, typer.Option(help="Broker URL, mqtt://user:pass@host:port.")],
+    api_url: Annotated[str | None, typer.Option("--api", help="API base URL (for the setup, "
+                                                "officer check-in requests and the lag probe).")] = None,
+    username: Annotated[str, typer.Option(help="An admin's username.")] = "admin",
+    password: Annotated[str, typer.Option(help="Its password.", envvar="PROBATION_SIM_PASSWORD")] = "",
+    people: Annotated[int, typer.Option(help="Simulated people (one bracelet and phone each).")] = 100,
+    fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
+    speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 10.0,
+    duration: Annotated[float, typer.Option(help="Real seconds to run.")] = 600.0,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same people and plan.")] = 1,
+    truth: Annotated[Path, typer.Option(help="Truth records (JSON lines) for `probation score`.")] = Path("truth.jsonl"),
+    setup: Annotated[bool, typer.Option("--setup/--no-setup", help="Register subjects, cases, "
+                     "devices and zones through the API first (--no-setup: reuse --setup-file).")] = True,
+    setup_file: Annotated[Path | None, typer.Option(help="Where the registered ids are kept "
+                          "(default: <truth>.setup.json).")] = None,
+    start: Annotated[str, typer.Option(help="Simulated start: auto (now - speed x duration), "
+                     "HH:MM (latest such local time before that), or an RFC 3339 time.")] = "auto",
+    prefix: Annotated[str, typer.Option(help="Topic prefix.", envvar="PROBATION_MQTT_PREFIX")] = "pm/v1",
+    phones: Annotated[bool, typer.Option("--phones/--no-phones", help="A check-in phone per person "
+                      "(else the bracelet answers check-ins).")] = True,
+    curfew: Annotated[float, RateOpt(help="Curfew breaks per person per simulated day.")] = 0.2,
+    exclusion: Annotated[float, RateOpt(help="Exclusion-zone entries per person per day.")] = 0.1,
+    strap: Annotated[float, RateOpt(help="Strap openings per person per day.")] = 0.05,
+    power_off: Annotated[float, RateOpt(help="Devices switched off per person per day.")] = 0.05,
+    gaps: Annotated[float, RateOpt(help="Coverage gaps (late uploads) per person per day.")] = 1.0,
+    checkins: Annotated[float, RateOpt(help="Officer check-in requests per person per day.")] = 0.5,
+    checkin_missed: Annotated[float, RateOpt(help="Share of check-in requests left unanswered.")] = 0.1,
+    checkin_failed: Annotated[float, RateOpt(help="Share answered with a wrong face or a spoof.")] = 0.1,
+    checkin_deadline: Annotated[int, typer.Option(help="Deadline of the officer requests (s).")] = 300,
+    max_inflight: Annotated[int, typer.Option(help="Unacknowledged QoS 1 messages at most.")] = 1000,
+) -> None:
+    """Publish the traffic of N simulated people (bracelets and check-in phones) over MQTT."""
+    from probation.simulator.run import Progress, SimConfig, run_simulation
+
+    _setup_logging(Settings(log_level="WARNING"))
+    cfg = SimConfig(
+        mqtt=mqtt, api=api_url, username=username, password=password, people=people,
+        fix_interval_s=fix_interval, speed=speed, duration_s=duration, seed=seed, truth=truth,
+        setup=setup, setup_file=setup_file, start=start, prefix=prefix, phones=phones,
+        rates=_rates(curfew, exclusion, strap, power_off, gaps, checkins, checkin_missed,
+                     checkin_failed),
+        checkin_deadline_s=checkin_deadline, max_inflight=max_inflight,
+    )
+    last = [0.0]
+
+    def show(p: Progress) -> None:
+        if p.elapsed_s - last[0] >= 10 or p.elapsed_s >= p.duration_s:
+            last[0] = p.elapsed_s
+            lag = "-" if p.lag_s is None else f"{p.lag_s:.1f} s"
+            typer.echo(f"[{p.elapsed_s:5.0f}/{p.duration_s:.0f} s] {p.fixes_per_s:6.0f} fixes/s, "
+                       f"{p.messages_per_s:5.0f} msg/s, lag {lag}, open alerts {p.open_alerts}, "
+                       f"truth {p.truths}", err=True)
+
+    res = run_simulation(cfg, on_progress=show, on_phase=lambda m: typer.echo(m, err=True))
+    typer.echo(f"done: {res.stats.get('fixes', 0)} fixes in {res.publisher['messages']} messages; "
+               f"truth {res.truths} ({res.noise_due} GPS-noise episodes) -> {res.truth}", err=True)
+
+
+@app.command()
+def score(
+    api_url: Annotated[str, typer.Option("--api", help="API base URL.")],
+    truth: Annotated[Path, typer.Option(help="The simulator's truth file.")],
+    username: Annotated[str, typer.Option(help="A user who sees the run's cases.")] = "admin",
+    password: Annotated[str, typer.Option(help="Its password.", envvar="PROBATION_SIM_PASSWORD")] = "",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the score here.")] = None,
+    slack: Annotated[float, typer.Option(help="Widen every matching window by this (s).")] = 0.0,
+) -> None:
+    """Recall, precision and delay per alert type, false alarms per person-day, vs the truth."""
+    import orjson
+
+    from probation.simulator.score import fetch_alerts, format_table, load_truth
+    from probation.simulator.score import score as score_run
+    from probation.simulator.setup import ApiClient
+
+    _setup_logging(Settings(log_level="WARNING"))
+    run = load_truth(truth)
+    client = ApiClient(api_url, username, password)
+    try:
+        result = score_run(run, fetch_alerts(client, run), slack_s=slack)
+    finally:
+        client.close()
+    for line in format_table(result):
+        typer.echo(line)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+@app.command()
+def demo(
+    people: Annotated[int, typer.Option(help="Simulated people.")] = 200,
+    speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 10.0,
+    duration: Annotated[float, typer.Option(help="Real seconds of simulation.")] = 3600.0,
+    fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit", help="Keep the service "
+                            "running after the simulation (until Ctrl-C).")] = True,
+) -> None:
+    """The service (embedded servers, own data dir) plus the simulator, with live figures."""
+    from probation.simulator.demo import DemoOptions, run_demo
+
+    _setup_logging(Settings(log_level="WARNING"))
+    code = run_demo(
+        DemoOptions(people=people, speed=speed, duration_s=duration, fix_interval_s=fix_interval,
+                    seed=seed, host=host, port=port, keep_serving=keep_serving),
+        start_service=start_service,
+    )
+    raise typer.Exit(code)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    people: Annotated[int, typer.Option(help="Simulated people.")] = 5000,
+    speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 60.0,
+    minutes: Annotated[float, typer.Option(help="Real minutes of simulation.")] = 30.0,
+    fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    start: Annotated[str, typer.Option(help="Simulated start (see `simulate --start`).")] = "auto",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = Path("bench/soak.json"),
+    durable: Annotated[bool, typer.Option(help="PostgreSQL with fsync and synchronous commit "
+                       "(production); --no-durable turns them off.")] = True,
+    keep: Annotated[bool, typer.Option(help="Keep the work directory (logs, truth, data).")] = False,
+    curfew: Annotated[float, RateOpt(help="Curfew breaks per person per simulated day.")] = 0.2,
+    exclusion: Annotated[float, RateOpt(help="Exclusion-zone entries per person per day.")] = 0.1,
+    checkins: Annotated[float, RateOpt(help="Officer check-in requests per person per day.")] = 0.5,
+) -> None:
+    """Soak: api, ingest and scheduler processes, TimescaleDB, mosquitto, N simulated people."""
+    import orjson
+
+    from probation.bench_soak import SoakConfig, run_soak, summary_lines
+    from probation.simulator.violations import Rates
+
+    _setup_logging(Settings(log_level="WARNING"))
+    cfg = SoakConfig(people=people, speed=speed, minutes=minutes, fix_interval_s=fix_interval,
+                     seed=seed, start=start, durable=durable, keep=keep,
+                     rates=Rates(curfew=curfew, exclusion=exclusion, checkin_requests=checkins))
+    result = run_soak(cfg, out=lambda m: typer.echo(m, err=True))
+    for line in summary_lines(result):
+        typer.echo(line)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    if not (result.get("score", {}).get("bar", {}).get("passed") and result.get("memory_flat")):
+        raise typer.Exit(1)
 
 
 @app.command()

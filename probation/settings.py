@@ -6,6 +6,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,11 @@ class Settings(BaseSettings):
         default=None,
         description="MQTT 5 shared-subscription group: several ingest workers share the load.",
     )
+    mqtt_protocol: str = Field(
+        default="3.1.1",
+        description="MQTT protocol version of the ingest worker: 3.1.1 or 5 (5 for shared "
+        "subscriptions on brokers other than Mosquitto and EMQX).",
+    )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the embedded database, broker state and generated secrets live.",
@@ -59,6 +65,70 @@ class Settings(BaseSettings):
     )
     timezone: str = Field(default="Asia/Almaty", description="Default timezone of new cases.")
     log_level: str = Field(default="INFO", description="Logging level.")
+
+    # --- scheduler (timed rules, check-ins, escalation, notifications, retention) ---
+    scheduler_interval_s: float = Field(
+        default=30, description="Period of the silence, curfew-start, check-in and escalation "
+        "jobs (seconds).",
+    )
+    scheduler_lock_retry_s: float = Field(
+        default=3, description="How often a standby scheduler retries the leader lock (seconds).",
+    )
+    upload_interval_s: dict[str, float] = Field(
+        default={"high": 60, "medium": 120, "low": 300},
+        description="Default device upload interval per risk level (seconds, JSON); "
+        "communication_lost after max(3 x this, 10 min) of silence.",
+    )
+    communication_lost_min_s: float = Field(
+        default=600, description="Minimum silence before communication_lost (seconds).",
+    )
+    location_lost_s: float = Field(
+        default=1800, description="No fix with acc <= 100 m for this long -> location_lost "
+        "(seconds).",
+    )
+    curfew_no_fix_s: float = Field(
+        default=900, description="At an inclusion window's start, a fix older than this counts "
+        "as no fix (seconds).",
+    )
+    escalation_deadlines_s: dict[str, float | None] = Field(
+        default={"critical": 300, "high": 900, "medium": 3600, "low": None},
+        description="Unacknowledged alerts escalate after this per severity (seconds, JSON; "
+        "null: never).",
+    )
+    escalation_max_level: int = Field(default=2, description="Highest escalation level.")
+    checkin_similarity_min: float = Field(
+        default=0.6, description="Cosine similarity to the template a check-in needs to pass.",
+    )
+    checkin_liveness_min: float = Field(
+        default=0.8, description="Liveness score a check-in needs to pass.",
+    )
+    checkin_per_day: dict[str, int] = Field(
+        default={"high": 3, "medium": 1, "low": 0},
+        description="Random check-ins per day per risk level when a case has no policy (JSON).",
+    )
+    checkin_from_hour: int = Field(default=8, description="Default local hour random check-ins start.")
+    checkin_to_hour: int = Field(default=20, description="Default local hour random check-ins end.")
+    checkin_deadline_s: int = Field(
+        default=900, description="Time to answer a random check-in request (seconds, 60..3600).",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Alert webhook: POST of the alert JSON, HMAC-SHA256 signed.",
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="Shared secret of the webhook signature (required with the URL).",
+    )
+    notify_routes: list[dict[str, Any]] = Field(
+        default=[{"notifier": "log"}, {"notifier": "webhook"}],
+        description="Which alerts go to which notifier (JSON list of {notifier, types?, "
+        "min_severity?, events?}; notifiers: log, webhook).",
+    )
+    notify_interval_s: float = Field(default=10, description="Period of the notification job.")
+    retention_years: int = Field(
+        default=5, description="Raw telemetry is kept this many years after its case closes.",
+    )
+    dead_letter_retention_days: int = Field(
+        default=90, description="Dead letters are kept this many days.",
+    )
 
     def secret_file(self, name: str) -> Path:
         return self.data_dir / "secrets" / name
