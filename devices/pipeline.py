@@ -1,0 +1,763 @@
+"""The ingest pipeline's stages, from a raw MQTT message to committed rows.
+
+    receive (paho thread) → bounded queue → decode + validate (`devices.protocol`)
+    → batch (N items / M messages / T ms) → resolve serials → group per device,
+    sorted by ts → check-in hook → COPY + dedup → geofence hook → inventory,
+    acks, dead letters → commit → acknowledge to the broker
+
+`devices.ingest.IngestWorker` runs the threads; this module holds the pieces
+they call: the bounded queue, the decode stage, the device directory, the two
+hooks and `BatchWriter`, which writes one batch inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, Protocol
+
+import orjson
+
+from devices import metrics, service
+from devices.protocol import (
+    MAX_PAYLOAD,
+    Ack,
+    Checkin,
+    Decoded,
+    DeviceEvent,
+    Fix,
+    Reason,
+    Rejected,
+    Status,
+    Stream,
+    decode,
+    parse_topic,
+)
+from devices.service import AckRow, Conn, DeadLetterRow, InventoryUpdate
+
+log = logging.getLogger(__name__)
+
+FLOAT4_MAX = 3.4028234663852886e38
+GOOD_FIX_ACC_M = 100.0
+UNKNOWN_STREAM = "unknown"
+DEDUP_WINDOW_S = 10.0  # after a key conflict, deduplicate every batch for this long
+
+# --------------------------------------------------------------------------- receive
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """One MQTT message as the paho thread hands it over."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    generation: int  # the broker connection it arrived on: acks are only valid there
+    received_at: float  # time.time() at arrival
+
+    def ident(self) -> str:
+        """How logs name this message."""
+        return f"topic={self.topic!r} mid={self.mid}"
+
+
+class ByteBoundedQueue:
+    """A FIFO bounded by message count and payload bytes: `put` blocks while it is full.
+
+    A single message larger than the byte bound still goes in when the queue is
+    empty. One producer (the paho thread) and one consumer (the decode thread);
+    each side only signals the other when it is actually waiting.
+    """
+
+    def __init__(self, *, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._q: deque[RawMessage] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._getter_waiting = False
+        self._putter_waiting = False
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def put(self, msg: RawMessage, timeout: float | None = None) -> bool:
+        """Append, waiting while full; False if `timeout` passed first."""
+        size = len(msg.payload)
+        q = self._q
+        with self._cond:
+            if q and (len(q) >= self.max_items or self._bytes + size > self.max_bytes):
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while q and (len(q) >= self.max_items or self._bytes + size > self.max_bytes):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._putter_waiting = True
+                    self._cond.wait(left)
+                self._putter_waiting = False
+            q.append(msg)
+            self._bytes += size
+            if self._getter_waiting:
+                self._cond.notify()
+            return True
+
+    def get_many(self, max_items: int, timeout: float) -> list[RawMessage]:
+        """Up to `max_items` messages, waiting at most `timeout` for the first one."""
+        q = self._q
+        with self._cond:
+            if not q and timeout > 0:
+                self._getter_waiting = True
+                self._cond.wait(timeout)
+                self._getter_waiting = False
+            n = min(len(q), max_items)
+            out = [q.popleft() for _ in range(n)]
+            if out:
+                self._bytes -= sum(len(m.payload) for m in out)
+                if self._putter_waiting:
+                    self._cond.notify()
+            return out
+
+
+# --------------------------------------------------------------------------- decode
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A received message after the decode stage.
+
+    `decoded` is None for check-ins: their validation needs the enrolled template
+    length, looked up by the writer (`BatchWriter`).
+    """
+
+    raw: RawMessage
+    serial: str | None
+    stream: str
+    decoded: Decoded | None
+    items: int
+
+
+def is_downlink(topic: str, prefix: str) -> bool:
+    """Our own `{prefix}/devices/{serial}/commands` traffic, seen through the `#` subscription."""
+    if not topic.endswith("/commands"):
+        return False
+    head = prefix.rstrip("/") + "/devices/"
+    if not topic.startswith(head):
+        return False
+    return "/" not in topic[len(head):-len("/commands")]
+
+
+def decode_stage(raw: RawMessage, *, prefix: str, now: datetime | None = None) -> Incoming:
+    """Parse and validate one message (pure: no database)."""
+    t = parse_topic(raw.topic, prefix)
+    if t is not None and t.stream is Stream.CHECKINS:
+        return Incoming(raw, t.serial, t.stream.value, None, 1)
+    d = decode(raw.topic, raw.payload, prefix=prefix, now=now)
+    n = len(d.items) + len(d.rejected) + d.duplicates
+    return Incoming(
+        raw, None if t is None else t.serial, UNKNOWN_STREAM if t is None else t.stream.value,
+        d, n,
+    )
+
+
+# --------------------------------------------------------------------------- directory
+
+
+class DeviceDirectory:
+    """serial → device id, cached (devices are never renamed); unknown serials for `negative_ttl`."""
+
+    def __init__(self, *, negative_ttl: float = 2.0) -> None:
+        self.negative_ttl = negative_ttl
+        self._known: dict[str, uuid.UUID] = {}
+        self._unknown: dict[str, float] = {}
+
+    def preload(self, conn: Conn) -> int:
+        self._known = service.load_devices(conn)
+        self._unknown.clear()
+        return len(self._known)
+
+    def resolve(self, conn: Conn, serials: set[str]) -> dict[str, uuid.UUID]:
+        """The registered devices among `serials` (one query for the cache misses)."""
+        now = time.monotonic()
+        known = self._known
+        misses = [
+            s for s in serials
+            if s not in known and self._unknown.get(s, 0.0) <= now
+        ]
+        if misses:
+            found = service.lookup_devices(conn, serials=misses)
+            known.update(found)
+            for s in misses:
+                if s not in found:
+                    self._unknown[s] = now + self.negative_ttl
+            if len(self._unknown) > 100_000:
+                self._unknown = {k: v for k, v in self._unknown.items() if v > now}
+        return {s: known[s] for s in serials if s in known}
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+@dataclass(slots=True)
+class CheckinVerdict:
+    """The outcome of a check-in: whether it passed and the similarity to the template."""
+
+    passed: bool
+    similarity: float | None
+
+
+@dataclass(slots=True)
+class StoredCheckin:
+    checkin: Checkin
+    verdict: CheckinVerdict
+
+
+@dataclass(slots=True)
+class DeviceBatch:
+    """What one batch newly stored for one device, each list sorted by `ts` (hook input).
+
+    Duplicates (items already stored) are not in it: each item reaches the
+    geofence hook once. `case_id` is the device's active case (None: stored,
+    evaluated by nothing). `received_at` is the arrival of its latest message.
+    """
+
+    device_id: uuid.UUID
+    serial: str
+    case_id: uuid.UUID | None
+    received_at: datetime
+    fixes: list[Fix] = field(default_factory=list)
+    events: list[DeviceEvent] = field(default_factory=list)
+    checkins: list[StoredCheckin] = field(default_factory=list)
+
+
+class GeofenceHook(Protocol):
+    """Evaluates newly stored telemetry, inside the batch's transaction, before its commit."""
+
+    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+        """Called once per batch with the devices that have new items (each row-locked).
+
+        Work on `conn` (never commit or roll back). An exception rolls back what
+        the hook did for the batch; the worker then retries device by device and
+        logs the devices that still fail; the telemetry is stored either way.
+        """
+        ...
+
+
+class CheckinHook(Protocol):
+    """Decides each check-in (`passed`, `similarity`) before it is stored."""
+
+    def evaluate(
+        self, conn: Conn, *, device_id: uuid.UUID, case_id: uuid.UUID | None,
+        checkins: Sequence[Checkin],
+    ) -> Sequence[CheckinVerdict]:
+        """One verdict per check-in, same order; runs inside the batch's transaction.
+
+        Sees every valid check-in, including a redelivered one (its row is then
+        not stored twice), so it must not have side effects: act on stored
+        check-ins in the geofence hook instead.
+        """
+        ...
+
+
+class NoGeofence:
+    """The default geofence hook: evaluates nothing."""
+
+    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+        return None
+
+
+class UndecidedCheckins:
+    """The default check-in hook: without a biometric comparison, nothing passes.
+
+    Every check-in is stored with `passed = false` and `similarity = NULL`: the
+    check-in hook installed by the biometric component decides (cosine
+    similarity to the enrolled template and liveness thresholds).
+    """
+
+    def evaluate(
+        self, conn: Conn, *, device_id: uuid.UUID, case_id: uuid.UUID | None,
+        checkins: Sequence[Checkin],
+    ) -> Sequence[CheckinVerdict]:
+        return [CheckinVerdict(False, None) for _ in checkins]
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _lenient_loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload.decode("utf-8"))
+
+
+def fingerprint(topic: str, index: int | None, payload: bytes) -> bytes:
+    """Identity of a rejection: the same message (and item) always gives the same bytes."""
+    h = hashlib.sha256(topic.encode("utf-8", "backslashreplace"))
+    h.update(b"\x00" + (b"-" if index is None else str(index).encode()) + b"\x00")
+    h.update(payload)
+    return h.digest()
+
+
+def _text(s: str) -> str:
+    """A string PostgreSQL can store (no NUL)."""
+    return s.replace("\x00", "\\x00")
+
+
+def dead_letter(raw: RawMessage, rej: Rejected) -> DeadLetterRow:
+    """The dead-letter row of a rejection: the whole payload (capped) or the item as JSON."""
+    if rej.index is None:
+        body = raw.payload[:MAX_PAYLOAD]
+    else:
+        try:
+            body = orjson.dumps(rej.item)
+        except (TypeError, orjson.JSONEncodeError):
+            body = repr(rej.item).encode("utf-8", "backslashreplace")
+        body = body[:MAX_PAYLOAD]
+    return DeadLetterRow(
+        topic=_text(raw.topic), reason=rej.reason.value, detail=_text(rej.detail),
+        item_index=rej.index, payload=body,
+        fingerprint=fingerprint(raw.topic, rej.index, raw.payload),
+    )
+
+
+def _has_nul(s: str | None) -> bool:
+    return s is not None and "\x00" in s
+
+
+@dataclass
+class BatchResult:
+    """What a committed batch did (for metrics and tests)."""
+
+    messages: int = 0
+    items: int = 0
+    received: Counter[str] = field(default_factory=Counter)
+    stored: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+    # Per fixes message: the newest fix's ts (the publish-time proxy), epoch seconds.
+    newest_fix_ts: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _DeviceAcc:
+    """One device's share of a batch, accumulated in arrival order."""
+
+    device_id: uuid.UUID
+    serial: str
+    received_at: float = 0.0  # latest arrival of any of its messages
+    heard_at: float = 0.0  # latest arrival that counts as hearing from it (last_seen)
+    online: bool | None = None
+    firmware: str | None = None
+    status_battery: int | None = None
+    fixes: list[Fix] = field(default_factory=list)
+    events: list[DeviceEvent] = field(default_factory=list)
+    event_details: dict[int, str | None] = field(default_factory=dict)  # id(event) → JSON
+    checkins: list[Checkin] = field(default_factory=list)
+    raws: list[RawMessage] = field(default_factory=list)
+
+    def idents(self) -> str:
+        return ", ".join(r.ident() for r in self.raws[:20])
+
+    def inventory(self) -> InventoryUpdate:
+        """The inventory facts of this batch (fixes already sorted by ts)."""
+        inv = InventoryUpdate(
+            device_id=self.device_id, online=self.online, firmware=self.firmware,
+            status_battery=self.status_battery,
+            last_seen=_utc(self.heard_at) if self.heard_at else None,
+        )
+        fs = self.fixes
+        if fs:
+            inv.last_fix_at = fs[-1].ts
+            for f in reversed(fs):
+                if f.acc <= GOOD_FIX_ACC_M:
+                    inv.last_good_fix_at = f.ts
+                    break
+            for f in reversed(fs):
+                if f.bat is not None:
+                    inv.fix_battery, inv.fix_battery_ts = f.bat, f.ts
+                    break
+        return inv
+
+
+_TS = attrgetter("ts")
+_FIX_FIELDS = attrgetter("seq", "ts", "lat", "lon", "acc", "src", "spd", "hdg", "bat")
+_DEVICE_ORDER = attrgetter("device_id.int")
+
+
+class BatchWriter:
+    """Writes one batch of decoded messages inside the caller's open transaction."""
+
+    def __init__(
+        self, *, prefix: str, geofence: GeofenceHook | None = None,
+        checkin: CheckinHook | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.geofence: GeofenceHook = geofence or NoGeofence()
+        self.checkin: CheckinHook = checkin or UndecidedCheckins()
+        self._dedup_until = 0.0
+
+    # -- the batch -----------------------------------------------------------------
+
+    def write(
+        self, conn: Conn, batch: Sequence[Incoming], *, directory: DeviceDirectory,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> BatchResult:
+        """Store `batch` in the open transaction (the caller commits, then acknowledges)."""
+        res = BatchResult(messages=len(batch))
+        dead: list[DeadLetterRow] = []
+        serials = {m.serial for m in batch if m.serial is not None}
+        ids = directory.resolve(conn, serials) if serials else {}
+
+        # Check-ins are validated against the enrolled template length.
+        checkin_ids = {
+            ids[m.serial] for m in batch
+            if m.decoded is None and m.serial is not None and m.serial in ids
+        }
+        dims = service.enrolled_embedding_lengths(conn, device_ids=checkin_ids)
+        t_now = now()
+
+        devs: dict[str, _DeviceAcc] = {}
+        statuses = 0
+        acks: list[tuple[uuid.UUID, RawMessage, Ack]] = []
+        seen_events: set[service.Key] = set()
+        seen_checkins: set[service.Key] = set()
+        received = res.received
+        newest_fix_ts = res.newest_fix_ts
+
+        for m in batch:
+            raw = m.raw
+            serial = m.serial
+            acc = devs.get(serial) if serial is not None else None
+            if acc is None and serial is not None:
+                dev_id = ids.get(serial)
+                if dev_id is None:
+                    dead.append(dead_letter(raw, Rejected(
+                        Reason.UNKNOWN_DEVICE, f"device {serial!r} is not registered", None, None,
+                    )))
+                    received[m.stream] += 1
+                    continue
+                acc = devs[serial] = _DeviceAcc(dev_id, serial)
+            d = m.decoded
+            if d is None:  # a check-in message
+                assert acc is not None
+                dim = dims.get(acc.device_id)
+                d = decode(
+                    raw.topic, raw.payload, prefix=self.prefix, now=t_now,
+                    embedding_length=lambda _s, _dim=dim: _dim,  # type: ignore[misc]
+                )
+                m.items = len(d.items) + len(d.rejected) + d.duplicates
+            received[m.stream] += m.items
+            res.items += m.items
+            if d.duplicates:
+                res.duplicates[m.stream] += d.duplicates
+            for rej in d.rejected:
+                dead.append(dead_letter(raw, rej))
+            if acc is None:  # bad topic: nothing else to do
+                continue
+            acc.raws.append(raw)
+            if raw.received_at > acc.received_at:
+                acc.received_at = raw.received_at
+            stream = m.stream
+            if stream == "status":
+                for st in d.items:
+                    assert isinstance(st, Status)
+                    if _has_nul(st.fw):
+                        dead.append(dead_letter(raw, Rejected(
+                            Reason.BAD_TYPE, "fw: contains a NUL character", None, None,
+                        )))
+                        continue
+                    statuses += 1
+                    acc.online = st.state == "online"
+                    if st.fw is not None:
+                        acc.firmware = st.fw
+                    if st.bat is not None:
+                        acc.status_battery = st.bat
+                    if acc.online and not raw.retain and raw.received_at > acc.heard_at:
+                        acc.heard_at = raw.received_at
+                continue
+            # Any other message from a registered device: it is talking.
+            acc.online = True
+            if raw.received_at > acc.heard_at:
+                acc.heard_at = raw.received_at
+            if stream == "fixes":
+                fixes: list[Fix] = d.items  # type: ignore[assignment]
+                if fixes:
+                    if any(f.spd is not None and f.spd > FLOAT4_MAX for f in fixes):
+                        fixes = self._oversized_speeds(raw, fixes, dead)
+                    acc.fixes.extend(fixes)
+                    if fixes:
+                        newest_fix_ts.append(max(map(_TS, fixes)).timestamp())
+            elif stream == "acks":
+                for ak in d.items:
+                    assert isinstance(ak, Ack)
+                    acks.append((acc.device_id, raw, ak))
+            elif stream == "events":
+                self._add_events(acc, raw, d.items, seen_events, res, dead)  # type: ignore[arg-type]
+            elif stream == "checkins":
+                self._add_checkins(acc, raw, d.items, seen_checkins, res, dead)  # type: ignore[arg-type]
+
+        hooked = not isinstance(self.geofence, NoGeofence)
+        ordered = sorted(devs.values(), key=_DEVICE_ORDER)
+        dev_ids = [a.device_id for a in ordered]
+        need_cases = hooked or any(a.checkins for a in ordered)
+        cases = service.active_cases(conn, device_ids=dev_ids) if need_cases else {}
+
+        # Telemetry rows, per device sorted by ts, devices in id order (a stable
+        # insertion order keeps concurrent workers from deadlocking on the keys).
+        fix_rows: list[tuple[Any, ...]] = []
+        event_rows: list[tuple[Any, ...]] = []
+        checkin_rows: list[tuple[Any, ...]] = []
+        verdicts: dict[int, CheckinVerdict] = {}
+        for a in ordered:
+            dev_id = a.device_id
+            if a.fixes:
+                a.fixes.sort(key=_TS)
+                fix_rows.extend(map(tuple.__add__, repeat((dev_id,)), map(_FIX_FIELDS, a.fixes)))
+            if a.events:
+                a.events.sort(key=_TS)
+                event_rows.extend(
+                    (dev_id, e.seq, e.ts, e.type, a.event_details[id(e)]) for e in a.events
+                )
+            if a.checkins:
+                a.checkins.sort(key=_TS)
+                case_id = cases.get(dev_id)
+                for c, v in zip(
+                    a.checkins, self._verdicts(conn, dev_id, case_id, a), strict=True
+                ):
+                    verdicts[id(c)] = v
+                    checkin_rows.append((
+                        dev_id, c.seq, c.ts, case_id, c.method, v.similarity, c.liveness,
+                        v.passed, c.request_id, c.lat, c.lon, c.acc,
+                    ))
+
+        # A plain COPY first, unless a conflict was met lately (a redelivery is going on).
+        direct = time.monotonic() >= self._dedup_until
+        n_fix, fix_keys, c1 = service.store_fixes(
+            conn, rows=fix_rows, returning=hooked, direct=direct)
+        n_ev, ev_keys, c2 = service.store_events(
+            conn, rows=event_rows, returning=hooked, direct=direct)
+        n_ci, ci_keys, c3 = service.store_checkins(
+            conn, rows=checkin_rows, returning=hooked, direct=direct)
+        if c1 or c2 or c3:
+            self._dedup_until = time.monotonic() + DEDUP_WINDOW_S
+        for stream, rows, n in (
+            ("fixes", fix_rows, n_fix), ("events", event_rows, n_ev),
+            ("checkins", checkin_rows, n_ci),
+        ):
+            if rows:
+                res.stored[stream] += n
+                res.duplicates[stream] += len(rows) - n
+
+        service.lock_devices(conn, device_ids=dev_ids)
+        if hooked:
+            self._run_geofence(conn, ordered, cases, verdicts, fix_keys, ev_keys, ci_keys)
+
+        service.update_inventory(conn, updates=[a.inventory() for a in ordered])
+
+        if acks:
+            dead.extend(self._apply_acks(conn, acks))
+        if statuses:
+            res.stored["status"] += statuses
+
+        if dead:
+            service.insert_dead_letters(conn, rows=dead)
+            res.dead.update(r.reason for r in dead)
+        return res
+
+    # -- stages ---------------------------------------------------------------------
+
+    @staticmethod
+    def _oversized_speeds(raw: RawMessage, fixes: list[Fix], dead: list[DeadLetterRow]) -> list[Fix]:
+        """Fixes whose speed does not fit the `real` column become dead letters."""
+        keep = []
+        for f in fixes:
+            if f.spd is not None and f.spd > FLOAT4_MAX:
+                dead.append(_item_dead(raw, f.seq, Reason.OUT_OF_RANGE,
+                                       f"spd: {f.spd!r} is too large to store"))
+            else:
+                keep.append(f)
+        return keep
+
+    @staticmethod
+    def _add_events(
+        acc: _DeviceAcc, raw: RawMessage, items: list[DeviceEvent],
+        seen: set[service.Key], res: BatchResult, dead: list[DeadLetterRow],
+    ) -> None:
+        for e in items:
+            detail: str | None = None
+            if e.detail is not None:
+                js = orjson.dumps(e.detail)
+                if b"\\u0000" in js:
+                    dead.append(_item_dead(raw, e.seq, Reason.BAD_TYPE,
+                                           "detail: contains a NUL character"))
+                    continue
+                detail = js.decode()
+            key = (acc.device_id, e.seq, e.ts)
+            if key in seen:
+                res.duplicates["events"] += 1
+                continue
+            seen.add(key)
+            acc.events.append(e)
+            acc.event_details[id(e)] = detail
+
+    @staticmethod
+    def _add_checkins(
+        acc: _DeviceAcc, raw: RawMessage, items: list[Checkin],
+        seen: set[service.Key], res: BatchResult, dead: list[DeadLetterRow],
+    ) -> None:
+        for c in items:
+            if _has_nul(c.request_id):
+                dead.append(_item_dead(raw, c.seq, Reason.BAD_TYPE,
+                                       "request_id: contains a NUL character"))
+                continue
+            key = (acc.device_id, c.seq, c.ts)
+            if key in seen:
+                res.duplicates["checkins"] += 1
+                continue
+            seen.add(key)
+            acc.checkins.append(c)
+
+    def _verdicts(
+        self, conn: Conn, dev_id: uuid.UUID, case_id: uuid.UUID | None, a: _DeviceAcc
+    ) -> Sequence[CheckinVerdict]:
+        try:
+            with conn.transaction():
+                out = list(self.checkin.evaluate(
+                    conn, device_id=dev_id, case_id=case_id, checkins=a.checkins,
+                ))
+            if len(out) != len(a.checkins):
+                raise ValueError(f"{len(out)} verdicts for {len(a.checkins)} check-ins")
+            return out
+        except Exception:
+            if conn.broken:
+                raise
+            metrics.STAGE_ERRORS.labels("checkin_hook").inc()
+            log.exception("check-in hook failed for device %s (%s); stored as not passed",
+                          a.serial, a.idents())
+            return [CheckinVerdict(False, None) for _ in a.checkins]
+
+    def _run_geofence(
+        self, conn: Conn, ordered: list[_DeviceAcc], cases: dict[uuid.UUID, uuid.UUID],
+        verdicts: dict[int, CheckinVerdict], fix_keys: list[service.Key] | None,
+        ev_keys: list[service.Key] | None, ci_keys: list[service.Key] | None,
+    ) -> None:
+        new_f = set(fix_keys or ())
+        new_e = set(ev_keys or ())
+        new_c = set(ci_keys or ())
+        batches: list[tuple[DeviceBatch, _DeviceAcc]] = []
+        for a in ordered:
+            dev_id = a.device_id
+            b = DeviceBatch(
+                device_id=dev_id, serial=a.serial, case_id=cases.get(dev_id),
+                received_at=_utc(a.received_at),
+                fixes=_take(dev_id, a.fixes, new_f),
+                events=_take(dev_id, a.events, new_e),
+                checkins=[StoredCheckin(c, verdicts[id(c)])
+                          for c in _take(dev_id, a.checkins, new_c)],
+            )
+            if b.fixes or b.events or b.checkins:
+                batches.append((b, a))
+        if not batches:
+            return
+        try:
+            with conn.transaction():
+                self.geofence.on_batch(conn, [b for b, _a in batches])
+            return
+        except Exception:
+            if conn.broken:
+                raise
+            log.warning("geofence hook failed for a batch of %d devices; retrying per device",
+                        len(batches), exc_info=True)
+        for b, a in batches:
+            try:
+                with conn.transaction():
+                    self.geofence.on_batch(conn, [b])
+            except Exception:
+                if conn.broken:
+                    raise
+                metrics.STAGE_ERRORS.labels("geofence_hook").inc()
+                log.exception("geofence hook failed for device %s (%s); its items are stored "
+                              "but not evaluated", b.serial, a.idents())
+
+    @staticmethod
+    def _apply_acks(
+        conn: Conn, acks: list[tuple[uuid.UUID, RawMessage, Ack]]
+    ) -> list[DeadLetterRow]:
+        rows: list[AckRow] = []
+        raws: list[RawMessage] = []
+        out: list[DeadLetterRow] = []
+        for dev_id, raw, ak in acks:
+            if _has_nul(ak.detail):
+                out.append(dead_letter(raw, Rejected(
+                    Reason.BAD_TYPE, "detail: contains a NUL character", None, None,
+                )))
+                continue
+            try:
+                cid = uuid.UUID(ak.id)
+            except ValueError:
+                out.append(dead_letter(raw, Rejected(
+                    Reason.OUT_OF_RANGE, f"id: {_text(ak.id[:80])!r} is not a command id",
+                    None, None,
+                )))
+                continue
+            rows.append(AckRow(
+                device_id=dev_id, command_id=cid,
+                acked_at=ak.ts or _utc(raw.received_at), result=ak.result, detail=ak.detail,
+            ))
+            raws.append(raw)
+        matched = service.apply_acks(conn, acks=rows)
+        for r, raw in zip(rows, raws, strict=True):
+            if r.command_id not in matched:
+                out.append(dead_letter(raw, Rejected(
+                    Reason.OUT_OF_RANGE,
+                    f"id: no command {r.command_id} was sent to this device", None, None,
+                )))
+        return out
+
+
+def _take(dev_id: uuid.UUID, items: list[Any], keys: set[service.Key]) -> list[Any]:
+    """The items whose key was newly stored, each key once."""
+    out = []
+    for x in items:
+        k = (dev_id, x.seq, x.ts)
+        if k in keys:
+            keys.discard(k)
+            out.append(x)
+    return out
+
+
+def _item_dead(raw: RawMessage, seq: int, reason: Reason, detail: str) -> DeadLetterRow:
+    """A dead letter for a decoded item the database cannot store (rare): find its index."""
+    index: int | None = None
+    item: object = None
+    try:
+        obj = _lenient_loads(raw.payload)
+        items = next(iter(obj.values())) if isinstance(obj, dict) and obj else []
+        for i, it in enumerate(items if isinstance(items, list) else []):
+            if isinstance(it, dict) and it.get("seq") == seq:
+                index, item = i, it
+                break
+    except Exception:
+        pass
+    if index is None:
+        return dead_letter(raw, Rejected(reason, f"seq {seq}: {detail}", None, None))
+    return dead_letter(raw, Rejected(reason, detail, item, index))
