@@ -548,6 +548,8 @@ def demo(
     port: PortOpt = 8000,
     keep_serving: Annotated[bool, typer.Option("--keep-serving/--exit", help="Keep the service "
                             "running after the simulation (until Ctrl-C).")] = True,
+    score_after: Annotated[float, typer.Option(help="Seconds to wait after the simulation "
+                           "before scoring.")] = 45.0,
 ) -> None:
     """The service (embedded servers, own data dir) plus the simulator, with live figures."""
     from probation.simulator.demo import DemoOptions, run_demo
@@ -555,7 +557,8 @@ def demo(
     _setup_logging(Settings(log_level="WARNING"))
     code = run_demo(
         DemoOptions(people=people, speed=speed, duration_s=duration, fix_interval_s=fix_interval,
-                    seed=seed, host=host, port=port, keep_serving=keep_serving),
+                    seed=seed, host=host, port=port, keep_serving=keep_serving,
+                    score_after_s=score_after),
         start_service=start_service,
     )
     raise typer.Exit(code)
