@@ -302,6 +302,8 @@ def advance(
     nc = max(len(zones.case_ids), 1)
     ndev = len(batch.device_ids)
     near_m = zones.near_m
+    if batch.case.min() < 0 or batch.case.max() >= len(zones.case_ids):
+        raise ValueError("FixBatch.case: index outside this CaseZones registry")
 
     # ---- 0. ts order ---------------------------------------------------------
     ts = batch.ts
@@ -1092,8 +1094,9 @@ def _segments(
     cx_ = xa + tt * vx
     cy_ = ya + tt * vy
     dcen = np.sqrt(cx_ * cx_ + cy_ * cy_)
-    ok = dcen < st.bound_r[cz] - mm[cs]
-    cs, cb, ca, cz, cslot, dcen = cs[ok], cb[ok], ca[ok], cz[ok], cslot[ok], dcen[ok]
+    k = np.flatnonzero(dcen < st.bound_r[cz] - mm[cs])
+    cs, cb, ca, cz, cslot, dcen = cs[k], cb[k], ca[k], cz[k], cslot[k], dcen[k]
+    qx, qy = cx_[k], cy_[k]  # point of the segment nearest the zone's reference point
     if cs.size == 0:
         return empty
     # A shared zone may be found through several cells: keep one (segment, zone).
@@ -1108,29 +1111,38 @@ def _segments(
             cslot[first],
             dcen[first],
         )
+        qx, qy = qx[first], qy[first]
     g = zones.group_of(zones.zone_skey[cz], zones.case_tz[dc_case[edc[cb]]])
     act_b, cnt_b = actv.lookup(g, ets[cb])
     act_a, cnt_a = actv.lookup(g, ets[ca])
-    ok = act_a & act_b & (cnt_a == cnt_b)
-    idx = np.concatenate((ca[ok], cb[ok]))
-    dd, _ = st.signed_distances(elat, elon, idx, np.concatenate((cz[ok], cz[ok])))
-    k = int(ok.sum())
-    ok[ok] = (dd[:k] >= em[ca[ok]]) & (dd[k:] >= em[cb[ok]])
-    cs, cb, ca, cz, g, cnt_b = cs[ok], cb[ok], ca[ok], cz[ok], g[ok], cnt_b[ok]
-    cslot, dcen = cslot[ok], dcen[ok]
+    k = np.flatnonzero(act_a & act_b & (cnt_a == cnt_b))
+    dd, _ = st.signed_distances(
+        elat, elon, np.concatenate((ca[k], cb[k])), np.concatenate((cz[k], cz[k]))
+    )
+    both_out = (dd[: k.size] >= em[ca[k]]) & (dd[k.size :] >= em[cb[k]])
+    k = k[np.flatnonzero(both_out)]
+    cs, cb, ca, cz, g, cnt_b = cs[k], cb[k], ca[k], cz[k], g[k], cnt_b[k]
+    cslot, dcen, qx, qy = cslot[k], dcen[k], qx[k], qy[k]
     mk = mm[cs]
     # Circles: radius minus the centre's distance to the segment; polygons: capsule gaps.
     depth = np.where(st.is_circle[cz], st.radius_m[cz] - dcen, -np.inf)
     pi_ = np.flatnonzero(~st.is_circle[cz])
     if pi_.size:
-        depth[pi_] = st.segments_deeper(
-            cz[pi_].astype(np.int32),
-            elat[ca[pi_]],
-            elon[ca[pi_]],
-            elat[cb[pi_]],
-            elon[cb[pi_]],
-            mk[pi_],
-        )
+        # Quick positive: the segment's point nearest the zone's centre is deep enough
+        # (its depth is then reported); otherwise the exact capsule test decides.
+        zp = cz[pi_].astype(np.int32)
+        dq = -st.polygon_signed(zp, qx[pi_], qy[pi_])
+        depth[pi_] = dq
+        rest = pi_[np.flatnonzero(dq <= mk[pi_])]
+        if rest.size:
+            depth[rest] = st.segments_deeper(
+                cz[rest].astype(np.int32),
+                elat[ca[rest]],
+                elon[ca[rest]],
+                elat[cb[rest]],
+                elon[cb[rest]],
+                mk[rest],
+            )
     ok = depth > mk
     return {
         "b": cb[ok],
