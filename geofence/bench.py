@@ -11,8 +11,9 @@ over one day: near home, near own zones, near schools or anywhere in the city
 day with ``--uniform-mix``); a fix within 10 minutes of its device's previous one
 moves at most 10 m/s from it; acc 5-80 m, 1 % cell-tower fixes of 1-3 km.
 
-Engine timing: `advance` from an empty state (distances + schedules + state
-machine + transitions), best of 3 after a warm-up. Reference timing: shapely
+Engine timing: `advance` (distances + schedules + state machine + transitions) in
+steady state: from the state left by the previous day's fixes, best of 3 after a
+warm-up. Reference timing: shapely
 prepared geometries, ``contains_xy`` per case for its own zones and an STRtree
 ``within`` query for the shared zones (no schedules, no distances, no state).
 """
