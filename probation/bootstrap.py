@@ -32,3 +32,23 @@ def bootstrap_admin(database_url: str, settings: Settings) -> bool:
         s.commit()
     log.info("created the bootstrap admin user 'admin'")
     return True
+
+
+def ensure_embedded_admin(database_url: str, settings: Settings) -> str | None:
+    """For the no-configuration `serve`: with no user and no admin password configured,
+    create `admin` with a generated password kept (0600) in the data dir.
+
+    Returns a line telling where the login is, or None when users exist already.
+    """
+    import secrets
+
+    with Session(get_engine(database_url)) as s:
+        if s.exec(select(func.count()).select_from(User)).one() > 0:
+            return None
+    password = secrets.token_urlsafe(12)
+    path = settings.secret_file("admin_password")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    bootstrap_admin(database_url, settings.model_copy(update={"admin_password": password}))
+    return f"Login:    admin, password generated into {path}"

@@ -152,6 +152,11 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     try:
         svc.start()
         rt = svc.rt
+        login = None
+        if not settings.admin_password and not settings.database_url:
+            from probation.bootstrap import ensure_embedded_admin
+
+            login = ensure_embedded_admin(rt.database_url, settings)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         lines = [
             f"API:      http://{shown}:{port}/api/v1",
@@ -160,6 +165,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             f"Broker:   {rt.mqtt_url} (topic prefix {settings.mqtt_prefix})",
             f"Data dir: {settings.data_dir}",
             *rt.notes,
+            *([login] if login else []),
             f"ready to start the API after {time.monotonic() - t0:.2f} s",
         ]
         for line in lines:
@@ -576,6 +582,8 @@ def bench_soak(
     durable: Annotated[bool, typer.Option(help="PostgreSQL with fsync and synchronous commit "
                        "(production); --no-durable turns them off.")] = True,
     keep: Annotated[bool, typer.Option(help="Keep the work directory (logs, truth, data).")] = False,
+    ingest_workers: Annotated[int, typer.Option(help="`probation ingest` processes (a shared "
+                              "subscription when more than one).")] = 1,
     curfew: Annotated[float, RateOpt(help="Curfew breaks per person per simulated day.")] = 0.2,
     exclusion: Annotated[float, RateOpt(help="Exclusion-zone entries per person per day.")] = 0.1,
     checkins: Annotated[float, RateOpt(help="Officer check-in requests per person per day.")] = 0.5,
@@ -589,6 +597,7 @@ def bench_soak(
     _setup_logging(Settings(log_level="WARNING"))
     cfg = SoakConfig(people=people, speed=speed, minutes=minutes, fix_interval_s=fix_interval,
                      seed=seed, start=start, durable=durable, keep=keep,
+                     ingest_workers=ingest_workers,
                      rates=Rates(curfew=curfew, exclusion=exclusion, checkin_requests=checkins))
     result = run_soak(cfg, out=lambda m: typer.echo(m, err=True))
     for line in summary_lines(result):

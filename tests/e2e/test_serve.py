@@ -31,7 +31,7 @@ def _start(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes
         [PROBATION, "serve", "--port", str(port)], env=_env(data_dir),
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
-    deadline = t0 + 30
+    deadline = t0 + 60  # the target is 30 s on an idle machine; the bound leaves room for load
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
@@ -41,7 +41,7 @@ def _start(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes
             pass
         time.sleep(0.1)
     proc.kill()
-    raise AssertionError(f"serve not healthy in 30 s:\n{log.read_text()}")
+    raise AssertionError(f"serve not healthy in 60 s:\n{log.read_text()}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -82,3 +82,33 @@ def test_serve_embedded_starts_and_keeps_data_across_restarts(tmp_path: Path) ->
     finally:
         assert _stop(proc) == 0
     print(f"serve start: first {first_start:.2f} s, restart {second_start:.2f} s")
+
+
+def test_serve_with_no_configuration_prints_a_working_login(tmp_path: Path) -> None:
+    """The README's run command exactly: no PROBATION_* variable but the data dir."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBATION_")}
+    env["PROBATION_DATA_DIR"] = str(data_dir)
+    proc = subprocess.Popen([PROBATION, "serve", "--port", str(port)], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        m = re.search(r"Login:\s+admin, password generated into (\S+)", log.read_text())
+        assert m, log.read_text()
+        password = Path(m.group(1)).read_text().strip()
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/token",
+                       data={"username": "admin", "password": password})
+        assert r.status_code == 200, r.text
+        me = httpx.get(f"http://127.0.0.1:{port}/api/v1/me",
+                       headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+        assert me.json()["role"] == "admin"
+    finally:
+        assert _stop(proc) == 0
