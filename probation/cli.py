@@ -34,7 +34,7 @@ def _setup_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("transitions", "amqtt", "apscheduler.scheduler", "alembic.runtime.migration"):
+    for noisy in ("transitions", "amqtt", "apscheduler.scheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
