@@ -61,7 +61,8 @@ class SoakConfig:
     durable: bool = True
     setup_workers: int = 8
     max_inflight: int = 1_000
-    settle_timeout_s: float = 300.0
+    settle_timeout_s: float = 1_800.0  # a backlog is drained before scoring (reported)
+    ingest_workers: int = 1  # more than one: a shared subscription ($share/ingest/...)
 
 
 # --------------------------------------------------------------------------- processes
@@ -172,7 +173,7 @@ class _Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.password = secrets.token_urlsafe(12)
         self.api_port = 0
-        self.metrics_port = 0
+        self.metrics_ports: list[int] = []
         self.timescaledb = False
         self.database_url = ""
         self.mqtt_url = ""
@@ -216,7 +217,7 @@ class _Stack:
         self.broker.start()
         self.mqtt_url = self.broker.url
         self.api_port = free_port()
-        self.metrics_port = free_port()
+        self.metrics_ports = [free_port() for _ in range(max(1, self.cfg.ingest_workers))]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROBATION_")}
         lag = self.clock_lag_s()
         env.update({
@@ -230,14 +231,20 @@ class _Stack:
         })
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for name, args in (
-            ("api", ["api", "--port", str(self.api_port)]),
-            ("ingest", ["ingest", "--metrics-port", str(self.metrics_port)]),
-            ("scheduler", ["scheduler"]),
-        ):
+        several = len(self.metrics_ports) > 1
+        runs: list[tuple[str, list[str], dict[str, str]]] = [
+            ("api", ["api", "--port", str(self.api_port)], {}),
+            ("scheduler", ["scheduler"], {}),
+        ]
+        for k, port in enumerate(self.metrics_ports):
+            runs.append((f"ingest{k}" if several else "ingest",
+                         ["ingest", "--metrics-port", str(port)],
+                         {"PROBATION_MQTT_SHARE_GROUP": "ingest",
+                          "PROBATION_MQTT_CLIENT_ID": f"probation-ingest-{k}"} if several else {}))
+        for name, args, extra in runs:
             self.procs[name] = subprocess.Popen(
-                [PROBATION, *args], env=env, stdout=(logs / f"{name}.log").open("ab"),
-                stderr=subprocess.STDOUT,
+                [PROBATION, *args], env={**env, **extra},
+                stdout=(logs / f"{name}.log").open("ab"), stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -247,7 +254,7 @@ class _Stack:
                                        f"{self.log_tail(name)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200 and \
-                        _metrics(self.metrics_port):
+                        all(_metrics(p) for p in self.metrics_ports):
                     return
             time.sleep(0.3)
         raise TimeoutError("the API or the ingest worker did not come up in 90 s")
@@ -264,6 +271,14 @@ class _Stack:
         start = resolve_start(self.cfg.start, now=now, speed=self.cfg.speed, duration_s=duration,
                               tz=ZoneInfo("Asia/Almaty"))
         return now - start + 3 * 3_600
+
+    def metrics(self) -> dict[str, float]:
+        """The ingest workers' series, summed."""
+        out: dict[str, float] = {}
+        for port in self.metrics_ports:
+            for k, v in _metrics(port).items():
+                out[k] = out.get(k, 0.0) + v
+        return out
 
     @property
     def api_url(self) -> str:
@@ -332,7 +347,7 @@ def run_soak(cfg: SoakConfig, *, out: Callable[[str], None] = print) -> dict[str
                 total = sum(v for v in vals if v is not None)
                 if total:
                     memory.setdefault(name, []).append((now, round(total, 1)))
-            metrics.append((now, _metrics(stack.metrics_port)))
+            metrics.append((now, stack.metrics()))
             if stop_sampling.wait(cfg.sample_s):
                 return
 
@@ -411,7 +426,8 @@ def run_soak(cfg: SoakConfig, *, out: Callable[[str], None] = print) -> dict[str
             "memory_series": {name: [(round(t - t_sim0[0], 1), v) for t, v in s]
                               for name, s in memory.items()},
         })
-        app_flat = [result["memory"].get(n, {}).get("flat") for n in ("api", "ingest", "scheduler")]
+        app_flat = [m.get("flat") for n, m in result["memory"].items()
+                    if n.startswith(("api", "ingest", "scheduler"))]
         result["memory_flat"] = all(f is not False for f in app_flat)
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
@@ -445,7 +461,7 @@ def _drain(stack: _Stack, timeout: float) -> float | None:
     last = -1.0
     still = 0
     while time.monotonic() - t0 < timeout:
-        m = _metrics(stack.metrics_port)
+        m = stack.metrics()
         stored = sum(v for k, v in m.items() if k.startswith("stored_"))
         if stored == last and m.get("queue_depth", 0) == 0:
             still += 1

@@ -15,9 +15,9 @@ from sqlmodel import Session
 
 from db.types import utcnow
 from devices import service as device_service
-from devices.inventory import active_device
 from devices.models import CheckinRequest
 from probation import audit
+from probation.device_inventory import active_device
 from probation.errors import Conflict
 from probation.models import (
     Case,

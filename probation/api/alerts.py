@@ -14,9 +14,9 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlmodel import Session
 
-from alerts import service
 from alerts.models import AlertStatus, AlertType, Severity
 from db.engine import get_engine
+from probation import alert_lifecycle as service
 from probation import audit
 from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, oauth2_scheme
 from probation.errors import problem_responses

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from devices import inventory as service
 from devices.models import DeviceKind
+from probation import device_inventory as service
 from probation.deps import AdminUser, Idempotent, ScopeDep, SessionDep, VisibleCase
 from probation.errors import problem_responses
 from probation.models import AssignmentCreate, AssignmentPublic, DeviceCreate, DevicePublic, Page
