@@ -80,8 +80,7 @@ class _Display:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                TextColumn("[bold]demo[/bold]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                TimeRemainingColumn(), TextColumn("{task.description}"),
+                BarColumn(bar_width=16), TimeRemainingColumn(), TextColumn("{task.description}"),
                 console=Console(file=self.out), refresh_per_second=2,
             )
             self._progress.__enter__()
@@ -91,6 +90,13 @@ class _Display:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(None, None, None)
+
+    @staticmethod
+    def short(p: Progress) -> str:
+        lag = "-" if p.lag_s is None else f"{p.lag_s:.1f}s"
+        alerts = "-" if p.open_alerts is None else str(p.open_alerts)
+        return (f"sim {iso(p.sim_time)[11:16]}Z {p.fixes_per_s:.0f} fixes/s, "
+                f"{alerts} open alerts, lag {lag}")
 
     @staticmethod
     def line(p: Progress) -> str:
@@ -103,7 +109,7 @@ class _Display:
     def update(self, p: Progress) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=100 * p.elapsed_s / p.duration_s,
-                                  description=self.line(p))
+                                  description=self.short(p))
             return
         now = time.monotonic()
         if now - self._last >= 10 or p.elapsed_s >= p.duration_s:

@@ -111,7 +111,6 @@ class SimConfig:
     comm_lost_min_s: float = 600.0
     backend_upload_s: dict[str, float] = field(default_factory=lambda: dict(BACKEND_UPLOAD_S))
     tag: str | None = None
-    probe_api: bool = True
 
 
 class Sink(Protocol):
