@@ -307,18 +307,23 @@ def test_commands_are_obeyed_acknowledged_and_checkins_answered(tmp_path: Path) 
 
 
 def test_missed_and_failed_checkins_are_truth(tmp_path: Path) -> None:
-    sim, _sink = _offline(tmp_path, n=2, hours=1, curfew=0, exclusion=0, strap=0, power_off=0,
+    sim, _sink = _offline(tmp_path, n=3, hours=1, curfew=0, exclusion=0, strap=0, power_off=0,
                          gap=0)
     sim.truth = TruthWriter(tmp_path / "t3.jsonl")
     now = sim.real_start
     sim.cfg.rates = Rates(checkin_missed=1.0)
-    sim._checkin_request(0, "r1", 300, now)
+    sim._checkin_request(0, "r1", 300, now)  # ignored: missed at the deadline
+    sim._checkin_request(2, "r3", 300, now)  # ignored, but a check-in for another request
     sim.cfg.rates = Rates(checkin_missed=0.0, checkin_failed=1.0)
-    sim._checkin_request(1, "r2", 300, now)
+    sim._checkin_request(1, "r2", 300, now)  # a wrong face, then a proper retry
+    sim.cfg.rates = Rates(checkin_missed=0.0, checkin_failed=0.0)
+    sim._checkin_request(2, "r4", 300, now + 60)  # ... this one, passing, covers r3 too
     sim._phones(now + 100)
+    assert [a.outcome for a in sorted(sim.answers)] == ["pass", "deadline", "deadline"]
+    sim._phones(now + 400)
     sim.truth.close()
     recs = [json.loads(x) for x in (tmp_path / "t3.jsonl").read_text().splitlines()]
-    assert [(x["type"], x["clock"]) for x in recs] == [("checkin_missed", "real"),
-                                                      ("checkin_failed", "real")]
-    assert recs[0]["duration_s"] == 0 and recs[0]["requested"] < recs[0]["start"]
-    assert len(sim.answers) == 1 and sim.answers[0].outcome == "pass"  # the retry
+    assert [(x["type"], x["clock"], x["person"]) for x in recs] == [
+        ("checkin_failed", "real", 1), ("checkin_missed", "real", 0)]
+    assert recs[1]["duration_s"] == 0 and recs[1]["requested"] < recs[1]["start"]
+    assert sim.stats["checkins_missed_covered"] == 1
