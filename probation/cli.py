@@ -322,6 +322,29 @@ def dead_letters(
         typer.echo("no dead letters", err=True)
 
 
+@bench_app.command("geofence")
+def bench_geofence(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (flat JSON object).")
+    ] = None,
+    cases: Annotated[int, typer.Option(help="Cases (4 own zones each, 200 shared).")] = 10_000,
+    fixes: Annotated[int, typer.Option(help="Fixes per batch.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 1,
+    uniform_mix: Annotated[
+        bool, typer.Option(help="Daytime position mix all day (no one at home at night).")
+    ] = False,
+) -> None:
+    """The numpy geofence engine against a shapely 2 reference, same workload, same run."""
+    from geofence import bench
+
+    argv = ["--cases", str(cases), "--fixes", str(fixes), "--seed", str(seed)]
+    if uniform_mix:
+        argv.append("--uniform-mix")
+    if json_path is not None:
+        argv += ["--json", str(json_path)]
+    bench.main(argv)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     json_path: Annotated[
