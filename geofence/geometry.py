@@ -43,7 +43,7 @@ ZoneKind = Literal["inclusion", "exclusion"]
 EARTH_RADIUS_M = 6_371_008.8
 M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
 _PAD_FAR = 1.0e15  # padding edges live here: never nearest, never crossed
-_CHUNK = 16_384  # (pair, edge) elements per block: keeps temporaries in L2
+_CHUNK = 32_768  # (pair, edge) elements per block: keeps temporaries in L2
 _N_FIELDS = 7  # ax, ay, ex, ey, 1/len^2, by, ex/ey
 
 
