@@ -349,6 +349,8 @@ def advance(
         lat, lon, acc = batch.lat[o], batch.lon[o], batch.acc[o]
     else:
         case, dev, lat, lon, acc = batch.case, batch.device, batch.lat, batch.lon, batch.acc
+    # int64 once: an int32 index array costs numpy a cast on every gather it drives.
+    case = case.astype(np.int64)
     m = np.maximum(acc, cfg.min_margin_m)
 
     # ---- 1. per (device, case) sequences ------------------------------------
@@ -1074,23 +1076,31 @@ def _segments(
         k: np.zeros(0, np.float64 if k == "depth" else np.int64)
         for k in ("b", "a", "z", "depth", "cnt", "g", "slot")
     }
-    b = np.flatnonzero(prev >= 0)
+    nb = prev.size
+    # prev[i] is the fix before fix i (batch fixes first, then stored last fixes).
+    ok = prev >= 0
+    a_all = np.maximum(prev, 0)
+    ok &= ets[:nb] - np.take(ets, a_all) <= cfg.segment_max_gap_ms
+    good = eacc <= cfg.max_open_acc_m
+    ok &= good[:nb]
+    ok &= np.take(good, a_all)
+    b = np.flatnonzero(ok)
     if b.size == 0:
         return empty
-    a = prev[b]
-    ok = (
-        (ets[b] - ets[a] <= cfg.segment_max_gap_ms)
-        & (eacc[b] <= cfg.max_open_acc_m)
-        & (eacc[a] <= cfg.max_open_acc_m)
-    )
-    b, a = b[ok], a[ok]
+    a = np.take(prev, b)
     # Entering deeper than M with both ends outside by their margins needs a segment
-    # longer than m_a + m_b + 2 M (a cheap cut for dense, slow trajectories).
-    mm = np.maximum(em[a], em[b])
-    dy = (elat[b] - elat[a]) * M_PER_DEG
-    dx = (elon[b] - elon[a]) * M_PER_DEG * np.cos(np.radians(elat[a]))
-    ok = np.sqrt(dx * dx + dy * dy) * 1.01 + 1.0 > em[a] + em[b] + 2.0 * mm
-    b, a, mm = b[ok], a[ok], mm[ok]
+    # longer than m_a + m_b + 2 M (a cheap cut for dense, slow trajectories). The
+    # east-west scale uses the largest cos(lat) of the batch: the length is
+    # overestimated, so the cut never drops a candidate.
+    ema, emb = np.take(em, a), np.take(em, b)
+    mm = np.maximum(ema, emb)
+    la_a, la_b = np.take(elat, a), np.take(elat, b)
+    dy = (la_b - la_a) * M_PER_DEG
+    kx = M_PER_DEG * float(np.cos(np.radians(np.abs(elat).min())))
+    dx = (np.take(elon, b) - np.take(elon, a)) * kx
+    ok = np.sqrt(dx * dx + dy * dy) * 1.01 + 1.0 > ema + emb + 2.0 * mm
+    sel = np.flatnonzero(ok)
+    b, a, mm = b[sel], a[sel], mm[sel]
     if b.size == 0:
         return empty
     zone2 = _rows(zones.case_zone2d, case[b])
