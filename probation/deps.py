@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import ColumnElement, or_, true
 from sqlmodel import Session, col, select
@@ -62,10 +62,7 @@ def jwt_secret(request: Request) -> str:
     return secret
 
 
-def get_current_user(
-    request: Request, session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> User:
-    """The active user the bearer token names (401 otherwise)."""
+def _user_for_token(request: Request, session: Session, token: str | None) -> User:
     if not token:
         raise Unauthorized()
     user = session.get(User, user_id_from_token(token, jwt_secret(request)))
@@ -75,7 +72,38 @@ def get_current_user(
     return user
 
 
+def get_current_user(
+    request: Request, session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> User:
+    """The active user the bearer token names (401 otherwise)."""
+    return _user_for_token(request, session, token)
+
+
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_stream_token(
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+    access_token: Annotated[
+        str | None,
+        Query(max_length=4096, description="The bearer token, for clients that cannot set "
+              "headers (a browser's EventSource). The Authorization header is preferred."),
+    ] = None,
+) -> str | None:
+    """The bearer token of an event stream: the header, else the `access_token` parameter."""
+    return token or access_token
+
+
+StreamToken = Annotated[str | None, Depends(get_stream_token)]
+
+
+def get_stream_user(request: Request, session: SessionDep, token: StreamToken) -> User:
+    """`get_current_user` for event streams (token from the header or the query)."""
+    return _user_for_token(request, session, token)
+
+
+async def get_stream_scope(user: Annotated[User, Depends(get_stream_user)]) -> CaseScope:
+    return CaseScope.of(user)
 
 
 def require_role(*roles: Role) -> Callable[[User], Awaitable[User]]:
@@ -157,6 +185,7 @@ async def get_scope(user: CurrentUser) -> CaseScope:
 
 
 ScopeDep = Annotated[CaseScope, Depends(get_scope)]
+StreamScopeDep = Annotated[CaseScope, Depends(get_stream_scope)]
 
 
 def get_visible_case(

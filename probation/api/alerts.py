@@ -10,7 +10,7 @@ from typing import Annotated
 
 import anyio
 import jwt
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlmodel import Session
 
@@ -18,7 +18,14 @@ from alerts.models import AlertStatus, AlertType, Severity
 from db.engine import get_engine
 from probation import alert_lifecycle as service
 from probation import audit
-from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, oauth2_scheme
+from probation.deps import (
+    ContextDep,
+    Idempotent,
+    ScopeDep,
+    SessionDep,
+    StreamScopeDep,
+    StreamToken,
+)
 from probation.errors import problem_responses
 from probation.models import (
     AcknowledgeRequest,
@@ -65,11 +72,11 @@ def list_alerts(
     description="Each event is `event: alert`, `id: <change sequence>`, `data: <alert JSON>`. "
     "Reconnect with `Last-Event-ID` to resume after the last event seen; without it the "
     "stream starts with the changes made after connecting. The stream ends when the access "
-    "token expires.",
+    "token expires. A browser's EventSource cannot set headers: it may pass the token as "
+    "`access_token` instead (keep such URLs out of logs; the service does not log them).",
 )
 async def stream(
-    request: Request, ctx: ContextDep, scope: ScopeDep,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
+    request: Request, ctx: ContextDep, scope: StreamScopeDep, token: StreamToken,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20,
                                                 pattern=r"^[0-9]+$")] = None,
 ) -> AsyncIterator[ServerSentEvent]:

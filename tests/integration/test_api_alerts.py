@@ -95,18 +95,24 @@ class _Reader(threading.Thread):
     """Reads an SSE stream (http.client: its socket can be shut down from outside) into a
     queue until `close()`."""
 
-    def __init__(self, base: str, token: str, last_id: str | None = None) -> None:
+    def __init__(self, base: str, token: str, last_id: str | None = None,
+                 in_query: bool = False) -> None:
         super().__init__(daemon=True)
         host, port = base.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        self.headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        self.headers = {"Accept": "text/event-stream"}
+        self.path = "/api/v1/alerts/stream"
+        if in_query:  # as a browser's EventSource must
+            self.path += f"?access_token={token}"
+        else:
+            self.headers["Authorization"] = f"Bearer {token}"
         if last_id:
             self.headers["Last-Event-ID"] = last_id
         self.q: queue.Queue[Any] = queue.Queue()
 
     def run(self) -> None:
         try:
-            self.conn.request("GET", "/api/v1/alerts/stream", headers=self.headers)
+            self.conn.request("GET", self.path, headers=self.headers)
             r = self.conn.getresponse()
             self.q.put(("status", r.status, r.getheader("content-type")))
             event: dict[str, str] = {}
@@ -180,3 +186,25 @@ def test_sse_stream_scoped_with_resume(
         reader2.close()
         # nobody else's alerts ever came through
         assert all(uuid.UUID(g["case_id"]) == w.cases["off1"] for g in got)
+
+
+def test_sse_stream_token_in_query_for_eventsource(
+    app_client: TestClient, world: World, database_url: str
+) -> None:
+    """A browser's EventSource cannot set headers: the token may come as `access_token`,
+    with the same scope as the header; a bad one is 401, not a stream."""
+    w = world
+    with running_server(app_client.app) as base:
+        bad = httpx.get(f"{base}/api/v1/alerts/stream?access_token=not-a-token", timeout=5)
+        assert bad.status_code == 401
+        assert bad.headers["content-type"].startswith("application/problem+json")
+        reader = _Reader(base, w.tokens["off1"], in_query=True)
+        reader.start()
+        status = reader.q.get(timeout=5)
+        assert status[1] == 200 and status[2].startswith("text/event-stream")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            insert_alert(conn, case_id=w.cases["off3"], type="battery_low", severity="low")
+            mine = insert_alert(conn, case_id=w.cases["off1"], type="power_off", severity="high")
+        data = orjson.loads(_next_event(reader.q)["data"])
+        assert data["id"] == str(mine)
+        reader.close()
