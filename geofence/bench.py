@@ -12,8 +12,9 @@ day with ``--uniform-mix``); a fix within 10 minutes of its device's previous on
 moves at most 10 m/s from it; acc 5-80 m, 1 % cell-tower fixes of 1-3 km.
 
 Engine timing: `advance` (distances + schedules + state machine + transitions) in
-steady state: from the state left by the previous day's fixes, best of 3 after a
-warm-up. Reference timing: shapely
+steady state: from the state left by the previous day's fixes. Engine and reference
+each run once to warm up, then alternate ``--repeats`` times (so that both see the
+same machine); the best time of each counts. Reference timing: shapely
 prepared geometries, ``contains_xy`` per case for its own zones and an STRtree
 ``within`` query for the shared zones (no schedules, no distances, no state).
 """
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -198,8 +200,8 @@ def make_fixes(
     return FixBatch(idx, idx, dev_ids, ts[o], lat[o], lon[o], acc[o])
 
 
-def _reference(work: dict[str, Any]) -> tuple[float, int]:
-    """Shapely 2 inside/outside for every fix against its case's zones; returns (s, hits)."""
+def _reference(work: dict[str, Any]) -> Callable[[], int]:
+    """Shapely 2 inside/outside for every fix against its case's zones: a run -> hits."""
     import shapely
 
     geo = work["geo"]
@@ -241,14 +243,7 @@ def _reference(work: dict[str, Any]) -> tuple[float, int]:
         hits += int(pairs.shape[1])
         return hits
 
-    run()
-    best = math.inf
-    hits = 0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        hits = run()
-        best = min(best, time.perf_counter() - t0)
-    return best, hits
+    return run
 
 
 def _scaled_circle(lon0: float, lat0: float, r: float) -> Any:
@@ -262,7 +257,11 @@ def _scaled_circle(lon0: float, lat0: float, r: float) -> Any:
 
 
 def run(
-    cases: int = 10000, fixes: int = 100000, seed: int = 1, uniform_mix: bool = False
+    cases: int = 10000,
+    fixes: int = 100000,
+    seed: int = 1,
+    uniform_mix: bool = False,
+    repeats: int = 5,
 ) -> dict[str, Any]:
     """Build the workload, time engine and reference; returns a flat dict of figures."""
     t0 = time.perf_counter()
@@ -274,14 +273,20 @@ def run(
     # episodes), then the timed day.
     start, _ = advance(EngineState.empty(), work["previous"], reg)
     advance(start, batch, reg)  # warm-up (also fills the schedule cache)
-    best = math.inf
+    reference = _reference(work)
+    reference()  # warm-up
+    # Engine and reference alternate, so that both see the same machine; best of each.
+    best = ref_s = math.inf
     out_state, trans = start, None
-    for _ in range(3):
+    ref_hits = 0
+    for _ in range(repeats):
         t1 = time.perf_counter()
         out_state, trans = advance(start, batch, reg)
         best = min(best, time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        ref_hits = reference()
+        ref_s = min(ref_s, time.perf_counter() - t1)
     assert trans is not None
-    ref_s, ref_hits = _reference(work)
     kinds = np.bincount(trans.cols["kind"], minlength=3)
     res = {
         "cases": cases,
@@ -292,6 +297,7 @@ def run(
         "shared_zones": int(reg.shared_zones.size),
         "own_zones_per_case": 4,
         "build_s": round(build_s, 3),
+        "repeats": repeats,
         "engine_s": round(best, 4),
         "engine_fixes_per_s": round(fixes / best),
         "reference_s": round(ref_s, 4),
@@ -315,9 +321,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fixes", type=int, default=100000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--uniform-mix", action="store_true", help="daytime position mix all day")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each (best counts)")
     p.add_argument("--json", dest="json_path", default=None)
     a = p.parse_args(argv)
-    res = run(a.cases, a.fixes, a.seed, a.uniform_mix)
+    res = run(a.cases, a.fixes, a.seed, a.uniform_mix, a.repeats)
     for k, v in res.items():
         print(f"{k:>24}: {v}")
     if a.json_path:
