@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from psycopg.types.json import Jsonb
 
 from alerts.episodes import close_episode, find_open_episode, open_episode, update_episode
 from alerts.models import AlertType
@@ -159,8 +158,8 @@ class GeofenceEvaluator:
         for b in assigned:
             if b.events:
                 self._events(conn, b)
-            if b.fixes:
-                close_jamming_on_good_fix(conn, b)
+        if with_fixes:
+            close_jamming_on_good_fixes(conn, with_fixes)
 
     def _fixes(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
         reg = self.registry(conn)
@@ -170,12 +169,12 @@ class GeofenceEvaluator:
             return
         ids = [b.device_id for b in devices]
         rows = conn.execute(
-            "SELECT device_id, last_ts, state, (SELECT max(ts) FROM geofence_snapshots s"
+            "SELECT device_id, last_ts, state::text, (SELECT max(ts) FROM geofence_snapshots s"
             " WHERE s.device_id = g.device_id) FROM geofence_states g"
             " WHERE device_id = ANY(%s) FOR UPDATE",
             (ids,),
         ).fetchall()
-        stored = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        stored = {r[0]: (r[1], orjson.loads(r[2]), r[3]) for r in rows}
         states: dict[str, Any] = {}
         cols: dict[str, list[Any]] = {k: [] for k in ("case", "dev", "ts", "lat", "lon", "acc")}
         late_since: dict[uuid.UUID, int] = {}  # device → last_ts before this batch (ms)
@@ -208,36 +207,45 @@ class GeofenceEvaluator:
         for t in transitions:
             b = by_device[t.device_id]
             self._apply(conn, t, b, late_since.get(b.device_id), reg)
-        now = datetime.now(UTC)
+        # The new states (and the snapshots that are due) in one statement each, not one
+        # per device: a batch holds hundreds of devices with a fix or two each.
+        state_rows: list[tuple[uuid.UUID, datetime | None, dict[str, Any]]] = []
+        snap_rows: list[tuple[uuid.UUID, datetime, dict[str, Any], datetime]] = []
         for b in devices:
-            dev = str(b.device_id)
-            dstate = new_state.device_state(dev)
+            dstate = new_state.device_state(str(b.device_id))
             last = dstate.get("last_fix")
             last_ts = _dt(int(last["ts"])) if last else None
             prev = stored.get(b.device_id)
             if prev is not None and prev[0] is not None and last_ts is not None:
                 last_ts = max(last_ts, prev[0])
-            doc = Jsonb(dstate, dumps=lambda v: orjson.dumps(v).decode())
-            conn.execute(
-                "INSERT INTO geofence_states (device_id, last_ts, state, version, updated_at)"
-                " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (device_id) DO UPDATE SET"
-                " last_ts = EXCLUDED.last_ts, state = EXCLUDED.state,"
-                " version = geofence_states.version + 1, updated_at = EXCLUDED.updated_at",
-                (b.device_id, last_ts, doc, now),
-            )
+            state_rows.append((b.device_id, last_ts, dstate))
             snap = prev[2] if prev is not None else None
             if last_ts is not None and b.device_id not in late_since and (
                 snap is None or last_ts - snap >= SNAPSHOT_EVERY
             ):
-                conn.execute(
-                    "INSERT INTO geofence_snapshots (device_id, ts, state) VALUES (%s, %s, %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (b.device_id, last_ts, doc),
-                )
-                conn.execute(
-                    "DELETE FROM geofence_snapshots WHERE device_id = %s AND ts < %s",
-                    (b.device_id, last_ts - SNAPSHOT_KEEP),
-                )
+                snap_rows.append((b.device_id, last_ts, dstate, last_ts - SNAPSHOT_KEEP))
+        conn.execute(
+            "INSERT INTO geofence_states (device_id, last_ts, state, version, updated_at)"
+            " SELECT (r->>0)::uuid, (r->>1)::timestamptz, r->2, 1, %s"
+            " FROM jsonb_array_elements(%s::jsonb) r"
+            " ON CONFLICT (device_id) DO UPDATE SET"
+            " last_ts = EXCLUDED.last_ts, state = EXCLUDED.state,"
+            " version = geofence_states.version + 1, updated_at = EXCLUDED.updated_at",
+            (datetime.now(UTC), orjson.dumps(state_rows).decode()),
+        )
+        if snap_rows:
+            doc = orjson.dumps(snap_rows).decode()
+            conn.execute(
+                "INSERT INTO geofence_snapshots (device_id, ts, state)"
+                " SELECT (r->>0)::uuid, (r->>1)::timestamptz, r->2"
+                " FROM jsonb_array_elements(%s::jsonb) r ON CONFLICT DO NOTHING",
+                (doc,),
+            )
+            conn.execute(
+                "DELETE FROM geofence_snapshots s USING jsonb_array_elements(%s::jsonb) r"
+                " WHERE s.device_id = (r->>0)::uuid AND s.ts < (r->>3)::timestamptz",
+                (doc,),
+            )
 
     def _replay_window(
         self, conn: Conn, device_id: uuid.UUID, first: datetime
@@ -346,6 +354,27 @@ class GeofenceEvaluator:
                     conn, case_id=b.case_id, type=atype, ended_at=ev.ts, device_id=b.device_id,
                     evidence={"closed_by": ev.type, "closed_seq": ev.seq}, reason=ev.type,
                 )
+
+
+def close_jamming_on_good_fixes(conn: Conn, batches: Sequence[DeviceBatch]) -> None:
+    """`close_jamming_on_good_fix` for a whole batch: one query finds the devices that have
+    an open jamming episode (rare), only those are closed one by one."""
+    cases = list({b.case_id for b in batches if b.case_id is not None})
+    if not cases:
+        return
+    open_ = {
+        (case_id, device_id)
+        for case_id, device_id in conn.execute(
+            "SELECT case_id, device_id FROM alerts WHERE episode_open AND type = %s"
+            " AND case_id = ANY(%s) AND zone_id IS NULL AND device_id IS NOT NULL",
+            (AlertType.GPS_JAMMING.value, cases),
+        )
+    }
+    if not open_:
+        return
+    for b in batches:
+        if (b.case_id, b.device_id) in open_:
+            close_jamming_on_good_fix(conn, b)
 
 
 def close_jamming_on_good_fix(conn: Conn, b: DeviceBatch) -> None:

@@ -4,7 +4,9 @@ Three threads, joined by bounded queues (memory stays flat when the database is
 slow or down; the broker then keeps the messages):
 
 - the paho network thread receives QoS 1 messages on a persistent session and
-  puts them on a queue bounded by count and bytes;
+  puts them on a queue bounded by count and bytes, never blocking (it must keep
+  answering keep-alives): the broker's in-flight window / MQTT 5 Receive Maximum
+  bounds what it can send unacknowledged, so the queue does not fill;
 - the decode thread validates them (`devices.protocol`) and cuts batches at
   N items, M messages or T milliseconds, whichever comes first;
 - the writer thread stores a batch in one transaction (`devices.pipeline`),
@@ -215,6 +217,7 @@ class IngestWorker:
         self._db_ready = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = False
+        self._overflow_logged = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -246,8 +249,9 @@ class IngestWorker:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.session_expiry_s
-            # Bounds what the broker sends before we acknowledge: two batches' worth.
-            props.ReceiveMaximum = min(65535, 2 * self.batch_messages)
+            # Bounds what the broker sends before we acknowledge: two batches' worth, and
+            # never more than the queue holds (see `_overflow`).
+            props.ReceiveMaximum = min(65535, 2 * self.batch_messages, self._queue.max_items)
             client.connect_async(host, port, keepalive=self.keepalive, clean_start=False,
                                  properties=props)
         else:
@@ -316,8 +320,16 @@ class IngestWorker:
             return
         with self._ack_lock:
             self._gen += 1
+            gen = self._gen
         metrics.CONNECTED.set(1)
         log.info("connected to the broker (session present: %s)", flags.session_present)
+        if flags.session_present:
+            # What is still queued from the previous connection can never be acknowledged;
+            # the session resends it now, so drop the stale copies (QoS 0 is not resent).
+            dropped = self._queue.discard(lambda m: m.qos > 0 and m.generation != gen)
+            if dropped:
+                log.info("dropped %d queued messages of the previous connection (the broker "
+                         "resends them)", dropped)
         if self.v5:
             opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
             client.subscribe([(self.topic_filter, opts)])
@@ -356,9 +368,28 @@ class IngestWorker:
                 client.ack(mid, qos)  # our own commands, seen through the # filter
             return
         raw = RawMessage(topic, payload, mid, qos, retain, self._gen, time.time())
-        while not self._queue.put(raw, timeout=0.5):
-            if self._closing:
-                return
+        if not self._queue.put(raw, timeout=0):
+            self._overflow(raw)
+
+    def _overflow(self, raw: RawMessage) -> None:
+        """The queue is full: take the message anyway, never block this thread.
+
+        Blocking here would stop paho from reading and from answering keep-alives, and
+        the broker would drop the connection (and resend everything unacknowledged). What
+        the broker may send unacknowledged bounds the queue instead: MQTT 5's Receive
+        Maximum (at most `queue_messages`), or the broker's in-flight window over 3.1.1
+        (mosquitto's `max_inflight_messages`, 1,000 in every configuration we ship).
+        """
+        self._queue.put(raw, force=True)
+        metrics.QUEUE_OVERFLOWS.inc()
+        now = time.monotonic()
+        if now - self._overflow_logged >= 60:
+            self._overflow_logged = now
+            log.warning("ingest queue over its bound (%d messages, %d bytes): the broker sends "
+                        "more unacknowledged messages than queue_messages; lower its in-flight "
+                        "window (max_inflight_messages) or raise the queue", len(self._queue),
+                        self._queue.bytes)
+
 
     # -- decode thread -------------------------------------------------------------
 

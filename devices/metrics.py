@@ -74,6 +74,10 @@ STAGE_ERRORS = Counter(
     "probation_ingest_stage_errors",
     "Stage failures isolated without stopping the worker.", ["stage"],
 )
+QUEUE_OVERFLOWS = Counter(
+    "probation_ingest_queue_overflows",
+    "Messages taken over the queue's bound (the broker's in-flight window exceeds it).",
+)
 CONNECTED = Gauge("probation_ingest_broker_connected", "1 while connected to the broker.")
 
 

@@ -96,12 +96,15 @@ class ByteBoundedQueue:
     def bytes(self) -> int:
         return self._bytes
 
-    def put(self, msg: RawMessage, timeout: float | None = None) -> bool:
-        """Append, waiting while full; False if `timeout` passed first."""
+    def put(self, msg: RawMessage, timeout: float | None = None, *, force: bool = False) -> bool:
+        """Append, waiting while full; False if `timeout` passed first. `force`: append
+        at once, over the bounds."""
         size = len(msg.payload)
         q = self._q
         with self._cond:
-            if q and (len(q) >= self.max_items or self._bytes + size > self.max_bytes):
+            if not force and q and (
+                len(q) >= self.max_items or self._bytes + size > self.max_bytes
+            ):
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while q and (len(q) >= self.max_items or self._bytes + size > self.max_bytes):
                     left = None if deadline is None else deadline - time.monotonic()
@@ -115,6 +118,19 @@ class ByteBoundedQueue:
             if self._getter_waiting:
                 self._cond.notify()
             return True
+
+    def discard(self, pred: Callable[[RawMessage], bool]) -> int:
+        """Remove the queued messages `pred` selects; returns how many."""
+        with self._cond:
+            keep = [m for m in self._q if not pred(m)]
+            n = len(self._q) - len(keep)
+            if n:
+                self._q.clear()  # in place: the other side may hold a reference
+                self._q.extend(keep)
+                self._bytes = sum(len(m.payload) for m in keep)
+                if self._putter_waiting:
+                    self._cond.notify()
+            return n
 
     def get_many(self, max_items: int, timeout: float) -> list[RawMessage]:
         """Up to `max_items` messages, waiting at most `timeout` for the first one."""
@@ -569,7 +585,13 @@ class BatchWriter:
 
         service.lock_devices(conn, device_ids=dev_ids)
         if hooked:
-            self._run_geofence(conn, ordered, cases, verdicts, fix_keys, ev_keys, ci_keys)
+            # Every row stored (no duplicate met): each item goes to the hook as it is.
+            self._run_geofence(
+                conn, ordered, cases, verdicts,
+                None if n_fix == len(fix_rows) else fix_keys,
+                None if n_ev == len(event_rows) else ev_keys,
+                None if n_ci == len(checkin_rows) else ci_keys,
+            )
 
         service.update_inventory(conn, updates=[a.inventory() for a in ordered])
 
@@ -660,9 +682,10 @@ class BatchWriter:
         verdicts: dict[int, CheckinVerdict], fix_keys: list[service.Key] | None,
         ev_keys: list[service.Key] | None, ci_keys: list[service.Key] | None,
     ) -> None:
-        new_f = set(fix_keys or ())
-        new_e = set(ev_keys or ())
-        new_c = set(ci_keys or ())
+        # None: every item of that stream was newly stored.
+        new_f = None if fix_keys is None else set(fix_keys)
+        new_e = None if ev_keys is None else set(ev_keys)
+        new_c = None if ci_keys is None else set(ci_keys)
         batches: list[tuple[DeviceBatch, _DeviceAcc]] = []
         for a in ordered:
             dev_id = a.device_id
@@ -734,8 +757,12 @@ class BatchWriter:
         return out
 
 
-def _take(dev_id: uuid.UUID, items: list[Any], keys: set[service.Key]) -> list[Any]:
-    """The items whose key was newly stored, each key once."""
+def _take(dev_id: uuid.UUID, items: list[Any], keys: set[service.Key] | None) -> list[Any]:
+    """The items whose key was newly stored, each key once (`keys` None: all of them)."""
+    if not items:
+        return []
+    if keys is None:
+        return list(items)
     out = []
     for x in items:
         k = (dev_id, x.seq, x.ts)

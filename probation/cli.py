@@ -369,6 +369,18 @@ def bench_ingest(
         bool, typer.Option(help="Private PostgreSQL with fsync and synchronous commit (as in "
                            "production); --no-durable turns them off.")
     ] = True,
+    geofence: Annotated[
+        bool, typer.Option(help="Instead: the worker of `probation ingest` (geofence, check-in "
+                           "and rapid-mode stages) on the simulator's world, one fix per message.")
+    ] = False,
+    people: Annotated[int, typer.Option(help="--geofence: people (devices).")] = 5_000,
+    fixes_per_device: Annotated[
+        int, typer.Option(help="--geofence: backlog messages per device.")
+    ] = 20,
+    live_rate: Annotated[
+        float, typer.Option(help="--geofence: also publish live at this many msgs/s (0: no).")
+    ] = 10_000.0,
+    live_seconds: Annotated[float, typer.Option(help="--geofence: length of the live run.")] = 30.0,
 ) -> None:
     """Throughput and latency of ingestion through a real broker into the real database."""
     import orjson
@@ -376,6 +388,18 @@ def bench_ingest(
     from devices.bench import BenchConfig, run_ingest_bench
 
     _setup_logging(Settings(log_level="WARNING"))
+    if geofence:
+        from probation.bench_geofence import GeofenceBenchConfig, run_geofence_bench
+
+        result = run_geofence_bench(
+            GeofenceBenchConfig(people=people, fixes_per_device=fixes_per_device,
+                                live_rate=live_rate, live_seconds=live_seconds, durable=durable),
+            out=typer.echo,
+        )
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        if json_path is not None:
+            json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        return
     result = run_ingest_bench(
         BenchConfig(
             database_url=database_url, mqtt_url=mqtt_url,

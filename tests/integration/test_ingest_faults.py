@@ -318,3 +318,55 @@ def test_100000_messages_published_while_the_worker_is_stopped_are_all_stored(
         assert_exactly(database_url, expected)
     finally:
         worker.stop()
+
+
+def test_a_stalled_writer_does_not_cost_the_broker_connection_and_loses_nothing(
+    database_url: str, mqtt_url: str, mqtt_prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database blocks the writer for 4x the keep-alive while messages keep arriving
+    and the broker sends more than the worker's queue holds (mosquitto's in-flight window
+    here is 1,000 over MQTT 3.1.1; the queue 50): the paho network thread must keep
+    taking them and answering pings, not block on the full queue until the broker drops
+    the connection (it does after 1.5x the keep-alive of silence)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="devices.ingest")
+    serials = [f"KA-{i}" for i in range(20)]
+    for s in serials:
+        add_device(database_url, s)
+    msgs, expected = stream_messages(mqtt_prefix, serials, per_device=60, per_message=2)
+    keepalive = 2
+    worker = IngestWorker(database_url=database_url, mqtt_url=mqtt_url, prefix=mqtt_prefix,
+                          client_id=f"ingest-ka-{uuid.uuid4().hex[:6]}", flush_ms=20,
+                          batch_messages=20, queue_messages=50, keepalive=keepalive)
+    worker.start()
+    max_queue = 0
+    try:
+        assert worker.wait_ready(20)
+        with Publisher(mqtt_url) as pub, psycopg.connect(database_url) as blocker:
+            bg = BackgroundPublisher(pub, msgs, rate=60)  # 600 messages over ~10 s
+            bg.start()
+            wait_for(lambda: count_fixes(database_url) >= 100, 30, what="the stream flowing")
+            # The writer's next COPY waits for this lock (reads go on): a database that
+            # hangs, not one that fails (no error, no reconnect, nothing acknowledged).
+            blocker.execute("LOCK TABLE fixes IN EXCLUSIVE MODE")
+            locked_at = count_fixes(database_url)
+            t_stall = time.monotonic()
+            while time.monotonic() - t_stall < 4 * keepalive:
+                max_queue = max(max_queue, worker.queue_depth)
+                time.sleep(0.05)
+            assert count_fixes(database_url) == locked_at, "the writer was not stalled"
+            blocker.rollback()
+            bg.join(60)
+            assert bg.error is None and bg.sent == len(msgs)
+            assert pub.flush(60)
+        wait_for(lambda: count_fixes(database_url) == len(expected), 60, what="everything stored")
+        time.sleep(0.5)
+        assert_exactly(database_url, expected)
+        assert locked_at < len(expected)
+        assert max_queue > 50, "the broker never sent more than the queue holds: proves nothing"
+        texts = [r.getMessage() for r in caplog.records if r.name == "devices.ingest"]
+        assert not [t for t in texts if t.startswith("disconnected from the broker")], texts
+        assert len([t for t in texts if t.startswith("connected to the broker")]) == 1, texts
+    finally:
+        worker.stop()
