@@ -37,9 +37,10 @@ from geofence import (
     ZoneEntry,
     advance,
     compile_zone,
+    open_at_window_start,
 )
+from geofence.episodes import AT_LEFT, STATUS_NAMES, Transition
 from geofence.episodes import Fix as EngineFix
-from geofence.episodes import Transition
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,10 @@ class GeofenceEvaluator:
             zones, cols["case"], cols["dev"], np.asarray(cols["ts"], dtype=np.int64),
             cols["lat"], cols["lon"], cols["acc"],
         )
-        new_state, transitions = advance(EngineState.from_device_states(states), batch, zones)
+        start_state = self._with_window_start_episodes(
+            conn, EngineState.from_device_states(states), devices, zones
+        )
+        new_state, transitions = advance(start_state, batch, zones)
         by_device = {str(b.device_id): b for b in devices}
         for t in transitions:
             b = by_device[t.device_id]
@@ -246,6 +250,52 @@ class GeofenceEvaluator:
                 " WHERE s.device_id = (r->>0)::uuid AND s.ts < (r->>3)::timestamptz",
                 (doc,),
             )
+
+    def _with_window_start_episodes(
+        self, conn: Conn, state: EngineState, devices: Sequence[DeviceBatch], zones: CaseZones
+    ) -> EngineState:
+        """Adopt the `inclusion_zone_left` episodes that the curfew-start rule opened.
+
+        The scheduler opens them from the last fix at the window start, outside the
+        engine; without this the engine would not know the episode is open, and a
+        person coming home would stay "out" until the window ends. An open alert of
+        this kind whose (device, case, zone) has no open episode in the engine state
+        becomes one (`open_at_window_start`, from the same last fix), so the next fixes
+        update and close it like any other. Its open transition is dropped: the alert
+        exists already.
+        """
+        rows = conn.execute(
+            "SELECT device_id, case_id, zone_id, started_at, evidence->'last_fix'"
+            " FROM alerts WHERE case_id = ANY(%s) AND type = 'inclusion_zone_left'"
+            " AND episode_open AND evidence->>'trigger' = 'window_start'"
+            " AND device_id = ANY(%s)",
+            ([b.case_id for b in devices], [b.device_id for b in devices]),
+        ).fetchall()
+        if not rows:
+            return state
+        known = {
+            (d, c, z)
+            for d, c, z, a, st in zip(
+                state.dev.tolist(), state.case.tolist(), state.zone.tolist(),
+                state.atype.tolist(), state.status.tolist(), strict=True,
+            )
+            if a == AT_LEFT and STATUS_NAMES[st] != "pending"
+        }
+        for device_id, case_id, zone_id, started_at, last in rows:
+            key = (str(device_id), str(case_id), str(zone_id))
+            if key in known or last is None or key[2] not in zones.zone_index:
+                continue
+            try:
+                fix = EngineFix(_ms(datetime.fromisoformat(last["ts"])), float(last["lat"]),
+                                float(last["lon"]), float(last["acc"]))
+            except (KeyError, TypeError, ValueError):
+                log.warning("curfew-start alert for %s has no usable last fix", device_id)
+                continue
+            state, _ = open_at_window_start(
+                state, zones, device_id=key[0], case_id=key[1], zone_id=key[2],
+                window_start_ms=_ms(started_at), last_fix=fix,
+            )
+        return state
 
     def _replay_window(
         self, conn: Conn, device_id: uuid.UUID, first: datetime

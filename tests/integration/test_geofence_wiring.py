@@ -14,9 +14,12 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from alerts.scheduled import curfew_starts
 from devices.ingest import broker_address, mqtt_client
 from probation.settings import Settings
 from probation.workers import Ingestion, build_ingestion
+from tests.integration.scheduler_world import HOME, World
+from tests.integration.scheduler_world import offset as near
 
 CENTER = (76.9000, 43.2400)  # lon, lat: the exclusion zone (a victim's home), 150 m radius
 M_PER_DEG_LAT = 111_320.0
@@ -250,3 +253,41 @@ def test_publish_to_alert_latency_p99(settings: Settings, ingestion: Ingestion) 
     p50, p99 = lat_ms[49], lat_ms[98]
     print(f"publish→alert latency over 100: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     assert p99 <= 300, f"p99 {p99:.1f} ms"
+
+
+def test_curfew_start_episode_closes_when_the_person_comes_home(
+    settings: Settings, ingestion: Ingestion
+) -> None:
+    """The curfew-start rule opens `inclusion_zone_left` from the last fix (outside the
+    engine); the engine adopts it, so two fixes at home close it at once, not at 06:00."""
+    url = settings.database_url
+    assert url
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=10)
+    end = start + timedelta(hours=8)
+    schedule = {"windows": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                             "start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")}]}
+    with psycopg.connect(url) as conn:
+        w = World(conn)
+        case = w.case(tz="UTC")
+        zone = w.zone(case, radius_m=100, schedule=schedule)
+        dev = w.device(last_seen=start - timedelta(minutes=1))
+        w.assign(dev, case, start - timedelta(days=3))
+        w.fix(dev, start - timedelta(minutes=3), *near(*HOME, north_m=600), acc=15)
+        curfew_starts(conn, since=start - timedelta(seconds=30), now=start)
+        conn.commit()
+        (a,) = w.alerts(case)
+        assert a["type"] == "inclusion_zone_left" and a["zone_id"] == zone and a["episode_open"]
+        gw = Gateway(settings, w.serial(dev))
+        try:
+            # the next fixes are at home (the engine never saw this person outside)
+            gw.fixes([(start + timedelta(minutes=4), *near(*HOME, east_m=10), 8.0),
+                      (start + timedelta(minutes=5), *near(*HOME, east_m=-5), 8.0)])
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and w.alerts(case)[0]["episode_open"]:
+                time.sleep(0.05)
+        finally:
+            gw.close()
+        (a,) = w.alerts(case)
+        assert not a["episode_open"], "the curfew-start episode stayed open after coming home"
+        assert start + timedelta(minutes=4) <= a["ended_at"] <= start + timedelta(minutes=5)
