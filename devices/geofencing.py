@@ -215,8 +215,9 @@ class GeofenceEvaluator:
         # per device: a batch holds hundreds of devices with a fix or two each.
         state_rows: list[tuple[uuid.UUID, datetime | None, dict[str, Any]]] = []
         snap_rows: list[tuple[uuid.UUID, datetime, dict[str, Any], datetime]] = []
+        dstates = new_state.device_states([str(b.device_id) for b in devices])
         for b in devices:
-            dstate = new_state.device_state(str(b.device_id))
+            dstate = dstates[str(b.device_id)]
             last = dstate.get("last_fix")
             last_ts = _dt(int(last["ts"])) if last else None
             prev = stored.get(b.device_id)

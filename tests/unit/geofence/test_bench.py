@@ -23,3 +23,22 @@ def test_bench_geofence_writes_flat_json(tmp_path: Path) -> None:
     # the workload is not trivial: the engine raises episodes, the reference finds insides
     assert res["opens"] > 0 and res["reference_inside_hits"] > 0
     assert "engine_fixes_per_s" in r.output
+
+
+def test_device_states_equals_device_state_one_by_one() -> None:
+    """The batch serialisation the ingest uses gives exactly the per-device states."""
+    from geofence.bench import build_workload
+    from geofence.engine import advance
+    from geofence.episodes import EngineState
+
+    w = build_workload(40, 3000, 3)
+    state, _ = advance(EngineState.empty(), w["previous"], w["registry"])
+    state, _ = advance(state, w["batch"], w["registry"])
+    assert state.n_episodes > 0
+    devices = [*state.device_ids(), "never-seen"]
+    batch = state.device_states(devices)
+    assert list(batch) == devices
+    assert batch == {d: state.device_state(d) for d in devices}
+    assert batch["never-seen"]["episodes"] == [] and batch["never-seen"]["last_fix"] is None
+    rebuilt = EngineState.from_device_states({d: batch[d] for d in devices[:-1]})
+    assert rebuilt.to_dict() == state.to_dict()
