@@ -241,7 +241,16 @@ class DispatchResult:
                 "by_notifier": self.by_notifier}
 
 
+# Only the events some active route still has to announce: one that matches the event
+# and has no delivery row for its notifier yet. (Fetching every `opened`/`escalated` event
+# of the lookback on every run made each run's memory and time grow with the alerts of
+# the last 24 h: the scheduler's RSS crept up through the soak.)
 _PENDING_SQL = """
+WITH routes AS (
+    SELECT r->>'notifier' AS notifier, r->'types' AS types, r->'events' AS events,
+           (r->>'min_rank')::int AS min_rank
+    FROM jsonb_array_elements(%(routes)s::jsonb) AS r
+)
 SELECT e.alert_id, e.kind, coalesce((e.data->>'level')::int, 0) AS level,
        e.data->>'supervisor_id' AS supervisor_id,
        a.case_id, a.device_id, a.zone_id, a.type, a.severity, a.status, a.started_at,
@@ -251,8 +260,33 @@ FROM alert_events e
 JOIN alerts a ON a.id = e.alert_id
 JOIN cases c ON c.id = a.case_id
 WHERE e.kind IN ('opened', 'escalated') AND e.at > %(since)s AND e.at <= %(now)s
+  AND EXISTS (
+    SELECT 1 FROM routes r
+    WHERE (r.types IS NULL OR r.types ? a.type)
+      AND (r.events IS NULL OR r.events ? e.kind)
+      AND (r.min_rank IS NULL
+           OR array_position(%(severities)s::text[], a.severity) - 1 >= r.min_rank)
+      AND NOT EXISTS (
+        SELECT 1 FROM notification_deliveries d
+        WHERE d.alert_id = e.alert_id AND d.notifier = r.notifier AND d.event = e.kind
+          AND d.level = coalesce((e.data->>'level')::int, 0)))
 ORDER BY e.id
 """
+
+
+def _routes_json(routes: Sequence[Route]) -> str:
+    """The routes for `_PENDING_SQL` (absent keys: no filter)."""
+    out: list[dict[str, Any]] = []
+    for r in routes:
+        d: dict[str, Any] = {"notifier": r.notifier}
+        if r.types is not None:
+            d["types"] = sorted(r.types)
+        if r.events is not None:
+            d["events"] = sorted(r.events)
+        if r.min_severity is not None:
+            d["min_rank"] = SEVERITY_RANK[r.min_severity]
+        out.append(d)
+    return orjson.dumps(out).decode()
 
 _RETRY_SQL = """
 SELECT d.id, d.alert_id, d.notifier, d.event, d.level, d.attempts,
@@ -318,7 +352,11 @@ def dispatch_notifications(
     if not active:
         return result
     jobs: list[tuple[int, str, dict[str, Any], int]] = []  # delivery id, notifier, payload, attempts
-    for r in conn.execute(_PENDING_SQL, {"since": now - lookback, "now": now}).fetchall():
+    severities = [sev.value for sev, _ in sorted(SEVERITY_RANK.items(), key=lambda kv: kv[1])]
+    for r in conn.execute(_PENDING_SQL, {
+        "since": now - lookback, "now": now, "routes": _routes_json(active),
+        "severities": severities,
+    }).fetchall():
         alert_id, event, level, supervisor_id = r[0], r[1], int(r[2]), r[3]
         rest = r[4:]
         names = sorted({
