@@ -157,6 +157,27 @@ def close_episode(
     return alert_id
 
 
+def resolve_by_system(
+    conn: psycopg.Connection[Any], *, alert_id: uuid.UUID, at: datetime, resolution: str,
+    data: dict[str, Any],
+) -> bool:
+    """The system resolves an alert it raised on incomplete evidence (no actor): open or
+    acknowledged → resolved with `resolution`, and a `resolved` timeline entry carrying
+    `data` (why). An alert already resolved keeps its officer's resolution and only gets
+    a `note` entry with `data`. Returns whether the alert moved to resolved."""
+    moved = conn.execute(
+        "UPDATE alerts SET status = 'resolved', resolved_at = %s, resolution = %s"
+        " WHERE id = %s AND status IN ('open', 'acknowledged') RETURNING id",
+        (at, resolution, alert_id),
+    ).fetchone()
+    if moved is not None:
+        _timeline(conn, alert_id, "resolved", {"resolution": resolution, **data}, at=at)
+    else:
+        _timeline(conn, alert_id, "note", data, at=at)
+    conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+    return moved is not None
+
+
 def _timeline(
     conn: psycopg.Connection[Any], alert_id: uuid.UUID, kind: str, data: dict[str, Any],
     *, at: datetime | None = None, actor_id: uuid.UUID | None = None,

@@ -59,6 +59,7 @@ from devices.pipeline import (
     is_downlink,
 )
 from devices.protocol import Decoded, Reason, Rejected
+from devices.watermark import WatermarkProbe
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class IngestWorker:
         self.fast_receive = fast_receive
         self.writer = BatchWriter(prefix=self.prefix, geofence=geofence_hook, checkin=checkin_hook)
         self.directory = DeviceDirectory()
+        self.watermark = WatermarkProbe(prefix=self.prefix, worker_id=self.client_id)
         self.stats = IngestStats(interval_s=log_interval_s)
         self._queue = ByteBoundedQueue(max_items=queue_messages, max_bytes=queue_bytes)
         self._batches: queue.Queue[list[Incoming]] = queue.Queue(maxsize=1)
@@ -327,6 +329,7 @@ class IngestWorker:
             # What is still queued from the previous connection can never be acknowledged;
             # the session resends it now, so drop the stale copies (QoS 0 is not resent).
             dropped = self._queue.discard(lambda m: m.qos > 0 and m.generation != gen)
+            self.watermark.dropped(dropped)
             if dropped:
                 log.info("dropped %d queued messages of the previous connection (the broker "
                          "resends them)", dropped)
@@ -335,6 +338,7 @@ class IngestWorker:
             client.subscribe([(self.topic_filter, opts)])
         else:
             client.subscribe(self.topic_filter, qos=1)
+        client.subscribe(self.watermark.topic, qos=1)  # never shared: our probes come back to us
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[ReasonCode], properties: Any) -> None:
@@ -361,6 +365,11 @@ class IngestWorker:
     def _receive(self, topic_b: bytes, payload: bytes, mid: int, qos: int, retain: bool) -> None:
         if self._closing:
             return  # not acknowledged: redelivered to the next session
+        if topic_b == self.watermark.topic_b:  # ingest watermark (devices/watermark.py)
+            self.watermark.arrived(payload)
+            if self._client is not None and qos:
+                self._client.ack(mid, qos)
+            return
         topic = topic_b.decode("utf-8", "backslashreplace")
         if is_downlink(topic, self.prefix):
             client = self._client
@@ -370,6 +379,7 @@ class IngestWorker:
         raw = RawMessage(topic, payload, mid, qos, retain, self._gen, time.time())
         if not self._queue.put(raw, timeout=0):
             self._overflow(raw)
+        self.watermark.enqueued += 1
 
     def _overflow(self, raw: RawMessage) -> None:
         """The queue is full: take the message anyway, never block this thread.
@@ -454,6 +464,8 @@ class IngestWorker:
                 self.stats.maybe_log(len(self._queue))
                 if self._conn is None and not self._closing:
                     self._try_connect()
+                self.watermark.idle(self._conn)
+                self.watermark.publish(self._client, connected=self._subscribed.is_set())
                 if self._decode_done.is_set() and self._batches.empty():
                     return
                 continue
@@ -516,6 +528,7 @@ class IngestWorker:
                 conn = self._connect()
                 t0 = time.perf_counter()
                 result = self.writer.write(conn, batch, directory=self.directory)
+                self.watermark.stage(conn, len(batch))
                 conn.commit()
                 commit_s = time.perf_counter() - t0
             except Exception as e:
@@ -589,6 +602,8 @@ class IngestWorker:
 
     def _committed(self, batch: list[Incoming], result: BatchResult, commit_s: float) -> None:
         """After the commit: acknowledge on the arrival connection, count, notify."""
+        self.watermark.committed(len(batch))
+        self.watermark.publish(self._client, connected=self._subscribed.is_set())
         now = time.time()
         client = self._client
         with self._ack_lock:

@@ -451,6 +451,85 @@ def detect_missed_checkins(conn: Conn, *, now: datetime) -> MissedResult:
     return res
 
 
+@dataclass(slots=True)
+class LateResult:
+    passed_late: int = 0
+    alerts_resolved: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"passed_late": self.passed_late, "missed_alerts_resolved": self.alerts_resolved}
+
+
+def resolve_late_checkins(
+    conn: Conn, *, now: datetime, lookback: timedelta = timedelta(days=2)
+) -> LateResult:
+    """Requests marked `missed` whose passing check-in (taken before the deadline) was
+    stored only afterwards (a phone that uploaded late, an ingest backlog beyond the
+    watermark): the request becomes `passed`, and its `checkin_missed` alert is resolved
+    by the system (`false_alarm`) with a timeline entry naming the check-in's time and
+    when it was received; an alert an officer already resolved only gets the entry."""
+    from alerts.episodes import resolve_by_system
+
+    res = LateResult()
+    rows = conn.execute(
+        """
+        SELECT r.id, r.deadline, ci.ts, ci.received_at, a.id
+        FROM checkin_requests r
+        JOIN LATERAL (
+            SELECT ci.ts, ci.received_at FROM checkins ci
+            WHERE ci.case_id = r.case_id AND ci.passed
+              AND ci.ts >= r.due_at - %s AND ci.ts <= r.deadline
+            ORDER BY ci.ts LIMIT 1
+        ) ci ON true
+        LEFT JOIN alerts a ON a.case_id = r.case_id AND a.type = 'checkin_missed'
+             AND a.evidence->>'request_id' = r.id::text
+        WHERE r.status = 'missed' AND r.deadline > %s
+        FOR UPDATE OF r SKIP LOCKED
+        """,
+        (CHECKIN_EARLY, now - lookback),
+    ).fetchall()
+    for rid, deadline, ts, received_at, alert_id in rows:
+        conn.execute(
+            "UPDATE checkin_requests SET status = 'passed', resolved_at = %s WHERE id = %s",
+            (ts, rid),
+        )
+        res.passed_late += 1
+        if alert_id is not None and resolve_by_system(
+            conn, alert_id=alert_id, at=now, resolution="false_alarm",
+            data={"reason": "checkin_arrived_late", "request_id": str(rid),
+                  "checkin_ts": ts, "received_at": received_at, "deadline": deadline},
+        ):
+            res.alerts_resolved += 1
+    return res
+
+
+# --------------------------------------------------------------------------- ingest watermark
+
+
+@dataclass(frozen=True, slots=True)
+class IngestWatermark:
+    """`at`: the minimum watermark of the ingest workers that reported within `max_age`
+    (None: none did: the ingest is stalled or down); `live`/`stale`: how many workers."""
+
+    at: datetime | None
+    live: int
+    stale: int
+    newest_report: datetime | None
+
+
+def ingest_watermark(conn: Conn, *, max_age: timedelta = timedelta(seconds=60)) -> IngestWatermark:
+    """Up to when the stored uplink is complete (see `devices/watermark.py`); liveness is
+    judged on the database's clock, which every worker's report is stamped with."""
+    row = conn.execute(
+        "SELECT min(watermark) FILTER (WHERE updated_at > clock_timestamp() - %(age)s),"
+        " count(*) FILTER (WHERE updated_at > clock_timestamp() - %(age)s), count(*),"
+        " max(updated_at) FROM ingest_watermark",
+        {"age": max_age},
+    ).fetchone()
+    at, live, total, newest = row if row is not None else (None, 0, 0, None)
+    return IngestWatermark(at, int(live or 0), int(total or 0) - int(live or 0), newest)
+
+
 def open_requests(conn: Conn, *, case_id: uuid.UUID) -> Sequence[tuple[Any, ...]]:
     """The case's requests still waiting for a check-in (id, status, due_at, deadline)."""
     return conn.execute(

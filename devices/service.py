@@ -350,6 +350,12 @@ def apply_acks(conn: Conn, *, acks: Sequence[AckRow]) -> set[uuid.UUID]:
     """
     if not acks:
         return set()
+    # One row per command, the first answer: an UPDATE ... FROM with two rows for the same
+    # command applies either of them (which one depends on the join plan).
+    firsts: dict[tuple[uuid.UUID, uuid.UUID], AckRow] = {}
+    for a in acks:
+        firsts.setdefault((a.device_id, a.command_id), a)
+    acks = list(firsts.values())
     rows = conn.execute(
         """
         UPDATE commands c SET
@@ -425,3 +431,17 @@ def unsent_commands(conn: Conn, *, created_before: datetime, limit: int = 100) -
         (created_before, limit),
     ).fetchall()
     return [CommandRecord(*r) for r in rows]
+
+
+# -- ingest watermark (devices/watermark.py) ------------------------------------------
+
+
+def upsert_ingest_watermark(conn: Conn, *, worker_id: str, watermark: datetime) -> None:
+    """Record how far `worker_id` has drained the broker (never moves back)."""
+    conn.execute(
+        "INSERT INTO ingest_watermark (worker_id, watermark, updated_at)"
+        " VALUES (%s, %s, clock_timestamp()) ON CONFLICT (worker_id) DO UPDATE SET"
+        " watermark = greatest(ingest_watermark.watermark, excluded.watermark),"
+        " updated_at = excluded.updated_at",
+        (worker_id, watermark),
+    )

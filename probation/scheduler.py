@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +61,9 @@ from devices.scheduled import (
     detect_missed_checkins,
     dispatch_checkin_requests,
     evaluate_silence,
+    ingest_watermark,
     plan_random_checkins,
+    resolve_late_checkins,
 )
 from probation.settings import Settings
 
@@ -132,21 +135,36 @@ def _interval(s: Settings) -> IntervalTrigger:
     return IntervalTrigger(seconds=s.scheduler_interval_s, start_date=ALIGN, timezone=UTC)
 
 
+# The clock rules (silence, curfew starts, missed check-ins) judge by what is stored, so
+# they are evaluated as of `stored_until` = min(now, ingest watermark): a deadline is
+# decided only once the ingest has drained everything the broker received before it
+# (`devices/watermark.py`), later if the ingest lags, with the rule's original timing.
+# With no live ingest worker they are deferred and the stall is logged as an error.
+
+
 def _job_silence(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:
-    return evaluate_silence(conn, now=now, config=svc.rules.silence).as_dict()
+    until = svc.stored_until(conn, now)
+    if until is None:
+        return {"deferred": "ingest_stalled"}
+    return evaluate_silence(conn, now=until, config=svc.rules.silence).as_dict() | {
+        "stored_until": until.isoformat()}
 
 
 def _job_curfew(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:
+    # the previous run covered window starts up to its `until` (older rows: `now_at`)
     row = conn.execute(
-        "SELECT max(now_at) FROM scheduler_runs WHERE job_id = 'curfew'"
-        " AND finished_at IS NOT NULL AND now_at < %s", (now,),
+        "SELECT max(coalesce((result->>'until')::timestamptz, now_at)) FROM scheduler_runs"
+        " WHERE job_id = 'curfew' AND finished_at IS NOT NULL AND now_at < %s", (now,),
     ).fetchone()
     last = row[0] if row else None
     period = timedelta(seconds=svc.settings.scheduler_interval_s)
     since = max(last or now - period, now - CURFEW_MAX_LOOKBACK)
-    res = curfew_starts(conn, since=since, now=now, config=svc.rules.curfew,
+    stored = svc.stored_until(conn, now)
+    until = since if stored is None else max(since, stored)
+    res = curfew_starts(conn, since=since, now=until, config=svc.rules.curfew,
                         polygons=svc.polygons, groups=svc.groups)
-    return res.as_dict() | {"since": since.isoformat()}
+    out = res.as_dict() | {"since": since.isoformat(), "until": until.isoformat()}
+    return out | ({"deferred": "ingest_stalled"} if stored is None else {})
 
 
 def _job_escalation(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:
@@ -158,7 +176,11 @@ def _job_checkin_plan(svc: SchedulerService, conn: Conn, now: datetime) -> dict[
 
 
 def _job_checkins(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:
-    out = detect_missed_checkins(conn, now=now).as_dict()
+    until = svc.stored_until(conn, now)
+    out: dict[str, Any] = (
+        {"deferred": "ingest_stalled"} if until is None
+        else detect_missed_checkins(conn, now=until).as_dict())
+    out |= resolve_late_checkins(conn, now=now).as_dict()
     pub = svc.publisher()
     publish = None if pub is None else pub.publish_recorded
     return out | dispatch_checkin_requests(conn, now=now, publish=publish).as_dict()
@@ -351,6 +373,8 @@ class SchedulerService:
         self.scheduler: BackgroundScheduler | None = None
         self._publisher: Any = None
         self._pub_lock = threading.Lock()
+        self.watermark_max_age = timedelta(seconds=self.settings.ingest_watermark_max_age_s)
+        self._stalled_logged: float | None = None  # monotonic time of the last stall error
 
     # ------------------------------------------------------------ lifecycle
 
@@ -461,6 +485,30 @@ class SchedulerService:
                     prefix=self.settings.mqtt_prefix,
                 ).start()
             return self._publisher
+
+    # ------------------------------------------------------------ ingest watermark
+
+    def stored_until(self, conn: Conn, now: datetime) -> datetime | None:
+        """min(now, the live ingest workers' watermark); None when no worker reported
+        within `ingest_watermark_max_age_s` (the clock rules then wait: an ops alarm in
+        the log, not thousands of officer alerts for a silence that is the backend's)."""
+        wm = ingest_watermark(conn, max_age=self.watermark_max_age)
+        if wm.at is None:
+            t = time.monotonic()
+            if self._stalled_logged is None or t - self._stalled_logged >= 60:
+                self._stalled_logged = t
+                log.error(
+                    "INGEST STALLED: no ingest worker reported a watermark in the last %.0f s "
+                    "(%d known, last report %s); communication_lost, location_lost, curfew "
+                    "starts and missed check-ins are deferred until the ingest catches up",
+                    self.watermark_max_age.total_seconds(), wm.stale,
+                    wm.newest_report.isoformat() if wm.newest_report else "never")
+            return None
+        if self._stalled_logged is not None:
+            self._stalled_logged = None
+            log.warning("ingest resumed: %d worker(s), watermark %s; deferred clock rules "
+                        "are decided now", wm.live, wm.at.isoformat())
+        return min(now, wm.at)
 
     # ------------------------------------------------------------ runs
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     scheduler_lock_retry_s: float = Field(
         default=3, description="How often a standby scheduler retries the leader lock (seconds).",
     )
+    ingest_watermark_max_age_s: float = Field(
+        default=60, description="The clock rules use the ingest watermark of the workers that "
+        "reported within this many seconds; none: the rules wait and the scheduler logs "
+        "INGEST STALLED.",
+    )
     upload_interval_s: dict[str, float] = Field(
         default={"high": 60, "medium": 120, "low": 300},
         description="Default device upload interval per risk level (seconds, JSON); "

@@ -30,6 +30,7 @@ from devices.scheduled import (
     dispatch_checkin_requests,
     plan_random_checkins,
     random_times,
+    resolve_late_checkins,
     resolve_policy,
 )
 from devices.service import prepare_staging
@@ -224,3 +225,57 @@ def test_late_dispatch_keeps_the_full_answer_time_and_drops_stale(
     row = conn.execute("SELECT status, deadline FROM checkin_requests WHERE id = %s",
                        (late,)).fetchone()
     assert row == ("sent", now + minutes(15))
+
+
+def test_a_checkin_stored_after_its_request_was_missed_resolves_the_alert(
+    conn: psycopg.Connection[Any], world: World,
+) -> None:
+    """The phone uploaded late: the check-in was taken before the deadline but stored
+    after `checkin_missed` was raised; the request becomes `passed` and the system
+    resolves the alert, saying why on its timeline. An alert an officer already resolved
+    keeps the officer's resolution and only gets the explanation."""
+    rng = np.random.default_rng(7)
+    template = rng.normal(size=DIM)
+    subject = world.subject()
+    enrol(conn, subject, template)
+    case = world.case(subject=subject)
+    phone = world.device(kind="phone")
+    world.assign(phone, case, datetime.now(UTC) - timedelta(days=1))
+    deadline = datetime.now(UTC).replace(microsecond=0) - minutes(30)
+    rids = [uuid.uuid4(), uuid.uuid4()]
+    for k, rid in enumerate(rids):
+        conn.execute(
+            "INSERT INTO checkin_requests (id, case_id, device_id, source, due_at, deadline,"
+            " status) VALUES (%s, %s, %s, 'officer', %s, %s, 'sent')",
+            (rid, case, phone, deadline - minutes(15 + 60 * k), deadline - minutes(60 * k)))
+    conn.commit()
+    assert detect_missed_checkins(conn, now=deadline + minutes(1)).missed == 2
+    conn.commit()
+    alerts = {a["evidence"]["request_id"]: a for a in world.alerts(case, "checkin_missed")}
+    officer_resolved = alerts[str(rids[1])]["id"]
+    conn.execute("UPDATE alerts SET status = 'resolved', resolution = 'violation_confirmed'"
+                 " WHERE id = %s", (officer_resolved,))
+    conn.commit()
+    assert resolve_late_checkins(conn, now=deadline + minutes(2)).passed_late == 0  # nothing yet
+
+    same = template + rng.normal(scale=0.25, size=DIM)
+    ingest(conn, world.serial(phone), [
+        item(1, deadline - minutes(5), same, 0.95, rids[0]),  # in time, stored 30 min late
+        item(2, deadline - minutes(65), same, 0.95, rids[1]),
+    ])
+    now = datetime.now(UTC)
+    res = resolve_late_checkins(conn, now=now)
+    conn.commit()
+    assert (res.passed_late, res.alerts_resolved) == (2, 1)
+    assert conn.execute("SELECT status, resolved_at FROM checkin_requests WHERE id = %s",
+                        (rids[0],)).fetchone() == ("passed", deadline - minutes(5))
+    a = next(x for x in world.alerts(case, "checkin_missed") if x["id"] == alerts[str(rids[0])]["id"])
+    assert (a["status"], a["resolution"]) == ("resolved", "false_alarm")
+    kind, data = world.timeline(a["id"])[-1]
+    assert kind == "resolved" and data["reason"] == "checkin_arrived_late"
+    assert data["checkin_ts"].startswith((deadline - minutes(5)).isoformat()[:19])
+    b = next(x for x in world.alerts(case, "checkin_missed") if x["id"] == officer_resolved)
+    assert b["resolution"] == "violation_confirmed"
+    assert world.timeline(officer_resolved)[-1][0] == "note"
+    # once: the requests are no longer `missed`
+    assert resolve_late_checkins(conn, now=now).passed_late == 0

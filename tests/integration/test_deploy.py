@@ -104,22 +104,25 @@ def test_acl_confines_each_device_to_its_own_topics(tmp_path: Path) -> None:
         backend = _client(port, "probation-backend", "backend-pw")
         backend.on_message = lambda c, u, m: got.append(m.topic)
         backend.on_subscribe = lambda *a: ready.set()
-        backend.subscribe("pm/v1/devices/#", qos=1)
+        backend.subscribe([("pm/v1/devices/#", 1), ("pm/v1/ingest/+/probe", 1)])
         assert ready.wait(5)
         dev1 = _client(port, "DEV1", "dev1-pw")
         dev1.publish("pm/v1/devices/DEV1/fixes", b"{}", qos=1).wait_for_publish(5)
-        for denied in ("pm/v1/devices/DEV2/fixes", "pm/v1/devices/DEV1/commands"):
+        for denied in ("pm/v1/devices/DEV2/fixes", "pm/v1/devices/DEV1/commands",
+                       "pm/v1/ingest/w1/probe"):
             # A denied publish is dropped; the broker may also drop the connection.
             other = _client(port, "DEV1", "dev1-pw")
             with contextlib.suppress(RuntimeError):
                 other.publish(denied, b"{}", qos=1).wait_for_publish(2)
             other.loop_stop()
         backend.publish("pm/v1/devices/DEV2/commands", b"{}", qos=1).wait_for_publish(5)
+        backend.publish("pm/v1/ingest/w1/probe", b"1.0", qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and len(got) < 2:
+        while time.monotonic() < deadline and len(got) < 3:
             time.sleep(0.05)
         time.sleep(0.3)
-        assert sorted(got) == ["pm/v1/devices/DEV1/fixes", "pm/v1/devices/DEV2/commands"]
+        assert sorted(got) == ["pm/v1/devices/DEV1/fixes", "pm/v1/devices/DEV2/commands",
+                               "pm/v1/ingest/w1/probe"]
         anon = mqtt.Client(CallbackAPIVersion.VERSION2)
         assert anon.connect("127.0.0.1", port) == 0
         rc: list[object] = []
