@@ -118,6 +118,52 @@ def update_episode(
     conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
 
 
+@dataclass(slots=True, frozen=True)
+class EpisodeUpdate:
+    """New evidence for the open episode of (case, type, zone, device)."""
+
+    case_id: uuid.UUID
+    type: AlertType
+    zone_id: uuid.UUID | None
+    device_id: uuid.UUID | None
+    evidence: dict[str, Any]
+
+
+def update_episodes(conn: psycopg.Connection[Any], updates: list[EpisodeUpdate]) -> int:
+    """`update_episode` for many open episodes in one statement (an ingest batch carries
+    an update for every open episode whose device sent fixes: one round trip, not three
+    per episode). Updates of an episode that is not open are ignored; for the same
+    episode the last update wins. Returns how many alerts changed."""
+    last: dict[tuple[Any, ...], EpisodeUpdate] = {}
+    for u in updates:
+        last[(u.case_id, u.type, u.zone_id or NIL, u.device_id or NIL)] = u
+    if not last:
+        return 0
+    doc = orjson.dumps(
+        [[str(k[0]), k[1].value, str(k[2]), str(k[3]), u.evidence] for k, u in last.items()],
+        default=str,
+    ).decode()
+    rows = conn.execute(
+        """
+        WITH u AS (
+            SELECT (r->>0)::uuid AS case_id, r->>1 AS type, (r->>2)::uuid AS zone_id,
+                   (r->>3)::uuid AS device_id, r->4 AS evidence
+            FROM jsonb_array_elements(%(doc)s::jsonb) r)
+        UPDATE alerts a SET evidence = a.evidence || u.evidence
+        FROM u
+        WHERE a.case_id = u.case_id AND a.type = u.type AND a.episode_open
+          AND coalesce(a.zone_id, %(nil)s) = u.zone_id
+          AND coalesce(a.device_id, %(nil)s) = u.device_id
+        RETURNING a.id
+        """,
+        {"doc": doc, "nil": NIL},
+    ).fetchall()
+    if rows:
+        conn.execute("SELECT pg_notify('alerts', id::text) FROM unnest(%s::uuid[]) id",
+                     ([r[0] for r in rows],))
+    return len(rows)
+
+
 def find_open_episode(
     conn: psycopg.Connection[Any], *, case_id: uuid.UUID, type: AlertType,
     zone_id: uuid.UUID | None = None, device_id: uuid.UUID | None = None,

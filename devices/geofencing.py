@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from alerts.episodes import close_episode, find_open_episode, open_episode, update_episode
+from alerts.episodes import (
+    EpisodeUpdate,
+    close_episode,
+    find_open_episode,
+    open_episode,
+    update_episodes,
+)
 from alerts.models import AlertType
 from devices.pipeline import Conn, DeviceBatch
 from devices.protocol import CommandType
@@ -208,9 +214,23 @@ class GeofenceEvaluator:
         )
         new_state, transitions = advance(start_state, batch, zones)
         by_device = {str(b.device_id): b for b in devices}
+        # Updates only merge evidence into an open alert: batched after the opens and
+        # closes (an update followed by a close of the same episode is dropped: the
+        # close carries the newest evidence).
+        updates: dict[tuple[str, str, str, str], EpisodeUpdate] = {}
         for t in transitions:
             b = by_device[t.device_id]
+            key = (t.case_id, t.alert_type, t.zone_id, t.device_id)
+            if t.kind == "update":
+                updates[key] = EpisodeUpdate(
+                    case_id=uuid.UUID(t.case_id), type=AlertType(t.alert_type),
+                    zone_id=uuid.UUID(t.zone_id), device_id=b.device_id,
+                    evidence=self._evidence(t),
+                )
+                continue
+            updates.pop(key, None)
             self._apply(conn, t, b, late_since.get(b.device_id), reg)
+        update_episodes(conn, list(updates.values()))
         # The new states (and the snapshots that are due) in one statement each, not one
         # per device: a batch holds hundreds of devices with a fix or two each.
         state_rows: list[tuple[uuid.UUID, datetime | None, dict[str, Any]]] = []
@@ -329,15 +349,7 @@ class GeofenceEvaluator:
         case_id = uuid.UUID(t.case_id)
         zone_id = uuid.UUID(t.zone_id)
         atype = AlertType(t.alert_type)
-        evidence = {
-            "zone_id": t.zone_id,
-            "first_fix": _fix_json(t.first_fix),
-            "last_fix": _fix_json(t.last_fix),
-            "max_depth_m": round(float(t.max_depth_m), 2),
-            "duration_s": round((t.last_fix.ts - t.first_fix.ts) / 1000, 1),
-        }
-        if t.inferred:
-            evidence["inferred"] = True
+        evidence = self._evidence(t)
         if t.kind == "open":
             started = _dt(t.started_at)
             late = late_since_ms is not None and t.started_at < late_since_ms
@@ -353,12 +365,6 @@ class GeofenceEvaluator:
             )
             if res.created and t.ended_at is None and not t.inferred:
                 self._rapid(conn, b.device_id, RAPID_FIX_INTERVAL_S)
-        elif t.kind == "update":
-            alert_id = find_open_episode(
-                conn, case_id=case_id, type=atype, zone_id=zone_id, device_id=b.device_id
-            )
-            if alert_id is not None:
-                update_episode(conn, alert_id=alert_id, evidence=evidence)
         elif t.kind == "close":
             ended = _dt(t.ended_at if t.ended_at is not None else t.at)
             closed = close_episode(
@@ -368,6 +374,19 @@ class GeofenceEvaluator:
             if closed is not None and atype != AlertType.EXCLUSION_ZONE_APPROACH:
                 normal = NORMAL_FIX_INTERVAL_S.get(reg.risk.get(t.case_id, "medium"), 60)
                 self._rapid(conn, b.device_id, normal)
+
+    @staticmethod
+    def _evidence(t: Transition) -> dict[str, Any]:
+        evidence: dict[str, Any] = {
+            "zone_id": t.zone_id,
+            "first_fix": _fix_json(t.first_fix),
+            "last_fix": _fix_json(t.last_fix),
+            "max_depth_m": round(float(t.max_depth_m), 2),
+            "duration_s": round((t.last_fix.ts - t.first_fix.ts) / 1000, 1),
+        }
+        if t.inferred:
+            evidence["inferred"] = True
+        return evidence
 
     def _rapid(self, conn: Conn, device_id: uuid.UUID, fix_interval_s: int) -> None:
         """Record a `set_interval` command; it is published after the batch commits."""
