@@ -11,7 +11,7 @@ import multiprocessing as mp
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -191,11 +191,23 @@ def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
     worker = IngestWorker(**kw, log_interval_s=3600, on_commit=on_commit)
     worker.start()
     conn.send(worker.wait_ready(60))
+    serve_child(conn, lock=lock, state=state, reset=reset, stop=worker.stop)
+
+
+def serve_child(
+    conn: Connection, *, lock: threading.Lock, state: dict[str, Any],
+    reset: Callable[[], None], stop: Callable[[], None],
+    extra: Callable[[], dict[str, Any]] = dict,
+) -> None:
+    """A bench child's command loop: report (state without lags, plus `extra()`), lags,
+    reset, and anything else stops the worker and returns."""
     while True:
         cmd = conn.recv()
         if cmd == "report":
             with lock:
-                conn.send({k: v for k, v in state.items() if k != "lags"})
+                rep = {k: v for k, v in state.items() if k != "lags"}
+                rep.update(extra())
+                conn.send(rep)
         elif cmd == "lags":
             with lock:
                 conn.send(list(state["lags"]))
@@ -204,7 +216,7 @@ def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
                 reset()
             conn.send(True)
         else:
-            worker.stop()
+            stop()
             conn.send(True)
             return
 

@@ -47,7 +47,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from db.engine import libpq_url
-from devices.bench import Publisher, _Child, _drop_session, _pct, _start_postgres, _wait_until
+from devices.bench import (
+    Publisher,
+    _Child,
+    _drop_session,
+    _pct,
+    _start_postgres,
+    _wait_until,
+    serve_child,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,24 +253,8 @@ def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
     reset()
     ing.start()
     conn.send(worker.wait_ready(60))
-    while True:
-        cmd = conn.recv()
-        if cmd == "report":
-            with lock:
-                rep = {k: v for k, v in state.items() if k != "lags"}
-                rep.update(timers=dict(timers), queue=worker.queue_depth)
-                conn.send(rep)
-        elif cmd == "lags":
-            with lock:
-                conn.send(list(state["lags"]))
-        elif cmd == "reset":
-            with lock:
-                reset()
-            conn.send(True)
-        else:
-            ing.stop()
-            conn.send(True)
-            return
+    serve_child(conn, lock=lock, state=state, reset=reset, stop=ing.stop,
+                extra=lambda: {"timers": dict(timers), "queue": worker.queue_depth})
 
 
 def _publish(mqtt_url: str, msgs: list[tuple[str, bytes]], rate: float = 0.0) -> float:
