@@ -192,6 +192,60 @@ def evaluate_silence(
     return res
 
 
+# A device of these batches that was silent long enough for `communication_lost` and has
+# no alert for that silence (none open, none started since it was last heard).
+_GAP_SQL = """
+SELECT d.id, d.last_seen, c.id, c.risk_level
+FROM devices d
+JOIN device_assignments a ON a.device_id = d.id AND a.unassigned_at IS NULL
+JOIN cases c ON c.id = a.case_id AND c.status = 'active'
+WHERE d.id = ANY(%(ids)s) AND d.kind = ANY(%(kinds)s)
+  AND d.last_seen IS NOT NULL AND d.last_seen <= %(latest)s - %(min_gap)s
+  AND NOT EXISTS (SELECT 1 FROM alerts al WHERE al.case_id = c.id
+                  AND al.type = 'communication_lost' AND al.device_id = d.id
+                  AND (al.episode_open OR al.started_at >= d.last_seen))
+"""
+
+
+class SilenceGaps:
+    """Ingest hook (`GeofenceHook`): `communication_lost` for a silence that ended between
+    two silence passes.
+
+    The scheduler finds silences every `scheduler_period_s`; a device that talks again
+    less than a period after its threshold would never be alerted. When a device's first
+    uplink after such a silence arrives (before `last_seen` moves), its episode is
+    recorded at once, already closed and `late`: it started at last_seen + threshold,
+    exactly where the scheduler would have started it (same episode key, so the two
+    never duplicate), and ended when the device talked.
+    """
+
+    def __init__(self, config: SilenceConfig | None = None) -> None:
+        self.config = config or SilenceConfig()
+
+    def on_batch(self, conn: Conn, batches: Sequence[Any]) -> None:
+        heard = {b.device_id: b.received_at for b in batches if b.case_id is not None}
+        if not heard:
+            return
+        cfg = self.config
+        rows = conn.execute(_GAP_SQL, {
+            "ids": list(heard), "kinds": list(cfg.communication_kinds),
+            "latest": max(heard.values()), "min_gap": cfg.communication_min,
+        }).fetchall()
+        for device_id, last_seen, case_id, risk in rows:
+            thr = cfg.communication_threshold(risk)
+            talked = heard[device_id]
+            if talked - last_seen <= thr:
+                continue
+            started = last_seen + thr
+            open_episode(
+                conn, case_id=case_id, type=AlertType.COMMUNICATION_LOST, started_at=started,
+                device_id=device_id, late=True, delay_s=(talked - started).total_seconds(),
+                ended_at=talked,
+                evidence={"trigger": "device_talked_again", "threshold_s": thr.total_seconds(),
+                          "last_seen": last_seen, "silent_s": (talked - last_seen).total_seconds()},
+            )
+
+
 # --------------------------------------------------------------------------- check-in requests
 
 

@@ -340,7 +340,9 @@ class CaseZones:
         self.case_ebox[:, 2] = self.case_box2d[..., 2].min(axis=1)
         self.case_ebox[:, 3] = self.case_box2d[..., 3].max(axis=1)
         # Inclusion slots per case (-1 padded).
-        is_incl = (self.case_zone2d >= 0) & ~st.kind_excl[np.maximum(self.case_zone2d, 0)]
+        # (`kind_excl` is empty when there are cases but no zone at all.)
+        excl_of = np.append(st.kind_excl, False)
+        is_incl = (self.case_zone2d >= 0) & ~excl_of[np.where(self.case_zone2d >= 0, self.case_zone2d, -1)]
         mi = max(int(is_incl.sum(axis=1).max()) if nc else 0, 1)
         self.case_islot: I32 = np.full((nc, mi), -1, dtype=np.int32)
         ic, isl = np.nonzero(is_incl)

@@ -16,6 +16,8 @@ from devices.checkins import BiometricCheckins, ChainedHooks, CheckinOutcomes, C
 from devices.downlink import CommandPublisher
 from devices.geofencing import GeofenceEvaluator
 from devices.ingest import CommitInfo, IngestWorker
+from devices.scheduled import SilenceGaps
+from probation.scheduler import RuleConfig
 from probation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,10 @@ def build_ingestion(
         database_url=database_url, mqtt_url=mqtt_url, prefix=settings.mqtt_prefix,
         client_id=settings.mqtt_client_id, share_group=settings.mqtt_share_group,
         protocol=settings.mqtt_protocol,
-        geofence_hook=ChainedHooks(evaluator, CheckinOutcomes(thresholds=thresholds)),
+        geofence_hook=ChainedHooks(
+            evaluator, CheckinOutcomes(thresholds=thresholds),
+            SilenceGaps(RuleConfig.from_settings(settings).silence),
+        ),
         checkin_hook=BiometricCheckins(
             key=settings.resolved_biometric_key(), thresholds=thresholds
         ),

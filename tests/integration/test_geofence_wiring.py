@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from alerts.episodes import open_episode
+from alerts.models import AlertType
 from alerts.scheduled import curfew_starts
 from devices.ingest import broker_address, mqtt_client
 from probation.settings import Settings
@@ -291,3 +293,56 @@ def test_curfew_start_episode_closes_when_the_person_comes_home(
         (a,) = w.alerts(case)
         assert not a["episode_open"], "the curfew-start episode stayed open after coming home"
         assert start + timedelta(minutes=4) <= a["ended_at"] <= start + timedelta(minutes=5)
+
+
+def test_silence_that_ended_between_two_passes_is_still_alerted(
+    settings: Settings, ingestion: Ingestion
+) -> None:
+    """A device silent past its communication_lost threshold that talks again before the
+    next silence pass gets its alert from the ingest, closed and late, keyed as the
+    scheduler would key it; a short silence or an alert already open gets nothing new."""
+    url = settings.database_url
+    assert url
+    now = datetime.now(UTC)
+    with psycopg.connect(url) as conn:
+        w = World(conn)
+
+        def device(silent: timedelta) -> tuple[uuid.UUID, uuid.UUID]:
+            case = w.case(risk="medium")  # threshold max(3 x 120 s, 10 min) = 10 min
+            dev = w.device(last_seen=now - silent)
+            w.assign(dev, case, now - timedelta(days=1))
+            return case, dev
+
+        gap_case, gap_dev = device(timedelta(minutes=15))
+        short_case, short_dev = device(timedelta(minutes=5))
+        open_case, open_dev = device(timedelta(minutes=20))
+        (last_open,) = conn.execute("SELECT last_seen FROM devices WHERE id = %s",
+                                    (open_dev,)).fetchone()  # type: ignore[misc]
+        open_episode(conn, case_id=open_case, type=AlertType.COMMUNICATION_LOST,
+                     started_at=last_open + timedelta(minutes=10), device_id=open_dev,
+                     evidence={})
+        conn.commit()
+        (last_gap,) = conn.execute("SELECT last_seen FROM devices WHERE id = %s",
+                                   (gap_dev,)).fetchone()  # type: ignore[misc]
+        for dev in (gap_dev, short_dev, open_dev):
+            gw = Gateway(settings, w.serial(dev))
+            gw.fixes([(datetime.now(UTC) - timedelta(seconds=5), *near(*HOME), 8.0)])
+            gw.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not w.alerts(gap_case):
+            time.sleep(0.05)
+        (a,) = w.alerts(gap_case)
+        assert a["type"] == "communication_lost" and a["device_id"] == gap_dev
+        assert a["started_at"] == last_gap + timedelta(minutes=10)
+        assert not a["episode_open"] and a["late"]
+        assert now - timedelta(seconds=5) < a["ended_at"] < datetime.now(UTC)
+        assert a["evidence"]["trigger"] == "device_talked_again"
+        # the device's other fixes were stored (so the batches of the others were too)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and conn.execute(
+                "SELECT count(*) FROM fixes WHERE device_id = ANY(%s)",
+                ([short_dev, open_dev],)).fetchone()[0] < 2:  # type: ignore[index]
+            time.sleep(0.05)
+        conn.commit()
+        assert w.alerts(short_case) == []
+        assert [x["type"] for x in w.alerts(open_case)] == ["communication_lost"]

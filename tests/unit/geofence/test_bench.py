@@ -42,3 +42,19 @@ def test_device_states_equals_device_state_one_by_one() -> None:
     assert batch["never-seen"]["episodes"] == [] and batch["never-seen"]["last_fix"] is None
     rebuilt = EngineState.from_device_states({d: batch[d] for d in devices[:-1]})
     assert rebuilt.to_dict() == state.to_dict()
+
+
+def test_cases_without_any_zone_evaluate_to_nothing() -> None:
+    """A deployment with cases but no zone yet: the registry builds, fixes raise nothing."""
+    import numpy as np
+
+    from geofence.engine import FixBatch, advance
+    from geofence.episodes import EngineState
+    from geofence.registry import CaseZones
+
+    reg = CaseZones({"c1": "Asia/Almaty", "c2": None}, {}, {})
+    b = FixBatch.from_columns(reg, ["c1", "c2"], ["d1", "d2"],
+                              np.array([1_700_000_000_000, 1_700_000_030_000]),
+                              [43.2, 43.3], [76.9, 76.8], [10.0, 2000.0])
+    state, transitions = advance(EngineState.empty(), b, reg)
+    assert len(transitions) == 0 and state.n_episodes == 0
