@@ -273,7 +273,7 @@ def test_curfew_start_episode_closes_when_the_person_comes_home(
         w = World(conn)
         case = w.case(tz="UTC")
         zone = w.zone(case, radius_m=100, schedule=schedule)
-        dev = w.device(last_seen=start - timedelta(minutes=1))
+        dev = w.device(last_seen=now - timedelta(minutes=1))  # talking: no silence alert
         w.assign(dev, case, start - timedelta(days=3))
         w.fix(dev, start - timedelta(minutes=3), *near(*HOME, north_m=600), acc=15)
         curfew_starts(conn, since=start - timedelta(seconds=30), now=start)
