@@ -342,7 +342,9 @@ class CaseZones:
         # Inclusion slots per case (-1 padded).
         # (`kind_excl` is empty when there are cases but no zone at all.)
         excl_of = np.append(st.kind_excl, False)
-        is_incl = (self.case_zone2d >= 0) & ~excl_of[np.where(self.case_zone2d >= 0, self.case_zone2d, -1)]
+        is_incl = (self.case_zone2d >= 0) & ~excl_of[
+            np.where(self.case_zone2d >= 0, self.case_zone2d, -1)
+        ]
         mi = max(int(is_incl.sum(axis=1).max()) if nc else 0, 1)
         self.case_islot: I32 = np.full((nc, mi), -1, dtype=np.int32)
         ic, isl = np.nonzero(is_incl)
