@@ -239,6 +239,20 @@ def _lexsort2(primary: np.ndarray, p_bound: int, secondary: np.ndarray, s_bound:
     return o[_argsort_int(primary[o], p_bound)]
 
 
+def _order_by(primary: I64, secondary: I64, s_bound: int) -> I64:
+    """Order by (primary, secondary) for unique pairs, ``0 <= secondary < s_bound``.
+
+    One argsort of a combined int64 key when it fits (``np.lexsort`` is several times
+    slower), else ``np.lexsort``.
+    """
+    if primary.size == 0:
+        return np.zeros(0, np.int64)
+    lo = int(primary.min())
+    if (int(primary.max()) - lo + 1) * s_bound < 1 << 62:
+        return np.argsort((primary - lo) * s_bound + secondary)
+    return np.lexsort((secondary, primary))
+
+
 # --------------------------------------------------------------------------- activity
 
 
@@ -497,13 +511,16 @@ def advance(
     near_any &= ~weak_fix
     near_any |= dc_stated[dc]
     rows = np.flatnonzero(near_any)
-    box = _rows(zones.case_box2d, case[rows])
-    la = la32[rows, None]
-    lo_ = lo32[rows, None]
-    keep2 = la >= box[..., 0]
-    keep2 &= la <= box[..., 1]
-    keep2 &= lo_ >= box[..., 2]
-    keep2 &= lo_ <= box[..., 3]
+    # Flat (row x slot) columns: broadcasting a (rows, 1) column against (rows, maxd)
+    # runs an inner loop of maxd elements per row.
+    box = _rows(zones.case_box2d, case[rows]).reshape(-1, 4)
+    la = np.repeat(la32[rows], maxd)
+    lo_ = np.repeat(lo32[rows], maxd)
+    keep2 = la >= box[:, 0]
+    keep2 &= la <= box[:, 1]
+    keep2 &= lo_ >= box[:, 2]
+    keep2 &= lo_ <= box[:, 3]
+    keep2 = keep2.reshape(-1, maxd)
     zr = _rows(zone2, rows)
     bigr = big[rows]
     if bigr.any():
@@ -1502,7 +1519,7 @@ def _evidence(
     tzone = zone[rows]
     tat = atype[rows]
     # Time order; within an instant, row order (device, zone, type) then kind.
-    order = np.lexsort((cat["seq"], cat["at"]))
+    order = _order_by(cat["at"], cat["seq"], 4 * nr + 4)
     ff = cat["ffix"][order]
     lf = cat["lfix"][order]
     trans = Transitions(
