@@ -482,6 +482,23 @@ def _pad_size(n: int) -> int:
     return -(-n // g) * g
 
 
+def _box_distance(fr: F64, x: F64, y: F64) -> F64:
+    """Distance from local points to their zones' boxes, a lower bound of the distance
+    to the shape (``fr``: the zones' `ZoneStore.frame` rows)."""
+    gx = fr[:, 4] - x
+    np.maximum(gx, x - fr[:, 5], out=gx)
+    np.clip(gx, 0.0, np.inf, out=gx)  # np.clip: np.maximum(a, scalar) is ~3x slower
+    gy = fr[:, 6] - y
+    np.maximum(gy, y - fr[:, 7], out=gy)
+    np.clip(gy, 0.0, np.inf, out=gy)
+    gx *= gx
+    gy *= gy
+    gx += gy
+    lb: F64 = np.sqrt(gx, out=gx)
+    lb *= fr[:, 8]  # circles: haversine vs local frame, stay a lower bound
+    return lb
+
+
 class ZoneStore:
     """Many compiled zones packed for batch evaluation (indices are positions in `zones`).
 
@@ -519,6 +536,22 @@ class ZoneStore:
         self.n_edges: I64 = np.fromiter((z.n_edges for z in self.zones), dtype=np.int64, count=n)
         # Radius of a disc around the reference point containing the zone (local metres).
         self.lb_scale: F64 = np.where(self.is_circle, 0.99, 1.0)
+        # Per zone, one row: lon0, kx, lat0, ky, xmin, xmax, ymin, ymax, lb_scale.
+        self.frame: F64 = np.ascontiguousarray(
+            np.column_stack(
+                (
+                    self.lon0,
+                    self.kx,
+                    self.lat0,
+                    self.ky,
+                    self.xmin,
+                    self.xmax,
+                    self.ymin,
+                    self.ymax,
+                    self.lb_scale,
+                )
+            ).reshape(n, 9)
+        )
         # Rule helpers: depth = d * depth_sign; exact-distance cutoff = m + cut_add.
         self.depth_sign: F64 = np.where(self.kind_excl, -1.0, 1.0)
         self.has_buffer: BoolA = self.kind_excl & (self.buffer_m > 0)
@@ -677,9 +710,14 @@ class ZoneStore:
         f = np.asarray(fix_idx, dtype=np.int64)
         z = np.asarray(zone_idx, dtype=np.int32)
         cut = np.broadcast_to(np.asarray(cutoff, dtype=np.float64), f.shape)
-        x = (lon[f] - self.lon0[z]) * self.kx[z]
-        y = (lat[f] - self.lat0[z]) * self.ky[z]
-        lb = self.bbox_lower_bound(z, x, y)
+        # One row gather per pair (frame and box of its zone) instead of eight gathers
+        # from eight zone-sized arrays.
+        fr = np.take(self.frame, z, axis=0)
+        x = lon[f] - fr[:, 0]
+        x *= fr[:, 1]
+        y = lat[f] - fr[:, 2]
+        y *= fr[:, 3]
+        lb = _box_distance(fr, x, y)
         exact = lb < cut
         d = lb
         sel = np.flatnonzero(exact)
@@ -701,16 +739,7 @@ class ZoneStore:
 
     def bbox_lower_bound(self, z: I32, x: F64, y: F64) -> F64:
         """Lower bound of the distance from local points to zone ``z``'s shape (bbox distance)."""
-        gx = np.maximum(self.xmin[z] - x, x - self.xmax[z])
-        gy = np.maximum(self.ymin[z] - y, y - self.ymax[z])
-        np.maximum(gx, 0.0, out=gx)
-        np.maximum(gy, 0.0, out=gy)
-        gx *= gx
-        gy *= gy
-        gx += gy
-        lb = np.sqrt(gx, out=gx)
-        lb *= self.lb_scale[z]  # circles: haversine vs local frame, stay a lower bound
-        return lb
+        return _box_distance(np.take(self.frame, z, axis=0), x, y)
 
     def segments_deeper(
         self, zone_idx: I32, lat_a: F64, lon_a: F64, lat_b: F64, lon_b: F64, margin: F64

@@ -125,7 +125,9 @@ class _Grid:
         ix = ((lon - self.lon0) * (1.0 / self.dlon)).astype(np.int64)
         iy = ((lat - self.lat0) * (1.0 / self.dlat)).astype(np.int64)
         s, e = self.cell_ranges(ix, iy)
-        return _expand(s, e, self.zone_list)
+        hit = np.flatnonzero(e > s)  # most points lie in empty cells
+        item, z = _expand(s[hit], e[hit], self.zone_list)
+        return hit[item], z
 
     def query_segments(
         self, lat_a: F64, lon_a: F64, lat_b: F64, lon_b: F64, max_cells: int = 256
