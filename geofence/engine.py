@@ -380,7 +380,8 @@ def advance(
 
     # ---- 1. per (device, case) sequences ------------------------------------
     od = np.arange(n, dtype=np.int64)  # fixes are in device order now
-    dev_ptr = np.searchsorted(dev, np.arange(ndev + 1))
+    dev_ptr = np.zeros(ndev + 1, dtype=np.int64)
+    np.cumsum(np.bincount(dev, minlength=ndev), out=dev_ptr[1:])
     has_fix = dev_ptr[1:] > dev_ptr[:-1]
     dev_case = np.full(ndev, -1, dtype=np.int64)
     dev_case[has_fix] = case[dev_ptr[:-1][has_fix]]
@@ -401,10 +402,8 @@ def advance(
         odc = _argsort_int(dc, max(ndc, 1))
         dc_ptr = np.searchsorted(dc[odc], np.arange(ndc + 1))
     # Previous fix of the same device (segments); only usable within the same case.
-    srt = dev[od]
-    same = srt[1:] == srt[:-1]
-    prev = np.full(n, -1, dtype=np.int64)
-    prev[od[1:][same]] = od[:-1][same]
+    prev = od - 1
+    prev[1:][dev[1:] != dev[:-1]] = -1
     if multi:
         prev[(prev >= 0) & (case[np.maximum(prev, 0)] != case)] = -1
 
@@ -809,7 +808,8 @@ def advance(
         xk = xk[xo]
         nx = xk.size
         # Destinations: row i goes after the extras with smaller keys, and vice versa.
-        d_real = np.arange(nr0) + np.searchsorted(xk, 8 * np.arange(nr0) + 7)
+        # Extras before real row i: keys below 8 i + 7, i.e. those with key // 8 <= i.
+        d_real = np.arange(nr0) + np.cumsum(np.bincount(xk // 8, minlength=nr0 + 1)[:nr0])
         d_x = np.arange(nx) + np.minimum(xk // 8, nr0)
         tot = nr0 + nx
 

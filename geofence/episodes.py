@@ -78,6 +78,9 @@ for _s in range(4):
     COMPOSE |= (_ba << (2 * _s)).astype(np.uint8)
 
 
+_COMPOSE_FLAT: U8 = COMPOSE.reshape(-1)
+
+
 def scan_states(sym: I8, seg_start: I64, s0: I8) -> tuple[I8, I8]:
     """States before and after each row for segmented symbol sequences.
 
@@ -89,15 +92,19 @@ def scan_states(sym: I8, seg_start: I64, s0: I8) -> tuple[I8, I8]:
         e = np.zeros(0, dtype=np.int8)
         return e, e
     p = SYM_MAP[sym]
-    pos = np.arange(n, dtype=np.int64)
-    depth = pos - seg_start  # rows before i in its segment
+    depth = np.arange(n, dtype=np.int64) - seg_start  # rows before i in its segment
     k = 1
-    maxd = int(depth.max())
-    while k <= maxd:
-        idx = np.flatnonzero(depth >= k)
-        p = p.copy()
-        p[idx] = COMPOSE[p[idx - k], p[idx]]
+    idx = np.flatnonzero(depth >= 1)
+    while idx.size:
+        # Both operands are read before the write, so one array serves every round;
+        # the rows still to combine only shrink. COMPOSE through a flat take (2-D fancy
+        # indexing runs a generic per-element loop).
+        code = np.take(p, idx - k).astype(np.intp)
+        code <<= 8
+        code |= np.take(p, idx)
+        p[idx] = np.take(_COMPOSE_FLAT, code)
         k <<= 1
+        idx = idx[np.take(depth, idx) >= k]
     after = ((p >> (2 * s0.astype(np.uint8))) & 3).astype(np.int8)
     before = np.empty_like(after)
     before[0] = s0[0]
