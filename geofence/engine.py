@@ -2,7 +2,8 @@
 
 `advance` is pure and deterministic: it never mutates its inputs. Pipeline:
 
-1. sort the batch by ``ts`` (stable); group fixes per (device, case);
+1. order the batch by (device, ts) (stable; it arrives in time order across devices,
+   and device order makes the table and edge reads sequential); group per (device, case);
 2. candidate (fix, zone) pairs: the case's direct zones through dense (case, slot)
    tables and an expanded-bbox prefilter; shared zones through the uniform grid;
    plus every fix of a (device, zone) whose episode state is not idle;

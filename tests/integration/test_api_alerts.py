@@ -202,6 +202,8 @@ def test_sse_stream_token_in_query_for_eventsource(
         reader.start()
         status = reader.q.get(timeout=5)
         assert status[1] == 200 and status[2].startswith("text/event-stream")
+        # The stream starts from the changes after it connected: insert only then.
+        assert reader.q.get(timeout=5) == ("comment", ": connected")
         with psycopg.connect(database_url, autocommit=True) as conn:
             insert_alert(conn, case_id=w.cases["off3"], type="battery_low", severity="low")
             mine = insert_alert(conn, case_id=w.cases["off1"], type="power_off", severity="high")
