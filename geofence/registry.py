@@ -96,23 +96,32 @@ class _Grid:
             counts = np.bincount(cell, minlength=self.nx * self.ny)
             self.ptr = np.zeros(self.nx * self.ny + 1, dtype=np.int64)
             np.cumsum(counts, out=self.ptr[1:])
+            # Ranges per cell with an empty border: clipped indices need no bounds test.
+            start = np.zeros((self.nx + 2, self.ny + 2), dtype=np.int64)
+            end = np.zeros((self.nx + 2, self.ny + 2), dtype=np.int64)
+            start[1:-1, 1:-1] = self.ptr[:-1].reshape(self.nx, self.ny)
+            end[1:-1, 1:-1] = self.ptr[1:].reshape(self.nx, self.ny)
+            self.cell_start: I64 = start.reshape(-1)
+            self.cell_end: I64 = end.reshape(-1)
         else:
             self.keys, first = np.unique(cell, return_index=True)
             self.ptr = np.append(first, cell.size).astype(np.int64)
 
     def cell_ranges(self, ix: I64, iy: I64) -> tuple[I64, I64]:
         """CSR range ``[start, end)`` into ``zone_list`` for cells (out of grid -> empty)."""
+        if self.dense:
+            cid = np.clip(ix, -1, self.nx)
+            cid *= self.ny + 2
+            cid += np.clip(iy, -1, self.ny)
+            cid += self.ny + 3
+            return np.take(self.cell_start, cid), np.take(self.cell_end, cid)
         ok = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
         cid = np.where(ok, ix * self.ny + iy, 0)
-        if self.dense:
-            s = self.ptr[cid]
-            e = self.ptr[cid + 1]
-        else:
-            pos = np.searchsorted(self.keys, cid)
-            pos = np.minimum(pos, self.keys.size - 1)
-            ok &= self.keys[pos] == cid
-            s = self.ptr[pos]
-            e = self.ptr[pos + 1]
+        pos = np.searchsorted(self.keys, cid)
+        pos = np.minimum(pos, self.keys.size - 1)
+        ok &= self.keys[pos] == cid
+        s = self.ptr[pos]
+        e = self.ptr[pos + 1]
         e = np.where(ok, e, s)
         return s, e
 
