@@ -204,6 +204,19 @@ def _at2(a: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.take(a.reshape(-1), i.astype(np.int64, copy=False) * a.shape[1] + j)
 
 
+def _nonzero2(mask: BoolA) -> tuple[I64, I64]:
+    """``np.nonzero`` of a C-contiguous 2-D mask (~4x faster: flat indices, then divmod)."""
+    k = np.flatnonzero(mask)
+    w = mask.shape[1]
+    if k.size == 0:
+        return k, k.copy()
+    if w & (w - 1) == 0:  # power of two: shift and mask
+        sh = w.bit_length() - 1
+        return k >> sh, k & (w - 1)
+    r, c = np.divmod(k, w)
+    return r, c
+
+
 def _in_sorted(x: np.ndarray, keys: np.ndarray) -> BoolA:
     """``np.isin(x, keys)`` for sorted ``keys``: one binary search per element, no sort."""
     if keys.size == 0:
@@ -506,7 +519,7 @@ def advance(
         dc_stated[s_dc[dsel]] = True
     # Inclusion zones: every fix (when active).
     isl = _rows(zones.case_islot, case)
-    fi_, ki_ = np.nonzero(isl >= 0)
+    fi_, ki_ = _nonzero2(isl >= 0)
     ps_i = _at2(isl, fi_, ki_).astype(np.int64)
     pf_i = fi_.astype(np.int64)
     # Exclusion zones: only fixes inside their case's union box (or imprecise, or stated).
@@ -540,7 +553,7 @@ def advance(
         stated2 = _rows(stated_tab, dc[rows])
         excl_slot = (zr >= 0) & zones.store.kind_excl[np.maximum(zr, 0)]
         keep2 |= stated2 & excl_slot
-    ri, sl = np.nonzero(keep2)
+    ri, sl = _nonzero2(keep2)
     pf = np.concatenate((pf_i, rows[ri].astype(np.int64)))
     pslot = np.concatenate((ps_i, sl.astype(np.int64)))
     pz = _at2(zone2, pf, pslot).astype(np.int64)
@@ -1038,7 +1051,7 @@ def _late_pairs(
             z2 = _rows(zones.case_zone2d, case[wf])
             hit = (first[wk] < wf[:, None]) & (z2 >= 0) & ~zones.store.kind_excl[z2]
             hit &= ~_rows(kept2, wf)
-            wi, ws = np.nonzero(hit)
+            wi, ws = _nonzero2(hit)
             parts_f.append(wf[wi])
             parts_z.append(_at2(z2, wi, ws).astype(np.int64))
             parts_s.append(ws.astype(np.int64))
@@ -1134,7 +1147,7 @@ def _segments(
     if b.size == 0:
         return empty
     zone2 = _rows(zones.case_zone2d, case[b])
-    si, sl = np.nonzero((zone2 >= 0) & st.kind_excl[np.maximum(zone2, 0)])
+    si, sl = _nonzero2((zone2 >= 0) & st.kind_excl[np.maximum(zone2, 0)])
     cs = si.astype(np.int64)
     cz = _at2(zone2, si, sl).astype(np.int64)
     cslot = sl.astype(np.int64)
