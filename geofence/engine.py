@@ -541,18 +541,16 @@ def advance(
     keep2 &= lo_ >= box[:, 2]
     keep2 &= lo_ <= box[:, 3]
     keep2 = keep2.reshape(-1, maxd)
-    zr = _rows(zone2, rows)
     bigr = big[rows]
     if bigr.any():
-        keep2[bigr] |= (zr[bigr] >= 0) & zones.store.kind_excl[np.maximum(zr[bigr], 0)]
+        keep2[bigr] |= _rows(zones.case_excl2d, case[rows[bigr]])
     weakr = weak_fix[rows]
     if weakr.any():
         keep2[weakr] = False
     stated2: BoolA | None = None
     if stated_tab is not None:
         stated2 = _rows(stated_tab, dc[rows])
-        excl_slot = (zr >= 0) & zones.store.kind_excl[np.maximum(zr, 0)]
-        keep2 |= stated2 & excl_slot
+        keep2 |= stated2 & _rows(zones.case_excl2d, case[rows])
     ri, sl = _nonzero2(keep2)
     pf = np.concatenate((pf_i, rows[ri].astype(np.int64)))
     pslot = np.concatenate((ps_i, sl.astype(np.int64)))
@@ -1147,7 +1145,7 @@ def _segments(
     if b.size == 0:
         return empty
     zone2 = _rows(zones.case_zone2d, case[b])
-    si, sl = _nonzero2((zone2 >= 0) & st.kind_excl[np.maximum(zone2, 0)])
+    si, sl = _nonzero2(_rows(zones.case_excl2d, case[b]))
     cs = si.astype(np.int64)
     cz = _at2(zone2, si, sl).astype(np.int64)
     cslot = sl.astype(np.int64)

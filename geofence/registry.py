@@ -356,6 +356,10 @@ class CaseZones:
         is_incl = (self.case_zone2d >= 0) & ~excl_of[
             np.where(self.case_zone2d >= 0, self.case_zone2d, -1)
         ]
+        # Direct exclusion slots per case.
+        self.case_excl2d: BoolA = (self.case_zone2d >= 0) & excl_of[
+            np.where(self.case_zone2d >= 0, self.case_zone2d, -1)
+        ]
         mi = max(int(is_incl.sum(axis=1).max()) if nc else 0, 1)
         self.case_islot: I32 = np.full((nc, mi), -1, dtype=np.int32)
         ic, isl = np.nonzero(is_incl)
