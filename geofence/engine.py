@@ -515,7 +515,7 @@ def advance(
     if s_rows.size and (s_slot >= 0).any():
         stated_tab = np.zeros((ndc, maxd), dtype=bool)
         dsel = s_slot >= 0
-        stated_tab[s_dc[dsel], s_slot[dsel]] = True
+        stated_tab.reshape(-1)[s_dc[dsel] * maxd + s_slot[dsel]] = True
         dc_stated[s_dc[dsel]] = True
     # Inclusion zones: every fix (when active).
     isl = _rows(zones.case_islot, case)
@@ -641,7 +641,7 @@ def advance(
     # weak fixes (X/R). Add them now.
     kept2 = np.zeros(zone2.shape, dtype=bool)
     dpair = pslot >= 0
-    kept2[pf[dpair], pslot[dpair]] = True
+    kept2.reshape(-1)[pf[dpair] * maxd + pslot[dpair]] = True  # flat: 2-D fancy is slow
     extra = _late_pairs(
         zones,
         obs,
