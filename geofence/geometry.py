@@ -468,11 +468,10 @@ def _row_min(q: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return out
 
 
-def _row_odd(c: BoolA) -> npt.NDArray[np.int32]:
-    """1 where a row of a 2-D boolean array has an odd number of True values, else 0."""
-    n = np.ascontiguousarray(c.T).sum(axis=0, dtype=np.int32)
-    n &= 1
-    return n
+def _row_odd(c: BoolA) -> BoolA:
+    """True where a row of a 2-D boolean array has an odd number of True values."""
+    odd: BoolA = np.bitwise_xor.reduce(np.ascontiguousarray(c.T), axis=0)
+    return odd
 
 
 def _pad_size(n: int) -> int:
@@ -578,8 +577,9 @@ class ZoneStore:
                 self.row[i] = len(members[c])
                 members[c].append(i)
         # Per pad class, one float32 (7, zones, pad) table: ax, ay, ex, ey, 1/|e|^2,
-        # by, ex/ey (a contiguous padded row per field and zone). float32 keeps (pair, edge) blocks small; coordinates are
-        # local metres, so the rounding is < 0.1 mm for zones up to 2 km across.
+        # by, ex/ey (a contiguous padded row per field and zone). float32 keeps
+        # (pair, edge) blocks small; coordinates are local metres, so the rounding is
+        # < 0.1 mm for zones up to 2 km across.
         self.tables: list[npt.NDArray[np.float32]] = []
         for c, pad in enumerate(pads):
             t = np.zeros((_N_FIELDS, len(members[c]), pad), dtype=np.float64)
@@ -648,7 +648,7 @@ class ZoneStore:
             c ^= np.take(by_t, r, axis=0).reshape(-1) > y
             dy *= np.take(rat_t, r, axis=0).reshape(-1)
             c &= dx < dy
-            odd = np.bitwise_xor.reduce(np.ascontiguousarray(c.reshape(k, pad).T), axis=0)
+            odd = _row_odd(c.reshape(k, pad))
             d[odd] *= -1.0  # odd crossing count: inside, negative
             out[s:e] = d
 
@@ -736,10 +736,6 @@ class ZoneStore:
                 zs = zs[keep]
             d[sel] = self.polygon_signed(zs, x[sel], y[sel], executor)
         return d, exact
-
-    def bbox_lower_bound(self, z: I32, x: F64, y: F64) -> F64:
-        """Lower bound of the distance from local points to zone ``z``'s shape (bbox distance)."""
-        return _box_distance(np.take(self.frame, z, axis=0), x, y)
 
     def segments_deeper(
         self, zone_idx: I32, lat_a: F64, lon_a: F64, lat_b: F64, lon_b: F64, margin: F64
