@@ -129,10 +129,18 @@ class LocalPostgres:
             cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
         )
 
+    def _reachable(self) -> None:
+        """Let the server's user reach an existing cluster again: a parent directory may
+        have lost o+x since it was created (pytest, for one, resets its temp root to
+        0700 whenever a session starts)."""
+        if self.user is not None and self.pgdata.exists():
+            make_traversable(self.pgdata)
+
     def init(self) -> bool:
         """Create the cluster if it does not exist yet; True if created."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if (self.pgdata / "PG_VERSION").exists():
+            self._reachable()
             return False
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         if self.user is not None:
@@ -181,6 +189,7 @@ class LocalPostgres:
     def running_port(self) -> int | None:
         """The port of a server already running on this data dir (another process's)."""
         pid_file = self.pgdata / "postmaster.pid"
+        self._reachable()
         if not pid_file.exists() or not self.running():
             return None
         lines = pid_file.read_text().splitlines()
