@@ -448,10 +448,22 @@ def _start_postgres(work: Path, durable: bool) -> Any:
     return pg
 
 
+def release_servers(broker: Any, pg: Any, work: Path | None) -> None:
+    """Stop a bench's private broker, destroy its private PostgreSQL, remove its work dir
+    (each when there is one)."""
+    import shutil
+
+    if broker is not None:
+        broker.stop()
+    if pg is not None:
+        pg.destroy()
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_ingest_bench(cfg: BenchConfig, *, out: Any = print) -> dict[str, Any]:
     """Run the whole benchmark and return the flat result object."""
     import os
-    import shutil
     import tempfile
 
     from db.migrate import upgrade
@@ -550,9 +562,4 @@ def run_ingest_bench(cfg: BenchConfig, *, out: Any = print) -> dict[str, Any]:
             f"{result['ratio_to_ceiling']:.0%}")
         return result
     finally:
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            pg.destroy()
-        if cfg.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+        release_servers(broker, pg, work if cfg.work_dir is None else None)

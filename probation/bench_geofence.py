@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from devices.bench import (
     _pct,
     _start_postgres,
     _wait_until,
+    release_servers,
     serve_child,
 )
 
@@ -362,9 +362,4 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
                       durable=cfg.durable, cpus=os.cpu_count(), load_before=round(load, 2))
         return result
     finally:
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            pg.destroy()
-        if cfg.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+        release_servers(broker, pg, work if cfg.work_dir is None else None)

@@ -124,16 +124,24 @@ def status(conn: psycopg.Connection[Any], rid: uuid.UUID) -> str:
                         (rid,)).fetchone()[0]  # type: ignore[index]
 
 
-def test_a_checkin_held_in_the_broker_past_its_deadline_is_not_missed(
-    conn: psycopg.Connection[Any], world: World, database_url: str, mqtt_prefix: str,
-    workers: Callable[[str], IngestWorker], pub: Publisher,
-) -> None:
+def _phone_with_worker(
+    conn: psycopg.Connection[Any], world: World, workers: Callable[[str], IngestWorker],
+) -> tuple[uuid.UUID, uuid.UUID, str, IngestWorker]:
+    """A case with a phone, and a running ingest worker that has reported a watermark."""
     case = world.case()
     phone = world.device(kind="phone")
     world.assign(phone, case, datetime.now(UTC) - timedelta(days=1))
     client_id = f"ingest-{uuid.uuid4().hex[:8]}"
     w = workers(client_id)
     wait_for("a first watermark", lambda: watermark(conn))
+    return case, phone, client_id, w
+
+
+def test_a_checkin_held_in_the_broker_past_its_deadline_is_not_missed(
+    conn: psycopg.Connection[Any], world: World, database_url: str, mqtt_prefix: str,
+    workers: Callable[[str], IngestWorker], pub: Publisher,
+) -> None:
+    case, phone, client_id, w = _phone_with_worker(conn, world, workers)
     w.stop()  # the ingest falls behind: its session keeps what arrives
     deadline = datetime.now(UTC) + timedelta(seconds=3)
     rid = request(conn, case, phone, deadline)
@@ -163,12 +171,7 @@ def test_a_real_miss_is_still_alerted_with_its_deadline_once_the_ingest_catches_
     conn: psycopg.Connection[Any], world: World, database_url: str,
     workers: Callable[[str], IngestWorker],
 ) -> None:
-    case = world.case()
-    phone = world.device(kind="phone")
-    world.assign(phone, case, datetime.now(UTC) - timedelta(days=1))
-    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
-    w = workers(client_id)
-    wait_for("a first watermark", lambda: watermark(conn))
+    case, phone, client_id, w = _phone_with_worker(conn, world, workers)
     deadline = datetime.now(UTC) + timedelta(seconds=2)
     rid = request(conn, case, phone, deadline)
     w.stop()  # lagging: the deadline passes while the watermark is before it
