@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from geofence.engine.batch import FixBatch
 from geofence.engine.frames import Extended, Fixes, Scan, ScannedRows, Sequences
-from geofence.engine.kernels import F64, I8, I64, obj, order_by
+from geofence.engine.kernels import F64, I8, I64, BoolA, obj, order_by
 from geofence.episodes import (
     AT_APPROACH,
     AT_ENTERED,
@@ -89,6 +91,46 @@ def finish_empty(
     return new, Transitions.empty()
 
 
+@dataclass(frozen=True, eq=False)
+class FixPool:
+    """Evidence fixes: batch fixes, virtual fixes, then the stored states' first/last
+    fixes; and per scan segment, its stored state's row and evidence (-1/-inf: none)."""
+
+    ts: I64
+    lat: F64
+    lon: F64
+    acc: F64
+    seg_srow: I64
+    st_first: I64
+    st_last: I64
+    st_maxd: F64
+    st_started: I64
+    st_right: I64
+
+
+@dataclass(frozen=True, eq=False)
+class Episodes:
+    """One episode per opening row, plus one per segment that starts open.
+
+    ``ep``: episode of each row (its last opening); ``mrow``: each episode's marker
+    row; ``lc1``/``lo1``: per row, the last row entering C1 / O1 (-1: none).
+    """
+
+    closed: BoolA
+    lc1: I64
+    lo1: I64
+    ep: I64
+    mrow: I64
+    e_seg: I64
+    e_cont: BoolA
+    e_first: I64
+    e_base: F64
+    e_started: I64
+    e_maxd: F64
+    e_lastrow: I64
+    e_last: I64
+
+
 def evidence(
     state: EngineState,
     zones: CaseZones,
@@ -101,15 +143,19 @@ def evidence(
     scan: Scan,
 ) -> tuple[EngineState, Transitions]:
     """Episodes, transitions and new states from the scanned rows."""
+    pool = fix_pool(state, ext, s_rows, scan)
+    eps = episodes(r, scan, pool)
+    atype = _atype(zones, r.zone, r.t)
+    trans = transitions(zones, batch, seq, r, scan, pool, eps, atype)
+    new = new_states(state, zones, batch, fx, seq, ext.drow, r, scan, pool, eps, atype)
+    return new, trans
+
+
+def fix_pool(state: EngineState, ext: Extended, s_rows: I64, scan: Scan) -> FixPool:
+    """The evidence fix pool and the stored evidence of each segment."""
     ets, elat, elon, eacc = ext.ets, ext.elat, ext.elon, ext.eacc
-    first, fpos, seg_start, seg_id = scan.first, scan.fpos, scan.seg_start, scan.seg_id
-    before, after, s0_seg, srow_of_first = scan.before, scan.after, scan.s0_seg, scan.srow_of_first
-    dc_dev, dc_case = seq.dc_dev, seq.dc_case
-    nr = r.sym.size
-    pos = np.arange(nr, dtype=np.int64)
-    sym, depth, fix, rts = r.sym, r.depth, r.fix, r.ts
+    fpos, srow_of_first = scan.fpos, scan.srow_of_first
     ne = ets.size
-    # Fix pool: batch fixes, virtual fixes, then the stored states' first/last fixes.
     nseg = fpos.size
     seg_srow = np.full(srow_of_first.size, -1, dtype=np.int64)
     hs = srow_of_first >= 0
@@ -131,7 +177,24 @@ def evidence(
     st_started[used] = state.started[ur]
     st_right = np.full(nseg, -1, dtype=np.int64)
     st_right[used] = state.right_ts[ur]
+    return FixPool(
+        p_ts, p_lat, p_lon, p_acc, seg_srow, st_first, st_last, st_maxd, st_started, st_right
+    )
 
+
+def episodes(r: ScannedRows, scan: Scan, pool: FixPool) -> Episodes:
+    """Episodes: their first fix, start, maximum depth and last evidence row."""
+    sym, depth, fix = r.sym, r.depth, r.fix
+    first, seg_start, seg_id = scan.first, scan.seg_start, scan.seg_id
+    before, after, s0_seg = scan.before, scan.after, scan.s0_seg
+    st_first, st_maxd, st_started, st_last = (
+        pool.st_first,
+        pool.st_maxd,
+        pool.st_started,
+        pool.st_last,
+    )
+    p_ts = pool.ts
+    pos = np.arange(sym.size, dtype=np.int64)
     is_open_a = after >= O0
     opened = (before < O0) & is_open_a
     closed = (before >= O0) & ~is_open_a
@@ -175,11 +238,49 @@ def evidence(
         ends = np.append(starts[1:], mem.size) - 1
         e_lastrow[ue] = mem[ends]
     e_last = np.where(e_lastrow >= 0, fix[np.maximum(e_lastrow, 0)], st_last[e_seg])
+    return Episodes(
+        closed,
+        lc1,
+        lo1,
+        ep,
+        mrow,
+        e_seg,
+        e_cont,
+        e_first,
+        e_base,
+        e_started,
+        e_maxd,
+        e_lastrow,
+        e_last,
+    )
 
-    dc = r.dc
-    zone = r.zone
-    t = r.t
-    atype = _atype(zones, zone, t)
+
+def transitions(
+    zones: CaseZones,
+    batch: FixBatch,
+    seq: Sequences,
+    r: ScannedRows,
+    scan: Scan,
+    pool: FixPool,
+    eps: Episodes,
+    atype: I8,
+) -> Transitions:
+    """Opens, closes, updates and inferred crossings, in time order."""
+    sym, depth, fix, rts, dc, zone = r.sym, r.depth, r.fix, r.ts, r.dc, r.zone
+    fpos, before, after = scan.fpos, scan.before, scan.after
+    p_ts, p_lat, p_lon, p_acc, st_right = pool.ts, pool.lat, pool.lon, pool.acc, pool.st_right
+    closed, lo1, ep, mrow, e_seg, e_cont = (
+        eps.closed,
+        eps.lo1,
+        eps.ep,
+        eps.mrow,
+        eps.e_seg,
+        eps.e_cont,
+    )
+    e_first, e_base, e_started = eps.e_first, eps.e_base, eps.e_started
+    e_maxd, e_lastrow, e_last = eps.e_maxd, eps.e_lastrow, eps.e_last
+    dc_dev, dc_case = seq.dc_dev, seq.dc_case
+    nr = sym.size
     tr: dict[str, list[np.ndarray]] = {
         k: []
         for k in (
@@ -338,8 +439,37 @@ def evidence(
             "l_acc": p_acc[lf],
         }
     )
+    return trans
 
-    # ---- new states -------------------------------------------------------------
+
+def new_states(
+    state: EngineState,
+    zones: CaseZones,
+    batch: FixBatch,
+    fx: Fixes,
+    seq: Sequences,
+    drow: I64,
+    r: ScannedRows,
+    scan: Scan,
+    pool: FixPool,
+    eps: Episodes,
+    atype: I8,
+) -> EngineState:
+    """Each segment's final state (idle ones dropped), untouched stored states, and the
+    updated device table."""
+    depth, fix, rts, dc, zone = r.depth, r.fix, r.ts, r.dc, r.zone
+    fpos, seg_start, seg_id, after = scan.fpos, scan.seg_start, scan.seg_id, scan.after
+    p_ts, p_lat, p_lon, p_acc = pool.ts, pool.lat, pool.lon, pool.acc
+    seg_srow, st_first, st_maxd, st_right = (
+        pool.seg_srow,
+        pool.st_first,
+        pool.st_maxd,
+        pool.st_right,
+    )
+    lc1, lo1, ep, mrow = eps.lc1, eps.lo1, eps.ep, eps.mrow
+    e_first, e_started, e_maxd, e_last = eps.e_first, eps.e_started, eps.e_maxd, eps.e_last
+    dc_dev, dc_case = seq.dc_dev, seq.dc_case
+    last_row = np.append(fpos[1:], r.sym.size) - 1
     fin = after[last_row]
     keep_seg = np.flatnonzero(fin != 0)
     lr = last_row[keep_seg]
@@ -397,7 +527,7 @@ def evidence(
         "right_ts": np.concatenate((state.right_ts[ut], n_right)),
         "last_ts": np.concatenate((state.last_ts[ut], rts[lr])),
     }
-    new_cols.update(_device_table(state, zones, batch, fx, seq, ext.drow))
+    new_cols.update(_device_table(state, zones, batch, fx, seq, drow))
     new = EngineState(new_cols)
     if state._ix is not None and state._ix[0] is zones.token:
         new._ix = (
@@ -405,4 +535,4 @@ def evidence(
             np.concatenate((state._ix[1][ut], dc_case[kdc])),
             np.concatenate((state._ix[2][ut], kz)),
         )
-    return new, trans
+    return new
