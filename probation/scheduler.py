@@ -517,7 +517,7 @@ class SchedulerService:
         """Run one job for one due time; None if skipped (not the leader, another
         process runs it, or that due time already ran)."""
         if not force and not self.leader.is_set():
-            log.info("scheduler: %s not run, this process is not the leader", job_id)
+            log.debug("scheduler: %s not run, this process is not the leader", job_id)
             return None
         spec = JOBS[job_id]
         lock_key = job_lock_key(job_id)
@@ -536,7 +536,7 @@ class SchedulerService:
                 ).fetchone()
                 if run_id is None:
                     conn.rollback()
-                    log.info("scheduler: %s for %s already ran", job_id, due_at.isoformat())
+                    log.debug("scheduler: %s for %s already ran", job_id, due_at.isoformat())
                     return None
                 result = spec.run(self, conn, when)
                 conn.execute(
