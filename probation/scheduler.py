@@ -375,6 +375,7 @@ class SchedulerService:
         self._pub_lock = threading.Lock()
         self.watermark_max_age = timedelta(seconds=self.settings.ingest_watermark_max_age_s)
         self._stalled_logged: float | None = None  # monotonic time of the last stall error
+        self._created = time.monotonic()  # a start-up is no stall: workers report within max age
 
     # ------------------------------------------------------------ lifecycle
 
@@ -495,7 +496,9 @@ class SchedulerService:
         wm = ingest_watermark(conn, max_age=self.watermark_max_age)
         if wm.at is None:
             t = time.monotonic()
-            if self._stalled_logged is None or t - self._stalled_logged >= 60:
+            if t - self._created < self.watermark_max_age.total_seconds():
+                log.debug("no ingest watermark yet (starting up); clock rules wait")
+            elif self._stalled_logged is None or t - self._stalled_logged >= 60:
                 self._stalled_logged = t
                 log.error(
                     "INGEST STALLED: no ingest worker reported a watermark in the last %.0f s "
