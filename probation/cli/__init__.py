@@ -385,11 +385,11 @@ def bench_ingest(
     """Throughput and latency of ingestion through a real broker into the real database."""
     import orjson
 
-    from devices.bench import BenchConfig, run_ingest_bench
+    from bench.ingest import BenchConfig, run_ingest_bench
 
     _setup_logging(Settings(log_level="WARNING"))
     if geofence:
-        from probation.bench_geofence import GeofenceBenchConfig, run_geofence_bench
+        from bench.ingest_geofence import GeofenceBenchConfig, run_geofence_bench
 
         result = run_geofence_bench(
             GeofenceBenchConfig(people=people, fixes_per_device=fixes_per_device,
@@ -434,7 +434,7 @@ def bench_scheduler(
     """Time the silence and curfew-start passes over N assigned devices (target <= 1 s)."""
     import orjson
 
-    from probation.bench_scheduler import SchedulerBenchConfig, run_scheduler_bench
+    from bench.scheduler import SchedulerBenchConfig, run_scheduler_bench
 
     _setup_logging(Settings(log_level="WARNING"))
     result = run_scheduler_bench(
@@ -470,7 +470,7 @@ def bench_api(
     """Caseload page (p99 <= 50 ms) and alert acknowledgement (p99 <= 30 ms) under load."""
     import orjson
 
-    from probation.bench_api import ApiBenchConfig, run_api_bench
+    from bench.api import ApiBenchConfig, run_api_bench
 
     _setup_logging(Settings(log_level="WARNING"))
     result = run_api_bench(
@@ -493,7 +493,7 @@ RateOpt = typer.Option
 
 def _rates(curfew: float, exclusion: float, strap: float, power_off: float, gaps: float,
            checkins: float, checkin_missed: float, checkin_failed: float) -> Any:
-    from probation.simulator.violations import Rates
+    from simulator.violations import Rates
 
     return Rates(curfew=curfew, exclusion=exclusion, strap=strap, power_off=power_off, gap=gaps,
                  checkin_requests=checkins, checkin_missed=checkin_missed,
@@ -534,7 +534,7 @@ def simulate(
     max_inflight: Annotated[int, typer.Option(help="Unacknowledged QoS 1 messages at most.")] = 1000,
 ) -> None:
     """Publish the traffic of N simulated people (bracelets and check-in phones) over MQTT."""
-    from probation.simulator.run import Progress, SimConfig, run_simulation
+    from simulator.run import Progress, SimConfig, run_simulation
 
     _setup_logging(Settings(log_level="WARNING"))
     cfg = SimConfig(
@@ -572,9 +572,9 @@ def score(
     """Recall, precision and delay per alert type, false alarms per person-day, vs the truth."""
     import orjson
 
-    from probation.simulator.score import fetch_alerts, format_table, load_truth
-    from probation.simulator.score import score as score_run
-    from probation.simulator.setup import ApiClient
+    from simulator.score import fetch_alerts, format_table, load_truth
+    from simulator.score import score as score_run
+    from simulator.setup import ApiClient
 
     _setup_logging(Settings(log_level="WARNING"))
     run = load_truth(truth)
@@ -605,7 +605,7 @@ def demo(
                            "before scoring.")] = 45.0,
 ) -> None:
     """The service (embedded servers, own data dir) plus the simulator, with live figures."""
-    from probation.simulator.demo import DemoOptions, run_demo
+    from simulator.demo import DemoOptions, run_demo
 
     _setup_logging(Settings(log_level="WARNING"))
     code = run_demo(
@@ -638,8 +638,8 @@ def bench_soak(
     """Soak: api, ingest and scheduler processes, TimescaleDB, mosquitto, N simulated people."""
     import orjson
 
-    from probation.bench_soak import SoakConfig, run_soak, summary_lines
-    from probation.simulator.violations import Rates
+    from bench.soak import SoakConfig, run_soak, summary_lines
+    from simulator.violations import Rates
 
     _setup_logging(Settings(log_level="WARNING"))
     cfg = SoakConfig(people=people, speed=speed, minutes=minutes, fix_interval_s=fix_interval,
