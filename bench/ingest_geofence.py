@@ -307,7 +307,7 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
             f"({'durable' if cfg.durable else 'fsync off'}); {cfg.people:,} people set up in "
             f"{time.monotonic() - t0:.1f} s; {len(drain_msgs):,} single-fix messages from "
             f"{start.astimezone(TZ):%Y-%m-%d %H:%M} Asia/Almaty")
-        kw = {"database_url": url, "mqtt_url": broker.url, "prefix": prefix,
+        kw: dict[str, Any] = {"database_url": url, "mqtt_url": broker.url, "prefix": prefix,
               "client_id": f"gb-ingest-{tag}", "data_dir": str(work / "data"),
               "worker_kwargs": cfg.worker_kwargs or {}}
         Child(_worker_child, kw).close()  # the persistent session
