@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,3 +145,23 @@ def test_serve_with_no_configuration_prints_a_working_login(tmp_path: Path) -> N
         assert me.json()["role"] == "admin"
     finally:
         assert _stop(proc) == 0
+
+
+def test_serve_on_a_busy_port_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    """The port is checked before anything starts: one line naming it and --port, exit 1,
+    no embedded server started (no cluster in the data dir)."""
+    data_dir = tmp_path / "data"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        out = subprocess.run([PROBATION, "serve", "--port", str(port)], env=_env(data_dir),
+                             capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+    assert out.returncode == 1, out.stderr
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "--port" in lines[0]
+    assert not (data_dir / "postgres").exists()
+    print(f"serve on a busy port: failed after {took:.2f} s")

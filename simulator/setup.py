@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from probation.iin import make_iin
-from probation.simulator.people import Person
+from simulator.people import Person
 
 log = logging.getLogger(__name__)
 
