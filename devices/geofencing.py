@@ -1,6 +1,6 @@
-"""The ingest pipeline's geofence stage: fixes and device events → episodes → alerts.
+"""The ingest pipeline's `geofence` after-store stage: fixes → zone episodes → alerts.
 
-Runs inside the batch's transaction (a `GeofenceHook`), so a device's episode state
+Runs inside the batch's transaction (a `devices.pipeline.AfterStoreStage`), so a device's episode state
 (`geofence_states`) is committed together with its fixes and alerts: a crash or a
 restart neither loses nor repeats an episode. The zones registry is cached per
 process and rebuilt when `config_versions('zones')` moves (bumped by triggers on

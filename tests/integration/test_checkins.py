@@ -1,8 +1,8 @@
 """Biometric check-ins and check-in requests against the real database.
 
 Check-ins go through the ingest pipeline's `BatchWriter` with the biometric judge and the
-check-in outcomes stage, so the
-stored rows, the verdicts and their side effects are what production does.
+check-in outcomes stage, so the stored rows, the verdicts and their side effects are what
+production does.
 """
 
 from __future__ import annotations
