@@ -519,69 +519,26 @@ class BatchWriter:
         dims = service.enrolled_embedding_lengths(conn, device_ids=checkin_ids)
         t_now = b.now()
         devs = b.devs
-        acks = b.acks
-        seen_events: set[service.Key] = set()
-        seen_checkins: set[service.Key] = set()
-        received = res.received
-        newest_fix_ts = res.newest_fix_ts
-
+        seen = _Seen()
         for m in b.incoming:
-            raw = m.raw
-            serial = m.serial
-            acc = devs.get(serial) if serial is not None else None
-            if acc is None and serial is not None:
-                dev_id = ids.get(serial)
-                if dev_id is None:
-                    dead.append(dead_letter(raw, Rejected(
-                        Reason.UNKNOWN_DEVICE, f"device {serial!r} is not registered", None, None,
-                    )))
-                    received[m.stream] += 1
-                    continue
-                acc = devs[serial] = _DeviceAcc(dev_id, serial)
+            acc: _DeviceAcc | None = None
+            if m.serial is not None:
+                acc = devs.get(m.serial) or self._new_device(m, b)
+                if acc is None:
+                    continue  # an unknown device: a dead letter
             d = m.decoded
-            if d is None:  # a check-in message
+            if d is None:  # a check-in message: validated now that its device is known
                 assert acc is not None
-                dim = dims.get(acc.device_id)
-                d = decode(
-                    raw.topic, raw.payload, prefix=self.prefix, now=t_now,
-                    embedding_length=lambda _s, _dim=dim: _dim,  # type: ignore[misc]
-                )
+                d = self._decode_checkins(m.raw, dims.get(acc.device_id), t_now)
                 m.items = len(d.items) + len(d.rejected) + d.duplicates
-            received[m.stream] += m.items
+            res.received[m.stream] += m.items
             res.items += m.items
             if d.duplicates:
                 res.duplicates[m.stream] += d.duplicates
             for rej in d.rejected:
-                dead.append(dead_letter(raw, rej))
-            if acc is None:  # bad topic: nothing else to do
-                continue
-            acc.raws.append(raw)
-            if raw.received_at > acc.received_at:
-                acc.received_at = raw.received_at
-            stream = m.stream
-            if stream == "status":
-                b.statuses += _add_statuses(acc, raw, d.items, dead)  # type: ignore[arg-type]
-                continue
-            # Any other message from a registered device: it is talking.
-            acc.online = True
-            if raw.received_at > acc.heard_at:
-                acc.heard_at = raw.received_at
-            if stream == "fixes":
-                fixes: list[Fix] = d.items  # type: ignore[assignment]
-                if fixes:
-                    if any(f.spd is not None and f.spd > FLOAT4_MAX for f in fixes):
-                        fixes = _oversized_speeds(raw, fixes, dead)
-                    acc.fixes.extend(fixes)
-                    if fixes:
-                        newest_fix_ts.append(max(map(_TS, fixes)).timestamp())
-            elif stream == "acks":
-                for ak in d.items:
-                    assert isinstance(ak, Ack)
-                    acks.append((acc.device_id, raw, ak))
-            elif stream == "events":
-                _add_events(acc, raw, d.items, seen_events, res, dead)  # type: ignore[arg-type]
-            elif stream == "checkins":
-                _add_checkins(acc, raw, d.items, seen_checkins, res, dead)  # type: ignore[arg-type]
+                dead.append(dead_letter(m.raw, rej))
+            if acc is not None:  # else a bad topic: nothing else to do
+                _add_items(acc, m.raw, m.stream, d.items, seen, b)
 
         # Devices in id order, items by ts (a stable insertion order keeps concurrent
         # workers from deadlocking on the keys).
@@ -590,6 +547,24 @@ class BatchWriter:
             a.fixes.sort(key=_TS)
             a.events.sort(key=_TS)
             a.checkins.sort(key=_TS)
+
+    @staticmethod
+    def _new_device(m: Incoming, b: _Batch) -> _DeviceAcc | None:
+        """The device's accumulator, or None (and a dead letter) if it is not registered."""
+        assert m.serial is not None
+        dev_id = b.ids.get(m.serial)
+        if dev_id is None:
+            b.dead.append(dead_letter(m.raw, Rejected(
+                Reason.UNKNOWN_DEVICE, f"device {m.serial!r} is not registered", None, None,
+            )))
+            b.res.received[m.stream] += 1
+            return None
+        acc = b.devs[m.serial] = _DeviceAcc(dev_id, m.serial)
+        return acc
+
+    def _decode_checkins(self, raw: RawMessage, dim: int | None, now: datetime) -> Decoded:
+        return decode(raw.topic, raw.payload, prefix=self.prefix, now=now,
+                      embedding_length=lambda _s: dim)
 
     def find_cases(self, conn: Conn, b: _Batch) -> None:
         if self.after_store or any(a.checkins for a in b.ordered):
@@ -743,6 +718,47 @@ def _device_batches(b: _Batch) -> list[tuple[DeviceBatch, _DeviceAcc]]:
 
 
 # -- accumulate's helpers ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The event and check-in keys already taken in this batch (in-batch duplicates)."""
+
+    events: set[service.Key] = field(default_factory=set)
+    checkins: set[service.Key] = field(default_factory=set)
+
+
+def _add_items(
+    acc: _DeviceAcc, raw: RawMessage, stream: str, items: list[Any], seen: _Seen, b: _Batch
+) -> None:
+    """One message's decoded items onto its device, by stream."""
+    acc.raws.append(raw)
+    if raw.received_at > acc.received_at:
+        acc.received_at = raw.received_at
+    if stream == "status":
+        b.statuses += _add_statuses(acc, raw, items, b.dead)
+        return
+    # Any other message from a registered device: it is talking.
+    acc.online = True
+    if raw.received_at > acc.heard_at:
+        acc.heard_at = raw.received_at
+    if stream == "fixes":
+        if items:
+            _add_fixes(acc, raw, items, b)
+    elif stream == "acks":
+        b.acks.extend((acc.device_id, raw, ak) for ak in items)
+    elif stream == "events":
+        _add_events(acc, raw, items, seen.events, b.res, b.dead)
+    elif stream == "checkins":
+        _add_checkins(acc, raw, items, seen.checkins, b.res, b.dead)
+
+
+def _add_fixes(acc: _DeviceAcc, raw: RawMessage, fixes: list[Fix], b: _Batch) -> None:
+    if any(f.spd is not None and f.spd > FLOAT4_MAX for f in fixes):
+        fixes = _oversized_speeds(raw, fixes, b.dead)
+    acc.fixes.extend(fixes)
+    if fixes:
+        b.res.newest_fix_ts.append(max(map(_TS, fixes)).timestamp())
 
 
 def _add_statuses(
