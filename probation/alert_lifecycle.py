@@ -1,6 +1,6 @@
 """The officer-facing alert lifecycle: list, read, acknowledge, resolve, annotate, stream.
 
-Episodes are opened, updated and closed by the engine (`alerts/episodes.py`);
+Episodes are opened, updated and closed by the engine (`alerts/service.py`);
 this module is what people do with the alerts. Every call takes the caller's
 case scope (`probation.deps.CaseScope`): an alert on a case the caller may not
 see does not exist for them (404). Transitions follow `alerts.models.TRANSITIONS`

@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from alerts.episodes import open_episode
 from alerts.models import AlertType
 from alerts.notify import Delivery, Route, dispatch_notifications
 from alerts.scheduled import EscalationPolicy, PolygonCache, curfew_starts, escalate_overdue
+from alerts.service import open_episode
 from db.engine import connect
 from devices.scheduled import SilenceConfig, evaluate_silence
 from tests.integration.scheduler_world import HOME, World, minutes, offset, utc

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 
 from db.engine import connect
-from devices.checkins import ChainedHooks, CheckinOutcomes
+from devices.checkins import CheckinOutcomes
 from devices.ingest import IngestWorker
-from devices.pipeline import CheckinVerdict, NoGeofence
+from devices.pipeline import CheckinVerdict
 from devices.protocol import Checkin
 from devices.scheduled import ingest_watermark
 from probation.scheduler import SchedulerService
@@ -75,8 +75,8 @@ def workers(database_url: str, mqtt_url: str,
 
     def start(client_id: str) -> IngestWorker:
         w = IngestWorker(database_url=database_url, mqtt_url=mqtt_url, prefix=mqtt_prefix,
-                         client_id=client_id, flush_ms=20, checkin_hook=Judge(),
-                         geofence_hook=ChainedHooks(NoGeofence(), CheckinOutcomes()))
+                         client_id=client_id, flush_ms=20, checkin_judge=Judge(),
+                         after_store=[CheckinOutcomes()])
         w.start()
         started.append(w)
         assert w.wait_ready(20), "worker not ready"
