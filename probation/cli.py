@@ -103,9 +103,9 @@ class Service:
         """Start everything but the HTTP server (on failure, stop what was started)."""
         from db.migrate import upgrade
         from probation.app import create_app
-        from probation.runtime import start_embedded
-        from probation.scheduler import SchedulerService
-        from probation.workers import build_ingestion
+        from probation.runtime.embedded import start_embedded
+        from probation.runtime.scheduler import SchedulerService
+        from probation.runtime.workers import build_ingestion
 
         settings = self.settings
         rt = self.rt = start_embedded(settings)
@@ -154,7 +154,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         rt = svc.rt
         login = None
         if not settings.admin_password and not settings.database_url:
-            from probation.bootstrap import ensure_embedded_admin
+            from probation.users.bootstrap import ensure_embedded_admin
 
             login = ensure_embedded_admin(rt.database_url, settings)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -194,7 +194,7 @@ def ingest(
     ] = 0,
 ) -> None:
     """The ingestion worker alone (production; several may share the load)."""
-    from probation.workers import build_ingestion
+    from probation.runtime.workers import build_ingestion
 
     settings = _settings()
     worker = build_ingestion(
@@ -215,7 +215,7 @@ def ingest(
 @app.command()
 def scheduler() -> None:
     """The scheduler alone (production)."""
-    from probation.scheduler import SchedulerService
+    from probation.runtime.scheduler import SchedulerService
 
     settings = _settings()
     svc = SchedulerService(
@@ -232,7 +232,7 @@ def scheduler() -> None:
 def db_upgrade(revision: str = "head") -> None:
     """Apply the migrations (embedded database if no URL is set)."""
     from db.migrate import upgrade
-    from probation.runtime import start_embedded
+    from probation.runtime.embedded import start_embedded
 
     settings = _settings()
     rt = start_embedded(settings, need_broker=False)
@@ -253,8 +253,8 @@ def user_add(
 ) -> None:
     """Create a user (embedded database if no URL is set)."""
     from db.migrate import upgrade
-    from probation.runtime import start_embedded
-    from probation.users import UserError, create_user_cli
+    from probation.runtime.embedded import start_embedded
+    from probation.users.service import UserError, create_user_cli
 
     settings = _settings()
     if password is None:
@@ -291,7 +291,7 @@ def dead_letters(
 
     from db.engine import connect
     from devices.service import list_dead_letters
-    from probation.runtime import start_embedded
+    from probation.runtime.embedded import start_embedded
 
     settings = _settings()
     try:

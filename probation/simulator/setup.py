@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from probation.iin import make_iin
 from probation.simulator.people import Person
+from probation.subjects.iin import make_iin
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import psycopg
 from alerts.notify import Delivery
 from db.engine import connect
 from probation.bench_scheduler import SchedulerBenchConfig, _generate
-from probation.scheduler import SchedulerService
+from probation.runtime.scheduler import SchedulerService
 from probation.settings import Settings
 
 DEVICES = 2_000

@@ -17,7 +17,7 @@ from devices.downlink import CommandPublisher
 from devices.geofencing import GeofenceEvaluator
 from devices.ingest import CommitInfo, IngestWorker
 from devices.scheduled import SilenceGaps
-from probation.scheduler import RuleConfig
+from probation.runtime.scheduler import RuleConfig
 from probation.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ import numpy.typing as npt
 import orjson
 from sqlmodel import Session
 
-from probation import audit
+from probation.audit import service as audit
 from probation.errors import invalid
-from probation.zones import case_zones_compiled
+from probation.zones.service import case_zones_compiled
 
 F64 = npt.NDArray[np.float64]
 BoolA = npt.NDArray[np.bool_]
