@@ -49,8 +49,17 @@ def _valid_iin(value: str) -> str:
 Iin = Annotated[
     str, StringConstraints(min_length=12, max_length=12, pattern=r"^[0-9]{12}$"),
     AfterValidator(_valid_iin),
-    PydField(description="Individual identification number: 12 digits, valid check digit",
-             examples=["900101300014"]),
+    PydField(
+        description=(
+            "Individual identification number (ИИН / ЖСН), 12 digits: `YYMMDD` the birth "
+            "date (must equal `birth_date`); then the century-and-sex digit (1/2: born in "
+            "the 1800s, male/female; 3/4: 1900s; 5/6: 2000s); four serial digits; and a "
+            "check digit: the sum of the first 11 digits times the weights 1..11, mod 11; if "
+            "that is 10, the weights 3..11, 1, 2 instead; if it is 10 again the number is "
+            "invalid."
+        ),
+        examples=["900101300017"],
+    ),
 ]
 
 
