@@ -1,4 +1,7 @@
-"""The audit log's table and API shapes."""
+"""The audit log's table and API shapes.
+
+Columns mirror `db/migrations` (the SQL there is the source of truth).
+"""
 
 from __future__ import annotations
 

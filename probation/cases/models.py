@@ -1,4 +1,7 @@
-"""Cases: the table and API shapes of a case and of the caseload's live rows."""
+"""Cases: the table and API shapes of a case and of the caseload's live rows.
+
+Columns mirror `db/migrations` (the SQL there is the source of truth).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +18,7 @@ from sqlmodel import Field, SQLModel
 
 from db.types import UTCDateTime, utcnow
 from probation.errors import field_error
-from probation.fields import (
-    NameText,
-    ShortText,
-    Timezone,
-)
+from probation.fields import NameText, ShortText, Timezone
 
 
 class RiskLevel(StrEnum):

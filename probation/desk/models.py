@@ -12,10 +12,7 @@ from sqlmodel import SQLModel
 
 from alerts.models import AlertStatus, AlertType, Resolution, Severity
 from devices.models import DeviceKind as DeviceKindApi
-from probation.fields import (
-    NoteText,
-    ShortText,
-)
+from probation.fields import NoteText, ShortText
 from probation.zones.models import ZoneKind
 
 

@@ -1,4 +1,7 @@
-"""Subjects (the people supervised) and their biometric templates."""
+"""Subjects (the people supervised) and their biometric templates.
+
+Columns mirror `db/migrations` (the SQL there is the source of truth).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,7 @@ from sqlmodel import Field, SQLModel
 
 from db.types import UTCDateTime, utcnow
 from probation.errors import field_error
-from probation.fields import (
-    NameText,
-)
+from probation.fields import NameText
 from probation.subjects.iin import IinError, birth_date_of, validate_iin
 
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import orjson
 from sqlmodel import Session
 
+from db.types import utcnow
 from probation.audit import service as audit
 from probation.errors import invalid
 from probation.zones.service import case_zones_compiled
@@ -126,8 +127,6 @@ def case_track(
     end: datetime | None, max_points: int,
 ) -> bytes:
     """The track as GeoJSON bytes (audited)."""
-    from db.types import utcnow
-
     end = end or utcnow()
     start = start or end - DEFAULT_WINDOW
     if end <= start:

@@ -1,4 +1,7 @@
-"""Users: the table, roles and the API shapes of sign-in and user management."""
+"""Users: the table, roles and the API shapes of sign-in and user management.
+
+Columns mirror `db/migrations` (the SQL there is the source of truth).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +16,7 @@ from sqlalchemy import String
 from sqlmodel import Field, SQLModel
 
 from db.types import UTCDateTime, utcnow
-from probation.fields import (
-    ShortText,
-    clean_text,
-)
+from probation.fields import ShortText, clean_text
 
 
 class Role(StrEnum):

@@ -1,4 +1,7 @@
-"""Zones: the tables (zones, case_zones) and the API shapes (GeoJSON, circle, schedule)."""
+"""Zones: the tables (zones, case_zones) and the API shapes (GeoJSON, circle, schedule).
+
+Columns mirror `db/migrations` (the SQL there is the source of truth).
+"""
 
 from __future__ import annotations
 
@@ -16,14 +19,7 @@ from sqlmodel._compat import SQLModelConfig
 
 from db.types import UTCDateTime, utcnow
 from probation.errors import UNION_TAGS, field_error
-from probation.fields import (
-    Instant,
-    Lat,
-    Lon,
-    Meters,
-    NameText,
-    ShortText,
-)
+from probation.fields import Instant, Lat, Lon, Meters, NameText, ShortText
 
 
 class ZoneKind(StrEnum):
