@@ -36,6 +36,9 @@ def _setup_logging(settings: Settings) -> None:
     )
     for noisy in ("transitions", "amqtt", "apscheduler.scheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Every job run ("Running job …", "… executed successfully") is routine: shown at DEBUG.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
 
 
 def _settings() -> Settings:

@@ -1,7 +1,7 @@
 """The simulator's MQTT connection: capped in-flight QoS 1 publishing, downlink subscription.
 
 One connection carries the traffic of all simulated devices, like a gateway that
-translates a vendor protocol (`device-mqtt-v1.md` allows gateways). Publishing is QoS 1
+translates a vendor protocol (`docs/device-protocol.md` allows that). Publishing is QoS 1
 with at most `max_inflight` unacknowledged messages: `publish` blocks while the window
 is full. paho's own window is set to the same value (`max_inflight_messages_set`) and its
 queue is unbounded, so nothing is dropped; the cap keeps the number of outstanding packet

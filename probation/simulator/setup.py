@@ -1,4 +1,4 @@
-"""Register the simulated world through the API (`api-v1.md`), with httpx.
+"""Register the simulated world through the API (`docs/api.md`), with httpx.
 
 The caller must be an admin (devices are created by admins). Per run (tag `T`): one
 officer per 100 people (`sim-T-officer-K`, random password), and per person a subject
