@@ -1,6 +1,6 @@
 """`probation bench ingest --geofence`: the whole ingest worker under soak-like traffic.
 
-The worker is the one `probation ingest` runs (`probation.workers.build_ingestion`: the
+The worker is the one `probation ingest` runs (`probation.runtime.workers.build_ingestion`: the
 geofence engine, the check-in outcomes, rapid-mode commands), in a child process of its
 own, against a private PostgreSQL (TimescaleDB when installed) and mosquitto.
 
@@ -198,8 +198,8 @@ def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
     """The real `build_ingestion` worker with stage timers; reports over `conn`."""
     logging.basicConfig(level=logging.WARNING)
     from devices.ingest import CommitInfo
+    from probation.runtime.workers import build_ingestion
     from probation.settings import Settings
-    from probation.workers import build_ingestion
 
     settings = Settings(
         database_url=kw["database_url"], mqtt_url=kw["mqtt_url"], mqtt_prefix=kw["prefix"],

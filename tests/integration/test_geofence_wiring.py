@@ -18,8 +18,8 @@ from alerts.models import AlertType
 from alerts.scheduled import curfew_starts
 from alerts.service import open_episode
 from devices.mqtt import broker_address, mqtt_client
+from probation.runtime.workers import Ingestion, build_ingestion
 from probation.settings import Settings
-from probation.workers import Ingestion, build_ingestion
 from tests.integration.scheduler_world import HOME, World
 from tests.integration.scheduler_world import offset as near
 

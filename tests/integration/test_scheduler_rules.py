@@ -403,8 +403,8 @@ def test_notifications_routed_once_and_retried(
 def test_retention_drops_whole_chunks_and_deletes_the_rest(
     database_url: str, conn: psycopg.Connection[Any], world: World, timescale: bool,
 ) -> None:
-    from probation.audit import verify
-    from probation.scheduler import run_retention
+    from probation.audit.service import verify
+    from probation.runtime.scheduler import run_retention
 
     now = utc(2026, 11, 25, 3, 30)
     old_day = utc(2020, 6, 1, 12)  # > 5 years ago

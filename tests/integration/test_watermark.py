@@ -26,7 +26,7 @@ from devices.ingest import IngestWorker
 from devices.pipeline import CheckinVerdict
 from devices.protocol import Checkin
 from devices.scheduled import ingest_watermark
-from probation.scheduler import SchedulerService
+from probation.runtime.scheduler import SchedulerService
 from probation.settings import Settings
 from simulator.publisher import Publisher
 from tests.integration.scheduler_world import World
@@ -212,7 +212,7 @@ def test_no_live_ingest_defers_silence_and_resumes_with_what_was_queued(
     pub.flush()
     svc = scheduler(database_url, max_age_s=1.5)
     time.sleep(2)  # the stopped worker's last report is now older than max_age
-    with caplog.at_level(logging.ERROR, logger="probation.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="probation.runtime.scheduler"):
         out = run(svc, "silence")
     assert out == {"deferred": "ingest_stalled"}
     assert "INGEST STALLED" in caplog.text

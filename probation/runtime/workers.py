@@ -19,7 +19,7 @@ from devices.geofencing import GeofenceEvaluator
 from devices.ingest import CommitInfo, IngestWorker
 from devices.pipeline import AfterStoreStage
 from devices.scheduled import SilenceGaps
-from probation.scheduler import RuleConfig
+from probation.runtime.scheduler import RuleConfig
 from probation.settings import Settings
 
 log = logging.getLogger(__name__)
