@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="Default device upload interval per risk level (seconds, JSON); "
         "communication_lost after max(3 x this, 10 min) of silence.",
     )
+    proximity_rate_limit: int = Field(
+        default=30, ge=1, description="Proximity searches a user may make per "
+        "`proximity_rate_window_s` (counted from the audit log, across processes).")
+    proximity_rate_window_s: float = Field(
+        default=600.0, gt=0, description="The window of the proximity search rate limit.")
     communication_lost_min_s: float = Field(
         default=600, description="Minimum silence before communication_lost (seconds).",
     )

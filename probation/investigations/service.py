@@ -1,0 +1,254 @@
+"""Proximity searches: who may have been at a place during a window (audited, rate-limited).
+
+Two queries, then the pure model of `proximity`:
+
+1. **candidates**: the (case, device) pairs with a fix in the window near the place. The
+   window restricts the hypertable's chunks (chunk exclusion on `ts`) and the per-chunk
+   `ts` index; an outer bounding box (the place plus the reach of the coarsest usable
+   fix, `ACC_MAX_M`) is the indexable spatial prefilter; a per-row box, the place plus
+   the reach of that fix's own accuracy (5 sigma) or `NEAR_M`, whichever is larger,
+   keeps only fixes that can matter.
+2. **tracks**: every fix of those pairs in the window (the `(device_id, ts)` index), for
+   the probabilities, the closest approach and the gaps (a gap needs the fixes far from
+   the place too).
+
+Results are computed afresh for each request and never cached.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import text
+from sqlmodel import Session
+
+from geofence import InvalidGeometry, compile_zone
+from geofence.geometry import M_PER_DEG, CompiledZone, haversine_m
+from probation.audit import service as audit
+from probation.cases.scope import CaseScope
+from probation.errors import FieldError, Forbidden, Invalid, TooManyRequests
+from probation.investigations import proximity
+from probation.investigations.models import (
+    MAX_PLACE_M,
+    MODEL_TEXT,
+    ClosestApproach,
+    Gap,
+    ProximityAnswer,
+    ProximityMatch,
+    ProximityQuery,
+    SupportingFix,
+)
+from probation.tracks.service import from_array_send
+from probation.users.models import Role, User
+
+F64 = npt.NDArray[np.float64]
+
+ACC_MAX_M = 3000.0  # coarser fixes (68 % radius above 3 km) say nothing about a place
+NEAR_M = 1000.0  # a gap next to a fix this close to the place is flagged `near_place`
+MAX_SUPPORT = 200
+MAX_MATCHES = 1000
+ROLES = (Role.SUPERVISOR, Role.INVESTIGATOR)
+
+_K = proximity.REACH_SIGMA * proximity.SIGMA_PER_ACC  # reach in metres per metre of acc
+
+CANDIDATES_SQL = """
+SELECT DISTINCT da.case_id, f.device_id
+FROM fixes f
+JOIN device_assignments da ON da.device_id = f.device_id
+ AND f.ts >= da.assigned_at AND (da.unassigned_at IS NULL OR f.ts < da.unassigned_at)
+JOIN cases c ON c.id = da.case_id
+WHERE f.ts >= %(from)s AND f.ts < %(to)s
+  AND f.lat BETWEEN %(olat0)s AND %(olat1)s AND f.lon BETWEEN %(olon0)s AND %(olon1)s
+  AND f.acc <= %(acc_max)s
+  AND f.lat BETWEEN %(lat0)s - %(klat)s * greatest(f.acc, %(acc_near)s)
+                AND %(lat1)s + %(klat)s * greatest(f.acc, %(acc_near)s)
+  AND f.lon BETWEEN %(lon0)s - %(klon)s * greatest(f.acc, %(acc_near)s)
+                AND %(lon1)s + %(klon)s * greatest(f.acc, %(acc_near)s)
+  AND {scope}
+"""
+
+TRACKS_SQL = """
+SELECT p.case_id, c.subject_id,
+  array_send(array_agg((extract(epoch FROM f.ts) * 1000000)::int8 ORDER BY f.ts)),
+  array_send(array_agg(f.lat ORDER BY f.ts)),
+  array_send(array_agg(f.lon ORDER BY f.ts)),
+  array_send(array_agg(f.acc::float8 ORDER BY f.ts))
+FROM unnest(%(cases)s::uuid[], %(devices)s::uuid[]) AS p(case_id, device_id)
+JOIN cases c ON c.id = p.case_id
+JOIN device_assignments da ON da.case_id = p.case_id AND da.device_id = p.device_id
+ AND da.assigned_at < %(to)s AND (da.unassigned_at IS NULL OR da.unassigned_at > %(from)s)
+JOIN fixes f ON f.device_id = da.device_id
+ AND f.ts >= %(from)s AND f.ts < %(to)s
+ AND f.ts >= da.assigned_at AND (da.unassigned_at IS NULL OR f.ts < da.unassigned_at)
+GROUP BY p.case_id, c.subject_id
+"""
+
+
+def compile_place(q: ProximityQuery) -> CompiledZone:
+    """The query's place, compiled (422 naming the field when it is unusable)."""
+    try:
+        place = compile_zone(zone_id="place", kind="exclusion", **q.place_dict())
+    except InvalidGeometry as e:
+        raise Invalid([FieldError(e.field, "geometry_invalid", {"reason": e.message})]) from None
+    side = max((place.lat_max - place.lat_min) * M_PER_DEG,
+               (place.lon_max - place.lon_min) * place.kx)
+    if not place.is_circle and side > MAX_PLACE_M:
+        raise Invalid([FieldError("geometry", "less_than_equal", {"le": MAX_PLACE_M})])
+    return place
+
+
+@dataclass(frozen=True)
+class Track:
+    case_id: uuid.UUID
+    subject_id: uuid.UUID
+    ts_s: F64
+    lat: F64
+    lon: F64
+    acc: F64
+
+
+def candidate_params(place: CompiledZone, start: datetime, end: datetime) -> dict[str, Any]:
+    klat = 1.0 / M_PER_DEG
+    klon = 1.0 / (M_PER_DEG * math.cos(math.radians(
+        min(89.0, max(abs(place.lat_min), abs(place.lat_max)) + 0.2))))
+    outer = max(_K * ACC_MAX_M, NEAR_M)
+    return {
+        "from": start, "to": end, "acc_max": ACC_MAX_M, "acc_near": NEAR_M / _K,
+        "lat0": place.lat_min, "lat1": place.lat_max, "lon0": place.lon_min,
+        "lon1": place.lon_max, "klat": klat * _K, "klon": klon * _K,
+        "olat0": place.lat_min - outer * klat, "olat1": place.lat_max + outer * klat,
+        "olon0": place.lon_min - outer * klon, "olon1": place.lon_max + outer * klon,
+    }
+
+
+def fetch_tracks(
+    conn: Any, *, place: CompiledZone, start: datetime, end: datetime,
+    scope_sql: str = "TRUE", scope_params: dict[str, Any] | None = None,
+) -> list[Track]:
+    """The tracks in the window of every case with a fix that may matter (psycopg conn)."""
+    params = candidate_params(place, start, end) | (scope_params or {})
+    with conn.cursor() as cur:
+        cur.execute(CANDIDATES_SQL.format(scope=scope_sql), params)
+        pairs = cur.fetchall()
+    if not pairs:
+        return []
+    with conn.cursor(binary=True) as cur:
+        cur.execute(TRACKS_SQL, {"cases": [p[0] for p in pairs], "devices": [p[1] for p in pairs],
+                                 "from": start, "to": end})
+        rows = cur.fetchall()
+    out = []
+    for case_id, subject_id, ts, lat, lon, acc in rows:
+        ts_s = from_array_send(ts, "int8").astype(np.float64) / 1e6
+        arrays = [from_array_send(v, "float8") for v in (lat, lon, acc)]
+        if ts_s.size > 1 and not np.all(np.diff(ts_s) >= 0):  # several devices
+            order = np.argsort(ts_s, kind="stable")
+            ts_s, arrays = ts_s[order], [a[order] for a in arrays]
+        out.append(Track(case_id, subject_id, ts_s, *arrays))
+    return out
+
+
+def _dt(s: float) -> datetime:
+    return datetime.fromtimestamp(s, UTC)
+
+
+def match(place: CompiledZone, track: Track, start: datetime, end: datetime,
+          min_probability: float) -> ProximityMatch | None:
+    """One case's answer, or None when it says nothing (see `proximity.assess`)."""
+    t0, t1 = start.timestamp(), end.timestamp()
+    res = proximity.assess(place, track.ts_s, track.lat, track.lon, track.acc, t0, t1)
+    near = _near(place, track)
+    gaps = []
+    for g in res.gaps:
+        i = int(np.searchsorted(track.ts_s, g.start_s, side="left"))
+        bounding = [j for j in (i - 1, i) if 0 <= j < track.ts_s.size
+                    and track.ts_s[j] in (g.start_s, g.end_s)]
+        gaps.append(Gap(from_=_dt(g.start_s), to=_dt(g.end_s),
+                        minutes=round((g.end_s - g.start_s) / 60, 1),
+                        near_place=any(bool(near[j]) for j in bounding)))
+    if res.probability < max(min_probability, proximity.P_FLOOR) and not any(
+            g.near_place for g in gaps):
+        return None
+    c = res.closest
+    support = res.support[np.argsort(-res.p[res.support], kind="stable")[:MAX_SUPPORT]]
+    support.sort()
+    return ProximityMatch(
+        case_id=track.case_id, subject_id=track.subject_id,
+        probability=round(res.probability, 4),
+        closest=ClosestApproach(ts=_dt(track.ts_s[c]), lat=track.lat[c], lon=track.lon[c],
+                                acc=track.acc[c], distance_m=round(res.closest_m, 1)),
+        fixes=[SupportingFix(ts=_dt(track.ts_s[i]), lat=track.lat[i], lon=track.lon[i],
+                             acc=track.acc[i], p=round(float(res.p[i]), 4)) for i in support],
+        fixes_in_window=int(track.ts_s.size), gaps=gaps,
+    )
+
+
+def _near(place: CompiledZone, track: Track) -> npt.NDArray[np.bool_]:
+    if place.is_circle:
+        d = haversine_m(track.lat, track.lon, place.lat0, place.lon0) - place.radius_m
+    else:
+        d = place.signed_distance(track.lat, track.lon)
+    return np.asarray(d <= NEAR_M)
+
+
+def search(
+    conn: Any, *, place: CompiledZone, start: datetime, end: datetime,
+    min_probability: float = 0.01, scope_sql: str = "TRUE",
+    scope_params: dict[str, Any] | None = None,
+) -> list[ProximityMatch]:
+    """The matches, most probable first (psycopg connection; no audit: see `proximity_search`)."""
+    tracks = fetch_tracks(conn, place=place, start=start, end=end, scope_sql=scope_sql,
+                          scope_params=scope_params)
+    found = [m for t in tracks if (m := match(place, t, start, end, min_probability)) is not None]
+    found.sort(key=lambda m: (-m.probability, m.closest.distance_m, str(m.case_id)))
+    return found[:MAX_MATCHES]
+
+
+def _rate_limit(session: Session, *, user_id: uuid.UUID, limit: int, window_s: float) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    used = session.execute(text(
+        "SELECT count(*) FROM audit_log WHERE action = 'investigation.proximity' "
+        "AND user_id = :u AND at > :since"), {"u": user_id, "since": since}).scalar_one()
+    if used >= limit:
+        raise TooManyRequests(limit=limit, minutes=round(window_s / 60),
+                              headers={"Retry-After": str(int(window_s))})
+
+
+def _scope_sql(user: User) -> tuple[str, dict[str, Any]]:
+    """Investigators search every case; supervisors their own and their officers'."""
+    if user.role == Role.INVESTIGATOR:
+        return "TRUE", {}
+    scope = CaseScope.of(user)
+    return (scope.sql("c.officer_id").replace(":scope_uid", "%(scope_uid)s"),
+            {"scope_uid": user.id})
+
+
+def proximity_search(
+    session: Session, *, user: User, query: ProximityQuery, rate_limit: int,
+    rate_window_s: float,
+) -> ProximityAnswer:
+    """Search, and audit the search with its reason, reference and the cases it returned."""
+    if user.role not in ROLES:
+        raise Forbidden()
+    place = compile_place(query)
+    _rate_limit(session, user_id=user.id, limit=rate_limit, window_s=rate_window_s)
+    scope_sql, scope_params = _scope_sql(user)
+    raw = session.connection().connection.driver_connection
+    found = search(raw, place=place, start=query.from_, end=query.to,
+                   min_probability=query.min_probability, scope_sql=scope_sql,
+                   scope_params=scope_params)
+    query_id = str(uuid.uuid4())
+    audit.record(session, user_id=user.id, action="investigation.proximity",
+                 resource="investigation", resource_id=query_id, detail={
+                     "reason": query.reason, "reference": query.reference,
+                     "place": query.place_dict(), "from": query.from_.isoformat(),
+                     "to": query.to.isoformat(), "min_probability": query.min_probability,
+                     "case_ids": [str(m.case_id) for m in found],
+                     "probabilities": [m.probability for m in found]})
+    return ProximityAnswer(query_id=query_id, from_=query.from_, to=query.to,
+                           model=MODEL_TEXT, matches=found)
