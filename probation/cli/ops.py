@@ -31,7 +31,7 @@ def db_upgrade(revision: str = "head") -> None:
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Option(help="Login name.")],
-    role: Annotated[str, typer.Option(help="officer, supervisor or admin.")],
+    role: Annotated[str, typer.Option(help="officer, supervisor, admin or investigator.")],
     password: Annotated[str | None, typer.Option(help="Password (prompted if not given).")] = None,
     supervisor: Annotated[str | None, typer.Option(help="Username of the officer's supervisor.")] = None,
     full_name: Annotated[str, typer.Option(help="Full name.")] = "",

@@ -90,7 +90,9 @@ class ProximityMatch(BaseModel):
     subject_id: uuid.UUID
     probability: float = PydField(description="P(inside the place at least once), see `model`.")
     closest: ClosestApproach
-    fixes: list[SupportingFix] = PydField(description="The fixes with p > 0 (at most 200).")
+    fixes: list[SupportingFix] = PydField(
+        description="The fixes that support it: the 20 of highest p (p > 0), in time order.")
+    supporting_fixes: int = PydField(description="How many fixes have p > 0.")
     fixes_in_window: int
     gaps: list[Gap]
 

@@ -36,7 +36,11 @@ Combining the fixes of one person
 Fixes close in time are not independent measurements (the same multipath, the same
 cell tower, a phone standing still repeats the same error): multiplying
 ``1 - p`` over sixty one-minute cell fixes at the same spot would turn a 7 % chance
-into 99 %. So the fixes are cut into **runs**: consecutive fixes less than
+into 99 %. A fix is also **dominated**, and counts as 0, when another fix within ``RUN_GAP`` of it
+is at least ``DOMINANCE`` (5) times more precise: a 2 km cell fix between two 20 m GPS
+fixes four minutes apart says nothing the GPS fixes do not say better, and taken
+alone it would lend a small probability to everyone within kilometres of the place
+whose phone fell back to the cell network once. The fixes are then cut into **runs**: consecutive fixes less than
 ``RUN_GAP`` (10 minutes) apart form one run, and a run counts with the largest ``p``
 of its fixes: ``P(inside during the run) >= max p_i`` holds whatever the dependence,
 so this is the conservative (lower) figure. Runs separated by ``RUN_GAP`` or more are
@@ -65,6 +69,7 @@ SIGMA_PER_ACC = 1.0 / math.sqrt(-2.0 * math.log(1.0 - 0.68))  # acc is the 68 % 
 MIN_ACC_M = 1.0  # an acc of 0 (or below 1 m) is read as 1 m: no fix is exact
 REACH_SIGMA = 5.0  # beyond this many sigma from the place a fix's p is taken as 0
 RUN_GAP_S = 600.0
+DOMINANCE = 5.0
 GAP_S = 900.0
 P_FLOOR = 1e-4  # smaller probabilities are reported as 0
 
@@ -197,6 +202,32 @@ def fix_probabilities(place: CompiledZone, lat: F64, lon: F64, acc: F64) -> tupl
     return p, dist
 
 
+def window_min(ts_s: F64, values: F64, half_s: float) -> F64:
+    """Per element, the minimum of ``values`` over the elements within ``half_s`` of it in
+    time (``ts_s`` sorted): a sparse table of minima over powers of two."""
+    n = ts_s.size
+    if n == 0:
+        return values.copy()
+    lo = np.searchsorted(ts_s, ts_s - half_s, side="left")
+    hi = np.searchsorted(ts_s, ts_s + half_s, side="right")
+    table = [values]
+    while (1 << len(table)) <= n:
+        prev, step = table[-1], 1 << (len(table) - 1)
+        table.append(np.minimum(prev[:-step], prev[step:]))
+    k = np.floor(np.log2(hi - lo)).astype(np.int64)
+    out = np.empty(n)
+    for level in np.unique(k):
+        sel = np.flatnonzero(k == level)
+        t = table[level]
+        out[sel] = np.minimum(t[lo[sel]], t[hi[sel] - (1 << level)])
+    return out
+
+
+def dominated(ts_s: F64, acc: F64) -> npt.NDArray[np.bool_]:
+    """Fixes with a fix ``DOMINANCE`` times more precise within ``RUN_GAP_S``."""
+    return window_min(ts_s, np.maximum(acc, MIN_ACC_M), RUN_GAP_S) * DOMINANCE <= acc
+
+
 def run_starts(ts_s: F64, run_gap_s: float = RUN_GAP_S) -> I64:
     """Indices where a new run begins (``ts_s`` sorted, seconds)."""
     if ts_s.size == 0:
@@ -246,6 +277,7 @@ def assess(
 ) -> PersonResult:
     """Everything the answer says about one person (fixes sorted by time, non-empty)."""
     p, dist = fix_probabilities(place, lat, lon, acc)
+    p = np.where(dominated(ts_s, acc), 0.0, p)
     closest = int(np.argmin(dist))
     return PersonResult(
         probability=combine(ts_s, p),

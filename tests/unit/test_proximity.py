@@ -116,3 +116,22 @@ def test_gaps_are_stretches_without_fixes() -> None:
     assert [(g.start_s, g.end_s) for g in got] == [(0.0, 1000.0), (1300.0, 5000.0),
                                                     (5000.0, 6000.0)]
     assert gaps(np.arange(0.0, 3600.0, 60.0), 0.0, 3600.0) == []
+
+
+def test_a_cell_fix_between_precise_fixes_is_dominated() -> None:
+    from probation.investigations.proximity import dominated, window_min
+
+    ts = np.arange(10) * 240.0
+    acc = np.full(10, 15.0)
+    acc[4] = 2000.0
+    # the person is 3 km away with GPS; one cell fix falls back on the place
+    lat = np.full(10, LAT0 + 3000 / M_LAT)
+    lat[4] = LAT0
+    res = assess(circle(2000.0), ts, lat, np.full(10, LON0), acc, 0.0, ts[-1])
+    assert res.probability == 0.0
+    assert dominated(ts, acc).tolist() == [False] * 4 + [True] + [False] * 5
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.uniform(0, 20_000, 300))
+    v = rng.uniform(1, 3000, 300)
+    brute = np.array([v[np.abs(t - x) <= 600].min() for x in t])
+    assert np.array_equal(window_min(t, v, 600.0), brute)
