@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 import time
 import uuid
@@ -217,6 +218,10 @@ def _brute(world: World, every: dict[uuid.UUID, tuple[F64, F64, F64, F64]],
     return found
 
 
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _summary(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(pct(ms, 0.5), 1), "p99_ms": round(pct(ms, 0.99), 1),
             "max_ms": round(max(ms), 1)}
@@ -238,6 +243,7 @@ def run(cases: int, interval_s: float, n_queries: int, n_check: int, seed: int,
         t = time.perf_counter()
         world = build(database_url, cases, interval_s, seed)
         load_s = time.perf_counter() - t
+        _say(f"loaded {world.fixes:,} fixes in {load_s:.0f} s")
         rng = np.random.default_rng(seed + 1)
         queries = {k: _queries(database_url, rng, k, n_queries) for k in KINDS}
         res: dict[str, Any] = {"cases": cases, "fixes": world.fixes, "interval_s": interval_s,
@@ -252,6 +258,7 @@ def run(cases: int, interval_s: float, n_queries: int, n_check: int, seed: int,
                     res["btree_build_s"] = round(time.perf_counter() - t, 1)
             for kind, qs in queries.items():
                 ms, found = _time(database_url, qs)
+                _say(f"{variant} {kind}: p50 {pct(ms, 0.5):.0f} ms, p99 {pct(ms, 0.99):.0f} ms")
                 res[f"{variant}.{kind}"] = _summary(ms) | {
                     "matches_median": float(np.median(found))}
         every = _all_fixes(database_url)

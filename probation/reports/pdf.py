@@ -248,7 +248,9 @@ def _draw_zones(pdf: _Pdf, fr: _Frame, zones: list[Place]) -> None:
 
 def _zone_labels(pdf: _Pdf, fr: _Frame, zones: list[Place]) -> None:
     pdf.set_font("DejaVu", "", 6.5)
-    pdf.set_text_color(0, 0, 0)
+    # text is painted with the fill colour in PDF: set both after the clipping context
+    pdf.set_fill_color(20, 20, 20)
+    pdf.set_text_color(20, 20, 20)
     for z in zones:
         first = _zone_anchor(z)
         if first is not None:
