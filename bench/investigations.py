@@ -210,7 +210,7 @@ def _brute(world: World, every: dict[uuid.UUID, tuple[F64, F64, F64, F64]],
         m = (ts >= t0) & (ts < t1)
         if not m.any():
             continue
-        track = service.Track(cid, cid, ts[m], lat[m], lon[m], acc[m])
+        track = service.from_full_track(cid, cid, ts[m], lat[m], lon[m], acc[m])
         res = service.match(place, track, q["start"], q["end"], 0.01)
         if res is not None:
             found.append(res)

@@ -259,31 +259,58 @@ def gaps(ts_s: F64, window_start_s: float, window_end_s: float, gap_s: float = G
     return [Gap(float(edges[i]), float(edges[i + 1])) for i in idx]
 
 
+NEAR_M = 1000.0  # a gap next to a fix this close to the place is flagged (and see `closest`)
+
+
 @dataclass(frozen=True)
 class PersonResult:
-    """One person's answer: ``support`` indexes the fixes with p > 0 (time order)."""
+    """One person's answer over the fixes it was given (time order): ``support`` indexes
+    those with p > 0; ``closest`` (-1: none) the nearest of those within ``NEAR_M`` of
+    the place or, when there are none, of those whose reach (5 sigma) touches it."""
 
     probability: float
-    closest: int  # index of the fix of least distance (ties: the first)
+    closest: int
     closest_m: float
     support: I64
     p: F64
+    dist: F64
     gaps: list[Gap]
+
+
+def summarise(
+    place: CompiledZone, lat: F64, lon: F64, acc: F64, is_dominated: npt.NDArray[np.bool_],
+    run: I64, gap_list: list[Gap],
+) -> PersonResult:
+    """The answer from fixes with their dominance flags and run numbers (non-decreasing),
+    whichever subset of a track they are, as long as it holds every fix with p > 0."""
+    p, dist = fix_probabilities(place, lat, lon, acc)
+    p = np.where(is_dominated, 0.0, p)
+    if p.size and p.any():
+        starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
+        per_run = np.maximum.reduceat(p, starts)
+        total = 1.0 - float(np.prod(1.0 - per_run))
+        probability = 0.0 if total < P_FLOOR else min(total, 1.0)
+    else:
+        probability = 0.0
+    eligible = dist <= NEAR_M
+    if not eligible.any():
+        eligible = dist <= reach_m(acc)
+    closest = int(np.flatnonzero(eligible)[np.argmin(dist[eligible])]) if eligible.any() else -1
+    return PersonResult(
+        probability=probability, closest=closest,
+        closest_m=float(dist[closest]) if closest >= 0 else math.inf,
+        support=np.flatnonzero(p > 0).astype(np.int64), p=p, dist=dist, gaps=gap_list,
+    )
 
 
 def assess(
     place: CompiledZone, ts_s: F64, lat: F64, lon: F64, acc: F64,
     window_start_s: float, window_end_s: float,
 ) -> PersonResult:
-    """Everything the answer says about one person (fixes sorted by time, non-empty)."""
-    p, dist = fix_probabilities(place, lat, lon, acc)
-    p = np.where(dominated(ts_s, acc), 0.0, p)
-    closest = int(np.argmin(dist))
-    return PersonResult(
-        probability=combine(ts_s, p),
-        closest=closest,
-        closest_m=float(dist[closest]),
-        support=np.flatnonzero(p > 0).astype(np.int64),
-        p=p,
-        gaps=gaps(ts_s, window_start_s, window_end_s),
-    )
+    """Everything the answer says about one person from their whole track in the window
+    (sorted by time, non-empty)."""
+    run = np.zeros(ts_s.size, dtype=np.int64)
+    if ts_s.size > 1:
+        run[1:] = np.cumsum(np.diff(ts_s) >= RUN_GAP_S)
+    return summarise(place, lat, lon, acc, dominated(ts_s, acc), run,
+                     gaps(ts_s, window_start_s, window_end_s))

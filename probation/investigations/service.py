@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from geofence import InvalidGeometry, compile_zone
-from geofence.geometry import M_PER_DEG, CompiledZone, haversine_m
+from geofence.geometry import M_PER_DEG, CompiledZone
 from probation.audit import service as audit
 from probation.cases.scope import CaseScope
 from probation.errors import FieldError, Forbidden, Invalid, TooManyRequests
@@ -45,13 +45,12 @@ from probation.investigations.models import (
     ProximityQuery,
     SupportingFix,
 )
-from probation.tracks.service import from_array_send
 from probation.users.models import Role, User
 
 F64 = npt.NDArray[np.float64]
 
 ACC_MAX_M = 3000.0  # coarser fixes (68 % radius above 3 km) say nothing about a place
-NEAR_M = 1000.0  # a gap next to a fix this close to the place is flagged `near_place`
+NEAR_M = proximity.NEAR_M
 MAX_SUPPORT = 20
 MAX_MATCHES = 1000
 ROLES = (Role.SUPERVISOR, Role.INVESTIGATOR)
@@ -80,22 +79,42 @@ WHERE f.ts >= %(from)s AND f.ts < %(to)s
   AND {scope}
 """
 
-TRACKS_SQL = """
-SELECT p.case_id, c.subject_id,
-  array_send(array_agg(x.us)), array_send(array_agg(x.lat)),
-  array_send(array_agg(x.lon)), array_send(array_agg(x.acc))
-FROM unnest(%(cases)s::uuid[], %(devices)s::uuid[]) AS p(case_id, device_id)
-JOIN cases c ON c.id = p.case_id
-JOIN device_assignments da ON da.case_id = p.case_id AND da.device_id = p.device_id
- AND da.assigned_at < %(to)s AND (da.unassigned_at IS NULL OR da.unassigned_at > %(from)s)
-CROSS JOIN LATERAL (
-  SELECT (extract(epoch FROM f.ts) * 1000000)::int8 AS us, f.lat, f.lon, f.acc::float8 AS acc
-  FROM fixes f
-  WHERE f.device_id = da.device_id AND f.ts >= %(from)s AND f.ts < %(to)s
-    AND f.ts >= da.assigned_at AND (da.unassigned_at IS NULL OR f.ts < da.unassigned_at)
-  ORDER BY f.ts
-) x
-GROUP BY p.case_id, c.subject_id
+# Over the candidates' whole tracks in the window, in SQL window functions: the previous
+# and next fix (gaps), the run number (a new run after 10 minutes without a fix), the
+# least accuracy within 10 minutes (dominance) and the fix count; only the fixes that can
+# matter travel: near the place, reaching it, or bounding a gap or the track.
+SEARCH_SQL = """
+WITH cand AS ({candidates}),
+t AS (
+  SELECT p.case_id, c.subject_id, f.ts, f.lat, f.lon, f.acc::float8 AS acc,
+         lag(f.ts) OVER w AS prev_ts, lead(f.ts) OVER w AS next_ts,
+         min(greatest(f.acc::float8, %(min_acc)s)) OVER (PARTITION BY p.case_id ORDER BY f.ts
+           RANGE BETWEEN %(run_gap)s PRECEDING AND %(run_gap)s FOLLOWING) AS near_min_acc,
+         count(*) OVER (PARTITION BY p.case_id) AS n
+  FROM cand p
+  JOIN cases c ON c.id = p.case_id
+  JOIN device_assignments da ON da.case_id = p.case_id AND da.device_id = p.device_id
+   AND da.assigned_at < %(to)s AND (da.unassigned_at IS NULL OR da.unassigned_at > %(from)s)
+  JOIN fixes f ON f.device_id = da.device_id AND f.ts >= %(from)s AND f.ts < %(to)s
+   AND f.ts >= da.assigned_at AND (da.unassigned_at IS NULL OR f.ts < da.unassigned_at)
+  WINDOW w AS (PARTITION BY p.case_id ORDER BY f.ts)
+),
+r AS (
+  SELECT *, sum(CASE WHEN ts - prev_ts >= %(run_gap)s THEN 1 ELSE 0 END)
+              OVER (PARTITION BY case_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run
+  FROM t
+)
+SELECT case_id, subject_id, (extract(epoch FROM ts) * 1000000)::int8, lat, lon, acc,
+       (extract(epoch FROM prev_ts) * 1000000)::int8, (extract(epoch FROM next_ts) * 1000000)::int8,
+       near_min_acc, run, n
+FROM r
+WHERE (lat BETWEEN %(nlat0)s AND %(nlat1)s AND lon BETWEEN %(nlon0)s AND %(nlon1)s)
+   OR (acc > %(acc_near)s
+       AND lat BETWEEN %(lat0)s - %(klat)s * acc AND %(lat1)s + %(klat)s * acc
+       AND lon BETWEEN %(lon0)s - %(klon)s * acc AND %(lon1)s + %(klon)s * acc)
+   OR prev_ts IS NULL OR next_ts IS NULL
+   OR ts - prev_ts > %(gap)s OR next_ts - ts > %(gap)s
+ORDER BY case_id, ts
 """
 
 
@@ -114,12 +133,21 @@ def compile_place(q: ProximityQuery) -> CompiledZone:
 
 @dataclass(frozen=True)
 class Track:
+    """The fixes of one case that can matter (time order), with what SQL computed over
+    the whole track: previous/next fix time (NaN: none), least accuracy within 10 minutes,
+    run number; ``n`` is the number of fixes in the window."""
+
     case_id: uuid.UUID
     subject_id: uuid.UUID
     ts_s: F64
     lat: F64
     lon: F64
     acc: F64
+    prev_s: F64
+    next_s: F64
+    near_min_acc: F64
+    run: npt.NDArray[np.int64]
+    n: int
 
 
 def candidate_params(place: CompiledZone, start: datetime, end: datetime) -> dict[str, Any]:
@@ -133,6 +161,7 @@ def candidate_params(place: CompiledZone, start: datetime, end: datetime) -> dic
         "dominance": proximity.DOMINANCE,
         "nlat0": place.lat_min - NEAR_M * klat, "nlat1": place.lat_max + NEAR_M * klat,
         "nlon0": place.lon_min - NEAR_M * klon, "nlon1": place.lon_max + NEAR_M * klon,
+        "gap": timedelta(seconds=proximity.GAP_S),
         "lat0": place.lat_min, "lat1": place.lat_max, "lon0": place.lon_min,
         "lon1": place.lon_max, "klat": klat * _K, "klon": klon * _K,
         "olat0": place.lat_min - outer * klat, "olat1": place.lat_max + outer * klat,
@@ -144,28 +173,53 @@ def fetch_tracks(
     conn: Any, *, place: CompiledZone, start: datetime, end: datetime,
     scope_sql: str = "TRUE", scope_params: dict[str, Any] | None = None,
 ) -> list[Track]:
-    """The tracks in the window of every case with a fix that may matter (psycopg conn)."""
+    """What the answer needs of every case with a fix that may matter (psycopg conn)."""
     params = candidate_params(place, start, end) | (scope_params or {})
+    sql = SEARCH_SQL.format(candidates=CANDIDATES_SQL.format(scope=scope_sql))
     with conn.cursor() as cur:
         # JIT compilation costs more than these index-driven queries run (measured: 0.7 s
-        # of a 0.95 s candidates query); off for this transaction only.
+        # of a 0.95 s query); off for this transaction only.
         cur.execute("SET LOCAL jit = off")
-        cur.execute(CANDIDATES_SQL.format(scope=scope_sql), params)
-        pairs = cur.fetchall()
-    if not pairs:
-        return []
-    with conn.cursor(binary=True) as cur:
-        cur.execute(TRACKS_SQL, {"cases": [p[0] for p in pairs], "devices": [p[1] for p in pairs],
-                                 "from": start, "to": end})
+        cur.execute(sql, params)
         rows = cur.fetchall()
+    out: list[Track] = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and rows[j][0] == rows[i][0]:
+            j += 1
+        cols = list(zip(*rows[i:j], strict=True))
+        num = [np.array(c, dtype=np.float64) for c in cols[2:9]]
+        for k in (0, 4, 5):  # microseconds since the epoch, exactly as the reference has them
+            num[k] = num[k] / 1e6
+        out.append(Track(rows[i][0], rows[i][1], ts_s=num[0], lat=num[1], lon=num[2],
+                         acc=num[3], prev_s=num[4], next_s=num[5], near_min_acc=num[6],
+                         run=np.array(cols[9], dtype=np.int64), n=int(rows[i][10])))
+        i = j
+    return out
+
+
+def from_full_track(case_id: uuid.UUID, subject_id: uuid.UUID, ts_s: F64, lat: F64, lon: F64,
+                    acc: F64) -> Track:
+    """A `Track` of every fix (the brute-force reference and tests), computed in numpy."""
+    prev = np.concatenate(([np.nan], ts_s[:-1]))
+    nxt = np.concatenate((ts_s[1:], [np.nan]))
+    run = np.zeros(ts_s.size, dtype=np.int64)
+    if ts_s.size > 1:
+        run[1:] = np.cumsum(np.diff(ts_s) >= proximity.RUN_GAP_S)
+    near_min = proximity.window_min(ts_s, np.maximum(acc, proximity.MIN_ACC_M),
+                                    proximity.RUN_GAP_S)
+    return Track(case_id, subject_id, ts_s, lat, lon, acc, prev, nxt, near_min, run, ts_s.size)
+
+
+def _gaps(track: Track, t0: float, t1: float) -> list[proximity.Gap]:
     out = []
-    for case_id, subject_id, ts, lat, lon, acc in rows:
-        ts_s = from_array_send(ts, "int8").astype(np.float64) / 1e6
-        arrays = [from_array_send(v, "float8") for v in (lat, lon, acc)]
-        if ts_s.size > 1 and not np.all(np.diff(ts_s) >= 0):  # several devices
-            order = np.argsort(ts_s, kind="stable")
-            ts_s, arrays = ts_s[order], [a[order] for a in arrays]
-        out.append(Track(case_id, subject_id, ts_s, *arrays))
+    if track.ts_s.size and np.isnan(track.prev_s[0]) and track.ts_s[0] - t0 > proximity.GAP_S:
+        out.append(proximity.Gap(t0, float(track.ts_s[0])))
+    inner = np.flatnonzero(track.ts_s - track.prev_s > proximity.GAP_S)
+    out += [proximity.Gap(float(track.prev_s[k]), float(track.ts_s[k])) for k in inner]
+    if track.ts_s.size and np.isnan(track.next_s[-1]) and t1 - track.ts_s[-1] > proximity.GAP_S:
+        out.append(proximity.Gap(float(track.ts_s[-1]), t1))
     return out
 
 
@@ -175,18 +229,16 @@ def _dt(s: float) -> datetime:
 
 def match(place: CompiledZone, track: Track, start: datetime, end: datetime,
           min_probability: float) -> ProximityMatch | None:
-    """One case's answer, or None when it says nothing (see `proximity.assess`)."""
-    t0, t1 = start.timestamp(), end.timestamp()
-    res = proximity.assess(place, track.ts_s, track.lat, track.lon, track.acc, t0, t1)
-    near = _near(place, track)
-    gaps = []
-    for g in res.gaps:
-        i = int(np.searchsorted(track.ts_s, g.start_s, side="left"))
-        bounding = [j for j in (i - 1, i) if 0 <= j < track.ts_s.size
-                    and track.ts_s[j] in (g.start_s, g.end_s)]
-        gaps.append(Gap(from_=_dt(g.start_s), to=_dt(g.end_s),
-                        minutes=round((g.end_s - g.start_s) / 60, 1),
-                        near_place=any(bool(near[j]) for j in bounding)))
+    """One case's answer, or None when it says nothing (see `proximity.summarise`)."""
+    gap_list = _gaps(track, start.timestamp(), end.timestamp())
+    res = proximity.summarise(place, track.lat, track.lon, track.acc,
+                              track.near_min_acc * proximity.DOMINANCE <= track.acc,
+                              track.run, gap_list)
+    near = res.dist <= NEAR_M
+    index = {float(t): k for k, t in enumerate(track.ts_s.tolist())}
+    gaps = [Gap(from_=_dt(g.start_s), to=_dt(g.end_s), minutes=round((g.end_s - g.start_s) / 60, 1),
+                near_place=any(bool(near[index[t]]) for t in (g.start_s, g.end_s) if t in index))
+            for g in gap_list]
     if res.probability < max(min_probability, proximity.P_FLOOR) and not any(
             g.near_place for g in gaps):
         return None
@@ -200,17 +252,8 @@ def match(place: CompiledZone, track: Track, start: datetime, end: datetime,
                                 acc=track.acc[c], distance_m=round(res.closest_m, 1)),
         fixes=[SupportingFix(ts=_dt(track.ts_s[i]), lat=track.lat[i], lon=track.lon[i],
                              acc=track.acc[i], p=round(float(res.p[i]), 4)) for i in support],
-        supporting_fixes=int(res.support.size), fixes_in_window=int(track.ts_s.size),
-        gaps=gaps,
+        supporting_fixes=int(res.support.size), fixes_in_window=track.n, gaps=gaps,
     )
-
-
-def _near(place: CompiledZone, track: Track) -> npt.NDArray[np.bool_]:
-    if place.is_circle:
-        d = haversine_m(track.lat, track.lon, place.lat0, place.lon0) - place.radius_m
-    else:
-        d = place.signed_distance(track.lat, track.lon)
-    return np.asarray(d <= NEAR_M)
 
 
 def search(
