@@ -1,6 +1,6 @@
 """Proximity searches: who may have been at a place during a window (audited, rate-limited).
 
-Two queries, then the pure model of `proximity`:
+One SQL statement in two steps, then the pure model of `proximity`:
 
 1. **candidates**: the (case, device) pairs with a fix in the window that can matter:
    within `NEAR_M` of the place's bounding box (for the probability and the gaps), or
@@ -9,9 +9,11 @@ Two queries, then the pure model of `proximity`:
    hypertable's chunks (chunk exclusion on `ts`) and the per-chunk `ts` index; an outer
    bounding box (the place plus the reach of the coarsest usable fix, `ACC_MAX_M`) is
    the spatial prefilter; the dominance test probes `(device_id, ts)`.
-2. **tracks**: every fix of those pairs in the window (the `(device_id, ts)` index), for
-   the probabilities, the closest approach and the gaps (a gap needs the fixes far from
-   the place too).
+2. **tracks**: every fix of those pairs in the window (the `(device_id, ts)` index) goes
+   through window functions in SQL (previous and next fix, run number, least accuracy
+   within 10 minutes, count); only the fixes that can matter reach Python: near the
+   place, reaching it, or bounding a gap or the track. `summarise` then gives the same
+   answer as the model over the whole track (checked by the bench's brute-force scan).
 
 Results are computed afresh for each request and never cached.
 """
