@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -84,7 +84,9 @@ def mqtt_client(
     if u.username:
         client.username_pw_set(u.username, u.password)
     if u.scheme in ("mqtts", "ssl"):
-        client.tls_set()
+        # `?cafile=/path/ca.pem`: a private CA (a pilot's, see scripts/make-local-ca.sh)
+        cafile = parse_qs(u.query).get("cafile", [None])[0]
+        client.tls_set(ca_certs=cafile)
     return client
 
 

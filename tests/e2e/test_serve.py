@@ -76,7 +76,9 @@ def test_serve_embedded_starts_and_keeps_data_across_restarts(tmp_path: Path) ->
     proc, second_start = _start(data_dir, port, log)
     try:
         m = re.findall(r"Database: (postgresql://\S+)", log.read_text())
-        with psycopg.connect(m[-1]) as c:
+        assert "***" in m[-1]  # the banner never shows the database password
+        password = (data_dir / "postgres" / "password").read_text().strip()
+        with psycopg.connect(m[-1].replace("***", password)) as c:
             users = {r[0] for r in c.execute("SELECT username FROM users")}
         assert users == {"admin", "officer1"}
     finally:
