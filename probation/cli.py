@@ -149,13 +149,16 @@ def start_service(settings: Settings) -> Service:
     return Service(settings).start()
 
 
-def start_demo_service(settings: Settings) -> Service:
-    """The service with a gateway account for the simulator on the embedded broker."""
+def _simulator_gateway() -> dict[str, str]:
     from probation.runtime import SIMULATOR_USER
 
-    return Service(settings, gateways={
-        SIMULATOR_USER: "`probation demo`'s simulator publishes for every simulated device."
-    }).start()
+    return {SIMULATOR_USER: "The simulator (`probation demo`, `probation simulate`) "
+                            "publishes for every simulated device."}
+
+
+def start_demo_service(settings: Settings) -> Service:
+    """The service with a gateway account for the simulator on the embedded broker."""
+    return Service(settings, gateways=_simulator_gateway()).start()
 
 
 TlsOpt = Annotated[Path | None, typer.Option(help="Server certificate chain (PEM): HTTPS for "
@@ -189,7 +192,8 @@ def serve(
     if not settings.mqtt_url:
         _check_plain(settings.mqtt_host, "the embedded MQTT broker", tls)
     t0 = time.monotonic()
-    svc = Service(settings)
+    svc = Service(settings, gateways=_simulator_gateway() if settings.mqtt_simulator_account
+                  else None)
     try:
         svc.start()
         rt = svc.rt
@@ -209,6 +213,8 @@ def serve(
             f"Broker:   {redact(rt.mqtt_url)} (topic prefix {settings.mqtt_prefix})",
             f"Data dir: {settings.data_dir}",
             *rt.notes,
+            *(f"Simulator account: {redact(url)} (password in "
+              f"{settings.secret_file('mqtt_' + name)})" for name, url in rt.gateway_urls.items()),
             *([login] if login else []),
             f"ready to start the API after {time.monotonic() - t0:.2f} s",
         ]

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="`serve`: server certificate chain (PEM) for HTTPS and MQTT over TLS.",
     )
     tls_key: Path | None = Field(default=None, description="`serve`: its private key (PEM).")
+    mqtt_simulator_account: bool = Field(
+        default=False,
+        description="Embedded broker: also create the `probation.simulator` account, which "
+        "publishes for every device (for `probation simulate`; `demo` always has it).",
+    )
     mqtt_password_file: Path | None = Field(
         default=None,
         description="External mosquitto: the password file the API keeps in sync with the "
