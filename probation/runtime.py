@@ -66,7 +66,7 @@ def _broker_port(settings: Settings, state: Path) -> int:
     port_file = state / "port"
     if port_file.exists():
         return int(port_file.read_text())
-    port = free_port(settings.mqtt_port, "127.0.0.1")
+    port = free_port(settings.mqtt_port or None, "127.0.0.1")
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     port_file.write_text(str(port))
     return port
