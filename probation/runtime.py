@@ -66,10 +66,19 @@ def _broker_port(settings: Settings, state: Path) -> int:
     port_file = state / "port"
     if port_file.exists():
         return int(port_file.read_text())
-    port = free_port(settings.mqtt_port or None, "127.0.0.1")
+    port = _free_port_near(settings.mqtt_port) if settings.mqtt_port else free_port()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     port_file.write_text(str(port))
     return port
+
+
+def _free_port_near(port: int, tries: int = 100) -> int:
+    """`port` or the next free one above it: outside the kernel's ephemeral range (where
+    `free_port()` picks), so no outgoing connection takes it while the broker is down."""
+    for candidate in range(port, min(port + tries, 65536)):
+        if free_port(candidate, "127.0.0.1") == candidate:
+            return candidate
+    return free_port()
 
 
 def _tls(settings: Settings) -> BrokerTls | None:

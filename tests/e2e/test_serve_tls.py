@@ -20,9 +20,8 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from db.server import free_port
 from devices.broker import Mosquitto
-from tests.security.brokers import ROOT, private_dir
+from tests.security.brokers import ROOT, private_dir, stable_port
 
 PROBATION = str(Path(sys.executable).parent / "probation")
 pytestmark = pytest.mark.skipif(not Mosquitto.available(), reason="needs mosquitto")
@@ -71,11 +70,11 @@ def test_serve_with_tls() -> None:
                         "127.0.0.1"], check=True, capture_output=True)
         ca = certs / "ca.crt"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROBATION_")}
-        tls_port = free_port()
+        tls_port = stable_port()
         env.update(PROBATION_DATA_DIR=str(tmp / "data"), PROBATION_ADMIN_PASSWORD="admin-pw-1",
-                   PROBATION_MQTT_PORT=str(free_port()), PROBATION_MQTT_TLS_PORT=str(tls_port),
+                   PROBATION_MQTT_PORT=str(stable_port()), PROBATION_MQTT_TLS_PORT=str(tls_port),
                    CERT=str(certs / "server.crt"), KEY=str(certs / "server.key"))
-        port, log = free_port(), tmp / "serve.log"
+        port, log = stable_port(), tmp / "serve.log"
         proc = _start(env, port, log, ca)
         try:
             with pytest.raises(httpx.HTTPError):  # no plain HTTP on the API port

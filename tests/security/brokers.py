@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,16 @@ def private_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def stable_port() -> int:
+    """A free port below the ephemeral range: a port `free_port()` gives may be taken by
+    an outgoing connection (the device reconnecting) while serve is down, and serve must
+    come back on the same ports."""
+    while True:
+        port = random.randint(20000, 32000)
+        if free_port(port) == port:
+            return port
 
 
 def make_certs(dir_: Path) -> Path:
