@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +51,15 @@ def _choose_postgres(data_dir: Path) -> LocalPostgres:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+def pg_server() -> Iterator[LocalPostgres]:
     """The session's PostgreSQL server, with a migrated template database."""
     from db.migrate import upgrade
 
-    pg = _choose_postgres(tmp_path_factory.mktemp("pg"))
+    # Not under pytest's temp root: every pytest start resets that root to 0700, which takes
+    # the server's own user (postgres, when run as root) off its data directory while it runs
+    # when another pytest starts on the same machine.
+    root = Path(tempfile.mkdtemp(prefix="probation-test-pg-"))
+    pg = _choose_postgres(root / "pg")
     pg.start()
     with psycopg.connect(pg.url(), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
@@ -62,6 +68,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgre
         yield pg
     finally:
         pg.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -96,15 +103,18 @@ def database_url(pg_server: LocalPostgres) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mqtt_url() -> Iterator[str]:
     """The session's MQTT broker."""
     if Mosquitto.available():
-        broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
+        # Outside pytest's temp root for the same reason as the PostgreSQL server's.
+        root = Path(tempfile.mkdtemp(prefix="probation-test-mqtt-"))
+        broker = Mosquitto(data_dir=root / "mosquitto")
         broker.start()
         try:
             yield broker.url
         finally:
             broker.stop()
+            shutil.rmtree(root, ignore_errors=True)
         return
     if _flag("PROBATION_TEST_REQUIRE_MOSQUITTO"):
         raise RuntimeError("PROBATION_TEST_REQUIRE_MOSQUITTO=1 but mosquitto is not on PATH")
