@@ -80,7 +80,8 @@ class CommandPublisher:
         client.loop_start()
         self._client = client
         if not self._connected.wait(timeout):
-            log.warning("downlink: broker %s not reachable yet; commands wait for it", self.mqtt_url)
+            log.warning("downlink: broker %s:%s not reachable yet; commands wait for it",
+                        *broker_address(self.mqtt_url))
         return self
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
