@@ -36,6 +36,16 @@ from devices import mqtt_auth
 log = logging.getLogger(__name__)
 
 
+def mosquitto_exe() -> str | None:
+    """mosquitto on PATH, or where Debian puts it (/usr/sbin is not on a user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found is None:
+        for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+            if os.access(candidate, os.X_OK):
+                return candidate
+    return found
+
+
 def wait_port(host: str, port: int, timeout: float = 15) -> None:
     """Block until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + timeout
@@ -144,7 +154,7 @@ class Mosquitto:
 
     @staticmethod
     def available() -> bool:
-        return shutil.which("mosquitto") is not None
+        return mosquitto_exe() is not None
 
     @property
     def url(self) -> str:
@@ -161,7 +171,7 @@ class Mosquitto:
         check_listener("127.0.0.1", authenticated=False)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(MOSQUITTO_CONF.format(port=self.port, data=self.data_dir))
-        exe = shutil.which("mosquitto") or "mosquitto"
+        exe = mosquitto_exe() or "mosquitto"
         self.proc = subprocess.Popen(
             [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -355,7 +365,8 @@ class EmbeddedMosquitto:
     def start(self, timeout: float = 15) -> None:
         """Adopt the broker left running on this data dir if its configuration is the
         same (reloading its accounts), else start one (stopping a stale one first)."""
-        if shutil.which("mosquitto") is None:
+        exe = mosquitto_exe()
+        if exe is None:
             raise RuntimeError("the embedded MQTT broker needs mosquitto (Debian/Ubuntu: apt "
                                "install mosquitto), or set PROBATION_MQTT_URL to a broker")
         pid = self._running_pid()
@@ -372,7 +383,7 @@ class EmbeddedMosquitto:
         log_path = self.data_dir / "stderr.log"
         with log_path.open("ab") as err:
             proc = subprocess.Popen(
-                [shutil.which("mosquitto") or "mosquitto", "-c", str(self.conf_path)],
+                [exe, "-c", str(self.conf_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 start_new_session=True,  # outlives a crash of serve, like the database
             )

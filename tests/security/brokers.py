@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from db.server import free_port
 from devices import mqtt_auth
-from devices.broker import BrokerTls, EmbeddedMosquitto, wait_port
+from devices.broker import BrokerTls, EmbeddedMosquitto, mosquitto_exe, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "pm/v1"
@@ -142,7 +142,7 @@ def shipped(tmp: Path, certs: Path) -> Iterator[Broker]:
     env = {**os.environ, "MOSQUITTO_CONF": str(base / "mosquitto.conf"),
            "AUTH_DIR": str(base / "auth"), "RUN_DIR": str(base / "run"),
            "CERTS_DIR": str(certs), "POLL_S": "0.3",
-           "PATH": f"{Path(shutil.which('mosquitto') or '/usr/sbin/mosquitto').parent}:"
+           "PATH": f"{Path(mosquitto_exe() or '/usr/sbin/mosquitto').parent}:"
                    f"{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(["/bin/sh", str(ROOT / "deploy/mosquitto/run.sh")], env=env,
                             start_new_session=True)
