@@ -9,19 +9,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from devices.models import DeviceKind
-from probation import device_inventory as service
 from probation.deps import AdminUser, ContextDep, Idempotent, ScopeDep, SessionDep, VisibleCase
-from probation.errors import problem_responses
-from probation.models import (
+from probation.desk import inventory as service
+from probation.desk.models import (
     AssignmentCreate,
     AssignmentPublic,
     DeviceCreate,
     DeviceCreated,
     DeviceCredentials,
     DevicePublic,
-    Page,
 )
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.errors import problem_responses
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["devices"])
