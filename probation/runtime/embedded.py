@@ -31,6 +31,7 @@ class Runtime:
     broker: EmbeddedMosquitto | None = None
     notes: list[str] = field(default_factory=list)
     gateway_urls: dict[str, str] = field(default_factory=dict)
+    serve_lock: int | None = None  # fd holding <data dir>/serve.lock while this serve runs
 
     def sync_broker_accounts(self) -> bool:
         """Give the embedded broker the devices' current credentials (reloading it)."""
@@ -43,6 +44,9 @@ class Runtime:
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
+        if self.serve_lock is not None:
+            os.close(self.serve_lock)
+            self.serve_lock = None
 
 
 def _ensure_database(pg: LocalPostgres, name: str) -> None:
@@ -116,6 +120,22 @@ def _gateway_hashes(passwords: dict[str, str], state: Path) -> list[tuple[str, s
     return [(n, reuse_or_hash(n, p, state / "passwd")) for n, p in passwords.items()]
 
 
+def _serve_lock(data_dir: Path) -> int | None:
+    """An exclusive lock on the data dir held for as long as this `serve` runs; None if a
+    running `serve` holds it. The lock dies with its process, so a `serve` that finds the
+    embedded servers running and gets the lock knows their owner crashed."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def start_embedded(settings: Settings, *, need_broker: bool = True,
                    gateways: dict[str, str] | None = None) -> Runtime:
     """Start the embedded PostgreSQL and/or broker where no URL is configured.
@@ -123,26 +143,38 @@ def start_embedded(settings: Settings, *, need_broker: bool = True,
     db_url = settings.database_url
     mqtt_url = settings.mqtt_url
     rt = Runtime(database_url=db_url or "", mqtt_url=mqtt_url or "")
-    if not db_url:
-        data = settings.data_dir / "postgres"
-        _prepare_data_dir(settings.data_dir)
-        pg = LocalPostgres(bin_dir=embedded_bin_dir(), data_dir=data, port=free_port(EMBEDDED_PG_PORT))
-        created = pg.init()
-        already = pg.running_port()
-        if already is not None:
-            # Another process (a running `serve`) owns the server: use it, never stop it.
-            pg.port = already
-        else:
-            pg.start()
-            rt.postgres = pg
-        _ensure_database(pg, EMBEDDED_DB)
-        rt.database_url = pg.url(EMBEDDED_DB)
-        rt.notes.append(
-            f"embedded PostgreSQL ({'new' if created else 'existing'} cluster in {data}): "
-            f"{redact(rt.database_url)}, password in {pg.password_file}"
-        )
-    if not mqtt_url and need_broker:
-        _start_broker(settings, rt, gateways or {})
+    if need_broker and not (db_url and mqtt_url):  # `serve`: owns what it starts or adopts
+        rt.serve_lock = _serve_lock(settings.data_dir)
+        if rt.serve_lock is None:
+            raise RuntimeError(f"another `probation serve` is running on {settings.data_dir}")
+    try:
+        if not db_url:
+            data = settings.data_dir / "postgres"
+            _prepare_data_dir(settings.data_dir)
+            pg = LocalPostgres(bin_dir=embedded_bin_dir(), data_dir=data, port=free_port(EMBEDDED_PG_PORT))
+            created = pg.init()
+            already = pg.running_port()
+            if already is not None and rt.serve_lock is None:
+                # A running `serve` owns the server (this is `user add` beside it): use it only.
+                pg.port = already
+            elif already is not None:  # left by a `serve` that crashed: this one owns it now
+                pg.port = already
+                rt.postgres = pg
+                rt.notes.append("embedded PostgreSQL adopted (still running after a crash)")
+            else:
+                pg.start()
+                rt.postgres = pg
+            _ensure_database(pg, EMBEDDED_DB)
+            rt.database_url = pg.url(EMBEDDED_DB)
+            rt.notes.append(
+                f"embedded PostgreSQL ({'new' if created else 'existing'} cluster in {data}): "
+                f"{redact(rt.database_url)}, password in {pg.password_file}"
+            )
+        if not mqtt_url and need_broker:
+            _start_broker(settings, rt, gateways or {})
+    except BaseException:
+        rt.stop()
+        raise
     os.environ.setdefault("PROBATION_RUNTIME", "embedded" if rt.postgres else "external")
     return rt
 

@@ -176,8 +176,11 @@ def test_kill9_of_serve_mid_stream_loses_and_duplicates_nothing() -> None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
-            # the restarted serve adopted the database the killed one started: stop it here
-            LocalPostgres(bin_dir=embedded_bin_dir(), data_dir=tmp / "data" / "postgres").stop()
+            # the restarted serve adopted the database the killed one started, and stopped it
+            pg = LocalPostgres(bin_dir=embedded_bin_dir(), data_dir=tmp / "data" / "postgres")
+            left_running = pg.running()
+            pg.stop()
+            assert not left_running
             assert restarted is not None, log.read_text()[-3000:]
         assert "adopted" in log.read_text()  # the same broker, with what it acknowledged
 
