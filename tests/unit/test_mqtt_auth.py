@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devices import mqtt_auth
-from probation.runtime import redact
+from probation.runtime.embedded import redact
 
 
 def test_hash_round_trip_and_mosquitto_format() -> None:
