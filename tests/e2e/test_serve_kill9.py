@@ -137,10 +137,14 @@ def _register(tmp: Path, api_port: int, log: Path, serial: str) -> tuple[str, in
                      headers={"Authorization": f"Bearer {token['access_token']}"})
     assert reg.status_code == 201, reg.text
     mqtt_port = int((tmp / "data" / "mosquitto" / "port").read_text())
+    return reg.json()["credentials"]["mqtt_password"], mqtt_port, _db_url(tmp, log)
+
+
+def _db_url(tmp: Path, log: Path) -> str:
+    """The database URL the last start printed (its port may change across restarts)."""
     db_pw = (tmp / "data" / "postgres" / "password").read_text().strip()
-    db_url = re.findall(r"Database: (postgresql://\S+)", log.read_text())[-1].replace(
+    return re.findall(r"Database: (postgresql://\S+)", log.read_text())[-1].replace(
         "***", db_pw)
-    return reg.json()["credentials"]["mqtt_password"], mqtt_port, db_url
 
 
 def test_kill9_of_serve_mid_stream_loses_and_duplicates_nothing() -> None:
@@ -163,6 +167,7 @@ def test_kill9_of_serve_mid_stream_loses_and_duplicates_nothing() -> None:
             stored_when_killed = _fixes(db_url, "K9-1")
             assert killed_at is not None and 0 < stored_when_killed < len(expected)
             proc = restarted = _start(env, api_port, log)
+            db_url = _db_url(tmp, log)
             resent = device.resend_unacknowledged()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and _fixes(db_url, "K9-1") < len(expected):
@@ -207,6 +212,7 @@ def test_restart_of_serve_and_its_broker_mid_stream_loses_and_duplicates_nothing
                     stopped_at = i
                 if stopped_at is not None and not restarted and i >= stopped_at + 50:
                     proc = _start(env, api_port, log)
+                    db_url = _db_url(tmp, log)
                     restarted = True
             assert int((tmp / "data" / "mosquitto" / "port").read_text()) == mqtt_port
             assert device.disconnects >= 1  # the broker went away with serve
