@@ -150,9 +150,15 @@ def test_registration_and_rotation_reach_the_broker(broker: Broker) -> None:
     assert not accepted(broker, "DEV_C", fresh)
     broker.set_account("DEV_C", fresh)  # registration
     assert brokers.wait_accepts(broker, "DEV_C", fresh)
+    session = connect(broker, "DEV_A", old)  # connected with the password about to go
+    bystander = connect(broker, "DEV_B", broker.passwords["DEV_B"])
     broker.set_account("DEV_A", new_password())  # rotation
     assert brokers.wait_accepts(broker, "DEV_A", broker.passwords["DEV_A"])
     assert not accepted(broker, "DEV_A", old)
+    assert session.disconnected.wait(10), "a session with the rotated password stayed open"
+    assert not bystander.disconnected.is_set()  # the reload cut only that one
+    session.c.loop_stop()
+    bystander.stop()
 
 
 def test_no_anonymous_listener_beyond_loopback() -> None:
