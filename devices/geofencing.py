@@ -351,6 +351,8 @@ class GeofenceEvaluator:
         atype = AlertType(t.alert_type)
         evidence = self._evidence(t)
         if t.kind == "open":
+            # the fix that raised it (its data time): kept by later evidence merges
+            evidence["raised_by"] = _fix_json(t.last_fix)
             started = _dt(t.started_at)
             late = late_since_ms is not None and t.started_at < late_since_ms
             delay = (b.received_at - started).total_seconds() if late else None
