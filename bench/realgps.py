@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import logging
 import math
 import tempfile
@@ -48,7 +49,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -399,7 +400,7 @@ def split_at_gaps(t: Track, gap_s: float = MAX_GAP_S) -> list[Track]:
     """Pieces of a track between gaps longer than `gap_s` (a recording stopped)."""
     cut = np.flatnonzero(np.diff(t.ts) > gap_s * 1000) + 1
     bounds = [0, *cut.tolist(), len(t)]
-    return [t.take(slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return [t.take(slice(a, b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def build_scenarios(tracks: Iterable[Track]) -> list[Scenario]:
@@ -575,8 +576,8 @@ def score_replica(r: Replica, alerts: Sequence[AlertRow]) -> dict[str, Any]:
                             out["no_second_fix"] += 1
                         else:
                             out["detected_2in"] += 1
-                        elif a.raised_ms is not None:
-                            out["delays_s"].append((a.raised_ms - sec) / 1000)
+                            if a.raised_ms is not None:
+                                out["delays_s"].append((a.raised_ms - sec) / 1000)
             if verdict == "false_alarm":
                 out["false_alarms"] += 1
             elif verdict == "duplicate":
