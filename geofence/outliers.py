@@ -113,12 +113,12 @@ class OutlierResult:
     carry: Carry
 
 
-def _allowed(v_prev: F64, dt_s: F64, cfg: OutlierConfig) -> F64:
+def _allowed(v_prev: F64 | np.float64, dt_s: F64, cfg: OutlierConfig) -> F64:
     return np.minimum(cfg.v_max_mps,
                       np.maximum(cfg.v_free_mps, v_prev + cfg.accel_mps2 * dt_s * 0.5))
 
 
-def _eff_speed(dist: F64, m1: F64, m2: F64, dt_s: F64) -> F64:
+def _eff_speed(dist: F64, m1: F64 | np.float64, m2: F64, dt_s: F64) -> F64:
     return np.maximum(dist - m1 - m2, 0.0) / dt_s
 
 
