@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geofence.confirm import confirm as confirm_runs
 from geofence.episodes import (
     AT_APPROACH,
     AT_ENTERED,
@@ -37,6 +38,7 @@ from geofence.episodes import (
     K_UPDATE,
     O0,
     O1,
+    OUT_FIELDS,
     SYM_D,
     SYM_I,
     SYM_R,
@@ -48,7 +50,8 @@ from geofence.episodes import (
     Transitions,
     scan_states,
 )
-from geofence.geometry import M_PER_DEG, ZoneStore
+from geofence.geometry import M_PER_DEG, ZoneStore, haversine_m
+from geofence.outliers import DEFAULT_OUTLIER_CONFIG, Carry, OutlierConfig, detect
 from geofence.registry import CaseZones, _expand
 from geofence.schedule import MS_DAY, to_epoch_ms
 
@@ -62,9 +65,13 @@ ObjA = npt.NDArray[np.object_]
 
 @dataclass(frozen=True)
 class RuleConfig:
-    """Rule thresholds (defaults from the monitoring rules; global, not per case).
+    """Rule thresholds (defaults from the monitoring rules).
 
-    The "2 consecutive fixes" counts are fixed by the state machine.
+    Opening needs ``confirm_points`` consecutive definite wrong-side fixes spanning
+    ``confirm_ms`` (per case through `CaseZones`' ``confirm``), closing
+    ``close_points`` right-side fixes spanning ``close_ms``. Inferred crossings need a
+    plausible speed between their two fixes (``segment_max_speed_mps``, after both
+    margins). ``outliers``: the kinematic outlier rule (`geofence.outliers`).
     ``threads``: workers for the distance kernel (<= 1: none).
     """
 
@@ -73,6 +80,12 @@ class RuleConfig:
     deep_min_m: float = 100.0
     max_open_acc_m: float = 500.0
     segment_max_gap_ms: int = 600_000
+    segment_max_speed_mps: float = 45.0
+    confirm_points: int = 2
+    confirm_ms: int = 30_000
+    close_points: int = 2
+    close_ms: int = 60_000
+    outliers: OutlierConfig = DEFAULT_OUTLIER_CONFIG
     threads: int = 1
 
 
@@ -361,6 +374,82 @@ def advance(
     late fix, call again with the state saved before the late fix's time and the
     device's fixes from that time on.
     """
+    new, trans, _ = advance_ex(state, batch, zones, config)
+    return new, trans
+
+
+#: Outlier ranges decided by a batch: (device_id, from_ms, to_ms), from <= ts < to.
+OutlierRanges = list[tuple[str, int, int]]
+
+
+def advance_ex(
+    state: EngineState,
+    batch: FixBatch,
+    zones: CaseZones,
+    config: RuleConfig = DEFAULT_CONFIG,
+) -> tuple[EngineState, Transitions, OutlierRanges]:
+    """`advance`, also returning the outlier ranges the batch decided.
+
+    Fixes the kinematic rule holds suspect (`geofence.outliers`) are stored by the
+    caller but never evaluated: they neither open, close nor infer an episode, and the
+    device's last fix (the start of the next segment) stays the last accepted one.
+    """
+    n = len(batch)
+    if n == 0:
+        return state, Transitions.empty(), []
+    ts, dev = batch.ts, batch.device
+    o = np.lexsort((ts, dev))
+    d_s = dev[o]
+    starts = np.flatnonzero(np.concatenate(([True], d_s[1:] != d_s[:-1]))).astype(np.int64)
+    ids = batch.device_ids[d_s[starts]]
+    carry = _carry_in(state, ids)
+    res = detect(starts, ts[o], batch.lat[o], batch.lon[o], batch.acc[o], carry,
+                 config.outliers)
+    # rows (batch order) whose previous fix was a lone spike: no segment from it
+    lone = np.zeros(n, dtype=bool)
+    lone[o[res.after_lone]] = True
+    if res.suspect.any():
+        keep = np.sort(o[~res.suspect])
+        inner, lone = batch.select(keep), lone[keep]
+    else:
+        inner = batch
+    new, trans = _advance(state, inner, zones, config, lone if lone.any() else None)
+    new = _with_carry(new, state, ids, res.carry)
+    ranges = [(str(ids[g]), a, b) for g, a, b in res.ranges]
+    return new, trans, ranges
+
+
+def _carry_in(state: EngineState, ids: ObjA) -> Carry:
+    c = Carry.empty(ids.size)
+    if state.o_id.size == 0:
+        return c
+    idx = state.out_index()
+    rows = np.fromiter((idx.get(d, -1) for d in ids.tolist()), np.int64, ids.size)
+    hit = np.flatnonzero(rows >= 0)
+    for k in OUT_FIELDS:
+        getattr(c, k)[hit] = state.col(f"o_{k}")[rows[hit]]
+    return c
+
+
+def _with_carry(new: EngineState, old: EngineState, ids: ObjA, carry: Carry) -> EngineState:
+    """``new`` with the outlier carry of ``ids`` replaced (others kept from ``old``)."""
+    cols = {k: new.col(k) for k in new._cols if not k.startswith("o_")}
+    keep = ~np.isin(old.o_id, ids) if old.o_id.size else np.zeros(0, bool)
+    cols["o_id"] = np.concatenate((old.o_id[keep], ids))
+    for k in OUT_FIELDS:
+        cols[f"o_{k}"] = np.concatenate((old.col(f"o_{k}")[keep], getattr(carry, k)))
+    out = EngineState(cols)
+    out._ix = new._ix
+    return out
+
+
+def _advance(
+    state: EngineState,
+    batch: FixBatch,
+    zones: CaseZones,
+    config: RuleConfig = DEFAULT_CONFIG,
+    no_segment: BoolA | None = None,
+) -> tuple[EngineState, Transitions]:
     cfg = config
     n = len(batch)
     if n == 0:
@@ -386,6 +475,8 @@ def advance(
     if np.any(o[1:] < o[:-1]):
         ts, case, dev = ts[o], batch.case[o], dev[o]
         lat, lon, acc = batch.lat[o], batch.lon[o], batch.acc[o]
+        if no_segment is not None:
+            no_segment = no_segment[o]
     else:
         case, lat, lon, acc = batch.case, batch.lat, batch.lon, batch.acc
     # int64 once: an int32 index array costs numpy a cast on every gather it drives.
@@ -448,6 +539,8 @@ def advance(
         v_acc = state.d_acc[rows_v]
         v_dc = dc[ffix]
         prev[ffix] = n + np.arange(nv)
+    if no_segment is not None:
+        prev[no_segment] = -1
     ets = np.concatenate((ts, v_ts))
     elat = np.concatenate((lat, v_lat))
     elon = np.concatenate((lon, v_lon))
@@ -744,15 +837,10 @@ def advance(
     tie_s = r_tie[order]
     keep_r = (pos0 >= ftrig[np.cumsum(fst) - 1]) | (tie_s == 1)
     # Uncertain rows are identities (a window end between rows shows in the flip count
-    # of the next row; a trailing one gets an end row below) and a right-side fix after
-    # two right-side fixes in the same active stretch is a no-op (state C0 after R, R).
+    # of the next row; a trailing one gets an end row below). (Right-side runs are no
+    # longer dropped: a closing needs its fixes to span `close_ms`.)
     last_s = np.append(k_s[1:] != k_s[:-1], True)
     keep_r &= (sym_s != SYM_U) | (tie_s == 1) | last_s
-    if order.size > 2:
-        cnt_s = r_cnt[order]
-        rrr = (sym_s[2:] == SYM_R) & (sym_s[1:-1] == SYM_R) & (sym_s[:-2] == SYM_R)
-        rrr &= (k_s[2:] == k_s[:-2]) & (cnt_s[2:] == cnt_s[:-2])
-        keep_r[2:] &= ~rrr
     order = order[np.flatnonzero(keep_r)]
     if order.size == 0:
         return _finish_empty(state, zones, batch, dev_arrays)
@@ -860,6 +948,8 @@ def advance(
     if has_st.any():
         s0_seg[has_st] = state.status[s_rows[srow_of_first[has_st]]]
     s0 = s0_seg[seg_id]
+    r_sym, run_n = _confirmations(cfg, zones, state, r_sym, r_ts, r_dc, dc_case, seg_start,
+                                  seg_id, s0_seg, s_rows, srow_of_first)
     before, after = scan_states(r_sym, seg_start, s0)
 
     return _evidence(
@@ -894,6 +984,35 @@ def advance(
         dc_dev=dc_dev,
         dc_case=dc_case,
         dev_arrays=dev_arrays,
+        run_n=run_n,
+    )
+
+
+def _confirmations(
+    cfg: RuleConfig, zones: CaseZones, state: EngineState, sym: I8, rts: I64, rdc: I64,
+    dc_case: I64, seg_start: I64, seg_id: I64, s0_seg: I8, s_rows: I64, srow_of_first: I64,
+) -> tuple[I8, I64]:
+    """Mark the wrong-side fixes that confirm an opening and the right-side fixes that
+    confirm a closing (`geofence.confirm`), with the runs the stored states carry."""
+    nseg = s0_seg.size
+    c_first = np.zeros(nseg, dtype=np.int64)
+    c_count = np.zeros(nseg, dtype=np.int64)
+    c_right = np.zeros(nseg, dtype=np.int64)
+    hs = np.flatnonzero(srow_of_first >= 0)
+    if hs.size:
+        sr = s_rows[srow_of_first[hs]]
+        c_first[hs] = state.f_ts[sr]
+        c_count[hs] = np.maximum(state.pend_n[sr], 1)
+        c_right[hs] = state.right_ts[sr]
+    case = dc_case[rdc]
+    n_open = zones.confirm_n[case]
+    n_open = np.where(n_open >= 0, n_open, cfg.confirm_points)
+    t_open = zones.confirm_ms[case]
+    t_open = np.where(t_open >= 0, t_open, cfg.confirm_ms)
+    return confirm_runs(
+        sym, rts, seg_start, (s0_seg == C1)[seg_id], c_first[seg_id], c_count[seg_id],
+        (s0_seg == O1)[seg_id], c_right[seg_id], n_open, t_open, cfg.close_points,
+        cfg.close_ms,
     )
 
 
@@ -910,9 +1029,9 @@ def _symbols(wrong: BoolA, right: BoolA, weak: BoolA, deep: BoolA) -> I8:
 def _sym_table() -> I8:
     t = np.empty(16, dtype=np.int8)
     for k in range(16):
-        wrong, right, weak, deep = k >> 3 & 1, k >> 2 & 1, k >> 1 & 1, k & 1
-        if wrong:
-            t[k] = SYM_X if weak else (SYM_D if deep else SYM_W)
+        wrong, right, weak = k >> 3 & 1, k >> 2 & 1, k >> 1 & 1  # bit 0 (deep): unused
+        if wrong:  # no single fix opens, however deep: confirmation marks D later
+            t[k] = SYM_X if weak else SYM_W
         else:
             t[k] = SYM_R if right else SYM_U
     return t
@@ -1129,6 +1248,13 @@ def _segments(
     if b.size == 0:
         return empty
     a = np.take(prev, b)
+    # a plausible speed between the two fixes (beyond both margins)
+    sdt = np.maximum((ets[b] - ets[a]) / 1000.0, 1.0)
+    sd = haversine_m(elat[a], elon[a], elat[b], elon[b])
+    plaus = np.maximum(sd - em[a] - em[b], 0.0) / sdt <= cfg.segment_max_speed_mps
+    b, a = b[plaus], a[plaus]
+    if b.size == 0:
+        return empty
     # Entering deeper than M with both ends outside by their margins needs a segment
     # longer than m_a + m_b + 2 M (a cheap cut for dense, slow trajectories). The
     # east-west scale uses the largest cos(lat) of the batch: the length is
@@ -1291,6 +1417,7 @@ _EP_NAMES = (
     "started",
     "right_ts",
     "last_ts",
+    "pend_n",
 )
 
 
@@ -1300,6 +1427,7 @@ def _finish_empty(
     """No key changed: same episodes, updated device table."""
     cols = {k: state.col(k) for k in _EP_NAMES}
     cols.update(_device_table(state, zones, batch, dev_arrays))
+    cols.update(_out_cols(state))
     new = EngineState(cols)
     new._ix = state._ix
     return new, Transitions.empty()
@@ -1328,6 +1456,7 @@ def _evidence(
     dc_dev: I64,
     dc_case: I64,
     dev_arrays: tuple[Any, ...],
+    run_n: I64,
 ) -> tuple[EngineState, Transitions]:
     """Episodes, transitions and new states from the scanned rows."""
     nr = r["sym"].size
@@ -1621,6 +1750,7 @@ def _evidence(
         "started": np.concatenate((state.started[ut], n_started)),
         "right_ts": np.concatenate((state.right_ts[ut], n_right)),
         "last_ts": np.concatenate((state.last_ts[ut], rts[lr])),
+        "pend_n": np.concatenate((state.pend_n[ut], np.where(fs_ == C1, run_n[lr], 0))),
     }
     new_cols.update(_device_table(state, zones, batch, dev_arrays))
     new = EngineState(new_cols)
@@ -1695,6 +1825,7 @@ def close_inactive(
     cols = {k2: state.col(k2)[keep] for k2 in _EP_NAMES}
     for k2 in ("d_id", "d_case", "d_ts", "d_lat", "d_lon", "d_acc"):
         cols[k2] = state.col(k2)
+    cols.update(_out_cols(state))
     return EngineState(cols), trans
 
 
@@ -1764,6 +1895,7 @@ def open_at_window_start(
         "started": window_start_ms,
         "right_ts": -1,
         "last_ts": window_start_ms,
+        "pend_n": 0,
     }
     for k in _EP_NAMES:
         v = np.empty(1, dtype=cols[k].dtype)
@@ -1771,6 +1903,7 @@ def open_at_window_start(
         cols[k] = np.concatenate((cols[k], v))
     for k2 in ("d_id", "d_case", "d_ts", "d_lat", "d_lon", "d_acc"):
         cols[k2] = state.col(k2)
+    cols.update(_out_cols(state))
     one = {
         "kind": np.array([K_OPEN], np.int8),
         "atype": np.array([AT_LEFT], np.int8),
@@ -1792,6 +1925,11 @@ def open_at_window_start(
         "l_acc": np.array([last_fix.acc]),
     }
     return EngineState(cols), Transitions(one)
+
+
+def _out_cols(state: EngineState) -> dict[str, np.ndarray]:
+    """The outlier carry columns, unchanged."""
+    return {k: state.col(k) for k in ("o_id", *(f"o_{f}" for f in OUT_FIELDS))}
 
 
 def _objs(v: list[str]) -> ObjA:

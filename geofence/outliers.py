@@ -107,6 +107,8 @@ _CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_
 class OutlierResult:
     suspect: BoolA  # per row: does not count (suspect at evaluation time)
     outlier: BoolA  # per row: decided outlier within this batch (the return was seen)
+    #: per row: the fix before it was found a lone spike at this row (no segment from it)
+    after_lone: BoolA
     #: decided outlier ranges per group: (group, from_ms, to_ms) with from <= ts < to;
     #: `from` may lie before the batch (a run carried in)
     ranges: list[tuple[int, int, int]]
@@ -142,9 +144,10 @@ def detect(
     c = carry.copy() if carry is not None else Carry.empty(g_n)
     suspect = np.zeros(n, dtype=bool)
     outlier = np.zeros(n, dtype=bool)
+    after_lone = np.zeros(n, dtype=bool)
     ranges: list[tuple[int, int, int]] = []
     if n == 0:
-        return OutlierResult(suspect, outlier, ranges, c)
+        return OutlierResult(suspect, outlier, after_lone, ranges, c)
     m = np.maximum(acc, cfg.min_margin_m)
     group = np.repeat(np.arange(g_n), np.diff(np.append(starts, n)))
     first = np.zeros(n, dtype=bool)
@@ -172,7 +175,8 @@ def detect(
     for g in np.flatnonzero(busy).tolist():
         a = int(starts[g])
         b = int(starts[g + 1]) if g + 1 < g_n else n
-        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, suspect, outlier, ranges, c, cfg)
+        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, suspect, outlier, after_lone, ranges,
+                    c, cfg)
     # the carry after the batch: each group's last fix
     last = np.append(starts[1:], n) - 1
     # the fix before the last: the row before it, or the carried last fix
@@ -189,13 +193,13 @@ def detect(
     c.prev_lon[:] = lon[last]
     c.prev_m[:] = m[last]
     c.prev_v[:] = v_raw[last]
-    return OutlierResult(suspect, outlier, ranges, c)
+    return OutlierResult(suspect, outlier, after_lone, ranges, c)
 
 
 def _scan_group(
     g: int, a: int, b: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
-    suspect: BoolA, outlier: BoolA, ranges: list[tuple[int, int, int]], c: Carry,
-    cfg: OutlierConfig,
+    suspect: BoolA, outlier: BoolA, after_lone: BoolA, ranges: list[tuple[int, int, int]],
+    c: Carry, cfg: OutlierConfig,
 ) -> None:
     """Walk one device's jumps: suspect runs, their returns and settling."""
     i = a
@@ -215,6 +219,7 @@ def _scan_group(
                 ranges.append((g, int(ts[j - 1]) if j > a else int(c.prev_ts[g]), int(ts[j])))
                 if j > a:
                     outlier[j - 1] = True
+                after_lone[j] = True
                 jump[j] = False
                 i = j + 1
                 continue
