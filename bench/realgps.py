@@ -24,9 +24,10 @@ first recorded fix of every 30-second slot, never an interpolated one):
   (passed through) and one whose edge lies 150 m from the path (passed by).
 
 Truth: the dwell is the truth for its zones (quiet home and near zones, one visit of
-the zone around it). Elsewhere visits come from the track smoothed by a rolling median of
-5 fixes (2.5 minutes), segment by segment (a fast crossing between two fixes is a
-visit); visits less than 10 minutes apart are one. An alert on a zone without a visit is
+the zone around it). Elsewhere visits come from the recorded track (every fix, not the
+resampled one) smoothed by a rolling median of 5 fixes, segment by segment: a visit goes
+at least 20 m deep into the zone (shallower is within the assumed accuracy: drift);
+visits less than 10 minutes apart are one. Zone placement uses the same path. An alert on a zone without a visit is
 a false alarm; the first alert of a visit is a detection, any other a duplicate; delay =
 the data time of the fix that raised the alert (`evidence.raised_by`) minus the second
 replayed fix inside the zone (visits with fewer than two fixes inside have no delay).
@@ -76,6 +77,8 @@ ZONE_RADIUS_M = 100.0
 NEAR_EDGE_M = 150.0
 SMOOTH_FIXES = 5
 VISIT_MERGE_S = 10 * 60
+#: a visit goes this deep into the zone (the larger assumed accuracy: shallower is drift)
+VISIT_DEPTH_M = 20.0
 MATCH_BEFORE_S = 5 * 60
 MATCH_AFTER_S = 10 * 60
 FIXES_PER_MESSAGE = 4
@@ -149,13 +152,22 @@ def load_csv(path: Path) -> list[Track]:
 
 
 def resample(t: Track, interval_s: int = FIX_INTERVAL_S) -> Track:
-    """One fix per `interval_s` slot: the first recorded fix in each slot (a gap stays a gap)."""
+    """Like a bracelet with a fix every `interval_s`: the first recorded fix at least
+    `interval_s` after the previous one taken (a gap stays a gap; never interpolated)."""
     if not len(t):
         return t
-    slot = (t.ts - t.ts[0]) // (interval_s * 1000)
-    first = np.ones(slot.shape[0], dtype=bool)
-    first[1:] = np.diff(slot) > 0
-    return t.take(np.flatnonzero(first))
+    step = interval_s * 1000
+    ts = t.ts
+    keep = [0]
+    nxt = int(ts[0]) + step
+    k = 0
+    while True:
+        k = int(np.searchsorted(ts, nxt, side="left"))
+        if k >= ts.shape[0]:
+            break
+        keep.append(k)
+        nxt = int(ts[k]) + step
+    return t.take(np.array(keep, dtype=np.int64))
 
 
 def local_xy(lat: F64, lon: F64, lat0: float, lon0: float) -> tuple[F64, F64]:
@@ -262,7 +274,7 @@ def visits_of(ts: I64, sx: F64, sy: F64, z: ZoneSpec) -> list[tuple[int, int]]:
     less than `VISIT_MERGE_S` apart."""
     if ts.shape[0] < 2:
         return []
-    touch = _segment_dist(sx, sy, z.x, z.y) < z.radius_m
+    touch = _segment_dist(sx, sy, z.x, z.y) < z.radius_m - VISIT_DEPTH_M
     runs: list[tuple[int, int]] = []
     k = 0
     n = touch.shape[0]
@@ -304,7 +316,18 @@ def _bearing_away(x: F64, y: F64, mx: float, my: float, dist: float, radius: flo
     return best
 
 
-def dwell_scenarios(t: Track, dwells: Sequence[tuple[int, int]]) -> list[Scenario]:
+def truth_path(raw: Track, t0: int, t1: int, lat0: float, lon0: float
+               ) -> tuple[I64, F64, F64]:
+    """The recorded (not resampled) track between t0 and t1, smoothed by a rolling median
+    of `SMOOTH_FIXES` fixes: where the person went, for visits and zone placement."""
+    a = int(np.searchsorted(raw.ts, t0))
+    b = int(np.searchsorted(raw.ts, t1, side="right"))
+    x, y = local_xy(raw.lat[a:b], raw.lon[a:b], lat0, lon0)
+    return raw.ts[a:b], rolling_median(x), rolling_median(y)
+
+
+def dwell_scenarios(t: Track, dwells: Sequence[tuple[int, int]], raw: Track
+                    ) -> list[Scenario]:
     out = []
     for a, b in dwells:
         lo = int(np.searchsorted(t.ts, t.ts[a] - LEAD_IN_S * 1000))
@@ -313,8 +336,8 @@ def dwell_scenarios(t: Track, dwells: Sequence[tuple[int, int]]) -> list[Scenari
         w = t.take(slice(lo, hi))
         lat0, lon0 = float(np.median(t.lat[a:b + 1])), float(np.median(t.lon[a:b + 1]))
         x, y = local_xy(w.lat, w.lon, lat0, lon0)
-        sx, sy = rolling_median(x), rolling_median(y)
-        outside = (w.ts < t.ts[a]) | (w.ts > t.ts[b])
+        tts, sx, sy = truth_path(raw, int(w.ts[0]), int(w.ts[-1]), lat0, lon0)
+        outside = (tts < t.ts[a]) | (tts > t.ts[b])
         _, nx, ny = _bearing_away(sx[outside], sy[outside], 0.0, 0.0,
                                   NEAR_EDGE_M + ZONE_RADIUS_M, ZONE_RADIUS_M)
         home = ZoneSpec("home", "inclusion", 0.0, 0.0, HOME_RADIUS_M,
@@ -322,18 +345,19 @@ def dwell_scenarios(t: Track, dwells: Sequence[tuple[int, int]]) -> list[Scenari
         near = ZoneSpec("near", "exclusion", nx, ny, ZONE_RADIUS_M)
         around = ZoneSpec("around", "exclusion", 0.0, 0.0, ZONE_RADIUS_M)
         # the arrival: the visit of the smoothed path that holds the dwell
-        vs = visits_of(w.ts, sx, sy, around) or [(int(t.ts[a]), int(t.ts[b]))]
+        vs = visits_of(tts, sx, sy, around) or [(int(t.ts[a]), int(t.ts[b]))]
         around.visits = vs
         around.second_inside_ms = [_second_inside(w.ts, x, y, around, v) for v in vs]
         # the near zone is on the side the path keeps away from; a smoothed visit to it is
         # still a visit (then it is no negative)
-        near.visits = visits_of(w.ts, sx, sy, near)
+        near.visits = visits_of(tts, sx, sy, near)
         near.second_inside_ms = [_second_inside(w.ts, x, y, near, v) for v in near.visits]
         out.append(Scenario(t.source, t.track_id, "dwell", w, lat0, lon0, [home, near, around]))
     return out
 
 
-def moving_scenarios(t: Track, taken: Sequence[tuple[int, int]]) -> list[Scenario]:
+def moving_scenarios(t: Track, taken: Sequence[tuple[int, int]], raw: Track
+                     ) -> list[Scenario]:
     """40-minute windows outside the dwell windows with enough travel."""
     out: list[Scenario] = []
     if len(t) < 10:
@@ -355,24 +379,27 @@ def moving_scenarios(t: Track, taken: Sequence[tuple[int, int]]) -> list[Scenari
         if j - i < 20 or t.ts[j - 1] - t.ts[i] < MOVING_WINDOW_S * 1000 * 0.75:
             i = j if j > i else i + 1
             continue
-        sc = _moving_window(t.take(slice(i, j)))
+        sc = _moving_window(t.take(slice(i, j)), raw)
         if sc is not None:
             out.append(sc)
         i = j
     return out
 
 
-def _moving_window(w: Track) -> Scenario | None:
+def _moving_window(w: Track, raw: Track) -> Scenario | None:
     lat0, lon0 = float(w.lat[0]), float(w.lon[0])
     x, y = local_xy(w.lat, w.lon, lat0, lon0)
     sx, sy = rolling_median(x), rolling_median(y)
     path = float(np.sum(np.hypot(np.diff(sx), np.diff(sy))))
     if path < MOVING_MIN_PATH_M:
         return None
+    tts, tx, ty = truth_path(raw, int(w.ts[0]), int(w.ts[-1]), lat0, lon0)
+    if tts.shape[0] < 2:
+        return None
     n = len(w)
-    mid = n // 2
-    through = ZoneSpec("through", "exclusion", float(sx[mid]), float(sy[mid]), ZONE_RADIUS_M)
-    through.visits = visits_of(w.ts, sx, sy, through)
+    mid = min(int(np.searchsorted(tts, w.ts[n // 2])), tts.shape[0] - 1)
+    through = ZoneSpec("through", "exclusion", float(tx[mid]), float(ty[mid]), ZONE_RADIUS_M)
+    through.visits = visits_of(tts, tx, ty, through)
     through.second_inside_ms = [_second_inside(w.ts, x, y, through, v) for v in through.visits]
     zones = [through]
     # passed by: a point a quarter in, 250 m to the side of the local direction
@@ -386,7 +413,7 @@ def _moving_window(w: Track) -> Scenario | None:
         for side in (1.0, -1.0):
             cx = float(sx[k]) - side * dy / norm * (NEAR_EDGE_M + ZONE_RADIUS_M)
             cy = float(sy[k]) + side * dx / norm * (NEAR_EDGE_M + ZONE_RADIUS_M)
-            gap = float(np.min(_segment_dist(sx, sy, cx, cy))) - ZONE_RADIUS_M
+            gap = float(np.min(_segment_dist(tx, ty, cx, cy))) - ZONE_RADIUS_M
             if gap >= NEAR_EDGE_M - 10:
                 zones.append(ZoneSpec("passby", "exclusion", cx, cy, ZONE_RADIUS_M))
                 placed = True
@@ -405,15 +432,15 @@ def split_at_gaps(t: Track, gap_s: float = MAX_GAP_S) -> list[Track]:
 
 def build_scenarios(tracks: Iterable[Track]) -> list[Scenario]:
     out: list[Scenario] = []
-    pieces = [p for raw in tracks for p in split_at_gaps(resample(raw))]
-    for t in pieces:
+    pieces = [(p, raw) for raw in tracks for p in split_at_gaps(resample(raw))]
+    for t, raw in pieces:
         if len(t) < 2:
             continue
         dwells = find_dwells(t)
-        ds = dwell_scenarios(t, dwells)
+        ds = dwell_scenarios(t, dwells, raw)
         out += ds
         taken = [(int(s.fixes.ts[0]), int(s.fixes.ts[-1])) for s in ds]
-        out += moving_scenarios(t, taken)
+        out += moving_scenarios(t, taken, raw)
     return out
 
 

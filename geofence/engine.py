@@ -42,6 +42,7 @@ from geofence.episodes import (
     SYM_D,
     SYM_I,
     SYM_R,
+    SYM_RC,
     SYM_U,
     SYM_W,
     SYM_X,
@@ -81,6 +82,7 @@ class RuleConfig:
     max_open_acc_m: float = 500.0
     segment_max_gap_ms: int = 600_000
     segment_max_speed_mps: float = 45.0
+    segment_depth_per_m: float = 0.1
     confirm_points: int = 2
     confirm_ms: int = 30_000
     close_points: int = 2
@@ -985,7 +987,52 @@ def _advance(
         dc_case=dc_case,
         dev_arrays=dev_arrays,
         run_n=run_n,
+        prev=prev,
+        cfg=cfg,
     )
+
+
+def _transits(
+    cfg: RuleConfig, zones: CaseZones, r: dict[str, np.ndarray], before: I8, after: I8,
+    lc1: I64, seg_start: I64, seg_id: I64, st_first: I64, st_maxd: F64, st_before: I64,
+    prev: I64, p_ts: I64, p_lat: F64, p_lon: F64, p_acc: F64,
+) -> tuple[I64, I64, I64, F64]:
+    """Rows where a pending run (wrong-side fixes that did not confirm) of an exclusion
+    zone ends with a right-side fix, and the person passed through: the fix before the
+    run, the run's first fix and the closing fix are at most `segment_max_gap_ms`
+    apart, both legs have a plausible speed and the path goes on (the straight line
+    from before to after is at least half the way through the run's first fix: not a
+    spike out and back). Returns (rows, first fix, closing fix, depth)."""
+    sym, fix, depth = r["sym"], r["fix"], r["depth"]
+    cand = (before == C1) & (after == 0) & ((sym == SYM_R) | (sym == SYM_RC)) & (r["t"] == 0)
+    cand &= zones.store.kind_excl[r["zone"]]
+    rows = np.flatnonzero(cand)
+    e = np.zeros(0, np.int64)
+    if rows.size == 0:
+        return e, e, e, np.zeros(0)
+    pr = lc1[rows]
+    inb = pr >= seg_start[rows]
+    seg = seg_id[rows]
+    f1 = np.where(inb, fix[np.maximum(pr, 0)], st_first[seg])
+    dep = np.where(inb, depth[np.maximum(pr, 0)], st_maxd[seg])
+    b = np.where(inb, np.where(f1 < prev.size, prev[np.minimum(f1, prev.size - 1)], -1),
+                 st_before[seg])
+    nf = fix[rows]
+    ok = (b >= 0) & (f1 >= 0)
+    b0, f0 = np.maximum(b, 0), np.maximum(f1, 0)
+    ok &= p_ts[nf] - p_ts[b0] <= cfg.segment_max_gap_ms
+    m_b = np.maximum(p_acc[b0], cfg.min_margin_m)
+    m_f = np.maximum(p_acc[f0], cfg.min_margin_m)
+    m_n = np.maximum(p_acc[nf], cfg.min_margin_m)
+    d_bf = haversine_m(p_lat[b0], p_lon[b0], p_lat[f0], p_lon[f0])
+    d_fn = haversine_m(p_lat[f0], p_lon[f0], p_lat[nf], p_lon[nf])
+    d_bn = haversine_m(p_lat[b0], p_lon[b0], p_lat[nf], p_lon[nf])
+    v1 = np.maximum(d_bf - m_b - m_f, 0) / np.maximum((p_ts[f0] - p_ts[b0]) / 1000, 1.0)
+    v2 = np.maximum(d_fn - m_f - m_n, 0) / np.maximum((p_ts[nf] - p_ts[f0]) / 1000, 1.0)
+    ok &= (v1 <= cfg.segment_max_speed_mps) & (v2 <= cfg.segment_max_speed_mps)
+    ok &= d_bn >= 0.5 * (d_bf + d_fn)
+    k = np.flatnonzero(ok)
+    return rows[k], f1[k], nf[k], dep[k]
 
 
 def _confirmations(
@@ -1252,7 +1299,7 @@ def _segments(
     sdt = np.maximum((ets[b] - ets[a]) / 1000.0, 1.0)
     sd = haversine_m(elat[a], elon[a], elat[b], elon[b])
     plaus = np.maximum(sd - em[a] - em[b], 0.0) / sdt <= cfg.segment_max_speed_mps
-    b, a = b[plaus], a[plaus]
+    b, a, seg_len = b[plaus], a[plaus], sd[plaus]
     if b.size == 0:
         return empty
     # Entering deeper than M with both ends outside by their margins needs a segment
@@ -1260,7 +1307,8 @@ def _segments(
     # east-west scale uses the largest cos(lat) of the batch: the length is
     # overestimated, so the cut never drops a candidate.
     ema, emb = np.take(em, a), np.take(em, b)
-    mm = np.maximum(ema, emb)
+    # a long chord strays from a curved path: it must pass deeper (segment_depth_per_m)
+    mm = np.maximum(np.maximum(ema, emb), cfg.segment_depth_per_m * seg_len)
     la_a, la_b = np.take(elat, a), np.take(elat, b)
     dy = (la_b - la_a) * M_PER_DEG
     kx = M_PER_DEG * float(np.cos(np.radians(np.abs(elat).min())))
@@ -1268,6 +1316,7 @@ def _segments(
     ok = np.sqrt(dx * dx + dy * dy) * 1.01 + 1.0 > ema + emb + 2.0 * mm
     sel = np.flatnonzero(ok)
     b, a, mm = b[sel], a[sel], mm[sel]
+    ema, emb = ema[sel], emb[sel]
     if b.size == 0:
         return empty
     zone2 = _rows(zones.case_zone2d, case[b])
@@ -1418,6 +1467,10 @@ _EP_NAMES = (
     "right_ts",
     "last_ts",
     "pend_n",
+    "b_ts",
+    "b_lat",
+    "b_lon",
+    "b_acc",
 )
 
 
@@ -1457,6 +1510,8 @@ def _evidence(
     dc_case: I64,
     dev_arrays: tuple[Any, ...],
     run_n: I64,
+    prev: I64,
+    cfg: RuleConfig,
 ) -> tuple[EngineState, Transitions]:
     """Episodes, transitions and new states from the scanned rows."""
     nr = r["sym"].size
@@ -1471,10 +1526,12 @@ def _evidence(
     used = np.flatnonzero(seg_srow >= 0)
     ur = seg_srow[used]
     nu = ur.size
-    p_ts = np.concatenate((ets, state.f_ts[ur], state.l_ts[ur]))
-    p_lat = np.concatenate((elat, state.f_lat[ur], state.l_lat[ur]))
-    p_lon = np.concatenate((elon, state.f_lon[ur], state.l_lon[ur]))
-    p_acc = np.concatenate((eacc, state.f_acc[ur], state.l_acc[ur]))
+    p_ts = np.concatenate((ets, state.f_ts[ur], state.l_ts[ur], state.b_ts[ur]))
+    p_lat = np.concatenate((elat, state.f_lat[ur], state.l_lat[ur], state.b_lat[ur]))
+    p_lon = np.concatenate((elon, state.f_lon[ur], state.l_lon[ur], state.b_lon[ur]))
+    p_acc = np.concatenate((eacc, state.f_acc[ur], state.l_acc[ur], state.b_acc[ur]))
+    st_before = np.full(nseg, -1, dtype=np.int64)
+    st_before[used] = np.where(state.b_ts[ur] >= 0, ne + 2 * nu + np.arange(nu), -1)
     st_first = np.full(nseg, -1, dtype=np.int64)
     st_last = np.full(nseg, -1, dtype=np.int64)
     st_first[used] = ne + np.arange(nu)
@@ -1659,6 +1716,16 @@ def _evidence(
         nrow * 4 + 1,
     )
 
+    # Transits: a pending run of an exclusion zone ended by a right-side fix, the person
+    # passing through (not out and back) at a plausible speed: an inferred crossing.
+    trow, t_f1, t_n, t_dep = _transits(
+        cfg, zones, r, before, after, lc1, seg_start, seg_id, st_first, st_maxd, st_before,
+        prev, p_ts, p_lat, p_lon, p_acc)
+    if trow.size:
+        for kind, off in ((K_OPEN, 0), (K_CLOSE, 1)):
+            emit(kind, trow, rts[trow], p_ts[t_f1], p_ts[t_n], t_dep, t_f1, t_n, True,
+                 trow * 4 + off)
+
     cat = {k: np.concatenate(v) for k, v in tr.items()}
     rows = cat["row"]
     tdc = dc[rows]
@@ -1703,15 +1770,21 @@ def _evidence(
     n_maxd = np.empty(keep_seg.size)
     n_started = np.empty(keep_seg.size, dtype=np.int64)
     n_right = np.full(keep_seg.size, -1, dtype=np.int64)
+    n_b = np.full(keep_seg.size, -1, dtype=np.int64)  # the fix before the pending run
     pend_m = fs_ == C1
     pl = lc1[lr]
     pin_m = pend_m & (pl >= seg_start[lr])
     pin = np.flatnonzero(pin_m)
     n_f[pin] = fix[pl[pin]]
     n_maxd[pin] = depth[pl[pin]]
+    fin_ = n_f[pin]
+    n_b[pin] = np.where(fin_ < prev.size, prev[np.minimum(fin_, prev.size - 1)], -1)
     pst = np.flatnonzero(pend_m & ~pin_m)
     n_f[pst] = st_first[keep_seg[pst]]
     n_maxd[pst] = st_maxd[keep_seg[pst]]
+    n_b[pst] = st_before[keep_seg[pst]]
+    has_b = n_b >= 0
+    nb_ = np.maximum(n_b, 0)
     pend = np.flatnonzero(pend_m)
     n_l[pend] = n_f[pend]
     n_started[pend] = p_ts[n_f[pend]]
@@ -1751,6 +1824,10 @@ def _evidence(
         "right_ts": np.concatenate((state.right_ts[ut], n_right)),
         "last_ts": np.concatenate((state.last_ts[ut], rts[lr])),
         "pend_n": np.concatenate((state.pend_n[ut], np.where(fs_ == C1, run_n[lr], 0))),
+        "b_ts": np.concatenate((state.b_ts[ut], np.where(has_b, p_ts[nb_], -1))),
+        "b_lat": np.concatenate((state.b_lat[ut], p_lat[nb_])),
+        "b_lon": np.concatenate((state.b_lon[ut], p_lon[nb_])),
+        "b_acc": np.concatenate((state.b_acc[ut], p_acc[nb_])),
     }
     new_cols.update(_device_table(state, zones, batch, dev_arrays))
     new = EngineState(new_cols)
@@ -1896,6 +1973,10 @@ def open_at_window_start(
         "right_ts": -1,
         "last_ts": window_start_ms,
         "pend_n": 0,
+        "b_ts": -1,
+        "b_lat": 0.0,
+        "b_lon": 0.0,
+        "b_acc": 0.0,
     }
     for k in _EP_NAMES:
         v = np.empty(1, dtype=cols[k].dtype)

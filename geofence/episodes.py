@@ -159,6 +159,10 @@ _EP_COLS: dict[str, Any] = {
     "right_ts": np.int64,
     "last_ts": np.int64,
     "pend_n": np.int64,
+    "b_ts": np.int64,
+    "b_lat": np.float64,
+    "b_lon": np.float64,
+    "b_acc": np.float64,
 }
 _DEV_COLS: dict[str, Any] = {
     "d_id": object,
@@ -195,6 +199,7 @@ class EpisodeState:
     right_since: int | None  # ts of the first right-side fix while closing
     last_ts: int
     pending_count: int = 1  # wrong-side fixes of the pending run (status "pending")
+    before_fix: Fix | None = None  # the device's fix before the pending run
 
 
 class EngineState:
@@ -265,6 +270,8 @@ class EngineState:
                     right_since=c["right_ts"][i] if st == O1 else None,
                     last_ts=c["last_ts"][i],
                     pending_count=c["pend_n"][i],
+                    before_fix=Fix(c["b_ts"][i], c["b_lat"][i], c["b_lon"][i], c["b_acc"][i])
+                    if st == C1 and c["b_ts"][i] >= 0 else None,
                 )
             )
         return out
@@ -293,6 +300,7 @@ class EngineState:
             "right_since": e.right_since,
             "last_ts": e.last_ts,
             "pending_count": e.pending_count,
+            "before_fix": e.before_fix.to_dict() if e.before_fix else None,
         }
 
     def _device_dict(self, device_id: str, eps: list[EpisodeState]) -> dict[str, Any]:
@@ -402,6 +410,11 @@ class EngineState:
                 ep["right_ts"].append(-1 if rs is None else int(rs))
                 ep["last_ts"].append(int(e["last_ts"]))
                 ep["pend_n"].append(int(e.get("pending_count", 1)))
+                bf = Fix.from_dict(e["before_fix"]) if e.get("before_fix") else None
+                ep["b_ts"].append(bf.ts if bf else -1)
+                ep["b_lat"].append(bf.lat if bf else 0.0)
+                ep["b_lon"].append(bf.lon if bf else 0.0)
+                ep["b_acc"].append(bf.acc if bf else 0.0)
         cols: dict[str, np.ndarray] = {}
         for k, dt in _EP_COLS.items():
             cols[k] = _arr(ep[k], dt)

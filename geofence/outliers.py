@@ -164,10 +164,11 @@ def detect(
     has_p[starts] = c.has_prev
     dt = np.maximum((ts - p_ts) / 1000.0, 1.0)
     dist = haversine_m(p_lat, p_lon, lat, lon)
-    v_raw = np.where(has_p, dist / dt, 0.0)
+    # without a previous fix the speed is unknown: anything up to v_max is plausible
+    v_raw = np.where(has_p, dist / dt, cfg.v_max_mps)
     v0 = np.empty(n)
     v0[1:] = v_raw[:-1]
-    v0[starts] = c.prev_v
+    v0[starts] = np.where(c.has_prev, c.prev_v, cfg.v_max_mps)
     jump = has_p & (_eff_speed(dist, p_m, m, dt) > _allowed(v0, dt, cfg))
     busy = np.zeros(g_n, dtype=bool)
     busy[group[jump]] = True
@@ -251,12 +252,16 @@ def _scan_group(
         if i == run_from and since == int(ts[i]):
             back[0] = False  # the jumping fix itself
         settled = ts[seg] >= since + int(cfg.settle_s * 1000)
-        # a real departure keeps going: two legs in a row that move farther from the
-        # anchor (beyond both margins) settle the run at once
+        # a real move keeps going: two legs in a row inside the run that each move
+        # beyond both margins at a plausible speed settle the run at once (a multipath
+        # cluster sits still far away)
         if d.shape[0] >= 3:
-            out = np.zeros(d.shape[0], dtype=bool)
-            out[1:] = d[1:] - d[:-1] > m[i + 1:b] + m[i:b - 1]
-            settled[2:] |= out[2:] & out[1:-1]
+            lt = np.maximum((ts[i + 1:b] - ts[i:b - 1]) / 1000.0, 1.0)
+            ld = haversine_m(lat[i:b - 1], lon[i:b - 1], lat[i + 1:b], lon[i + 1:b])
+            lm = m[i + 1:b] + m[i:b - 1]
+            moving = np.zeros(d.shape[0], dtype=bool)
+            moving[1:] = (ld > lm) & ((ld - lm) / lt <= _allowed(np.float64(a_v), lt, cfg))
+            settled[2:] |= moving[2:] & moving[1:-1]
         r_idx = np.flatnonzero(back)
         s_idx = np.flatnonzero(settled)
         r = i + int(r_idx[0]) if r_idx.size else b

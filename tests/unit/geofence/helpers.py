@@ -120,6 +120,7 @@ class _Key:
     last_active: bool = False
     evidence_since_report: bool = False
     n: int = 0  # fixes of the pending run
+    before: RefFix | None = None  # the device's fix before the pending run
     rn: int = 0  # right-side fixes of the closing run
 
 
@@ -220,9 +221,11 @@ class Reference:
             best = max(best, float(sample(tt).max()))
         return best
 
-    def _suspects(self, fixes: Sequence[RefFix]) -> set[int]:
-        """Indices of the fixes the kinematic outlier rule holds suspect (per device)."""
+    def _suspects(self, fixes: Sequence[RefFix]) -> tuple[set[int], set[int]]:
+        """Indices of the fixes the kinematic outlier rule holds suspect (per device), and
+        of those whose previous fix it found a lone spike."""
         out: set[int] = set()
+        lone: set[int] = set()
         by_dev: dict[str, list[int]] = {}
         for i in sorted(range(len(fixes)), key=lambda i: (fixes[i].ts, i)):
             by_dev.setdefault(fixes[i].device, []).append(i)
@@ -233,14 +236,37 @@ class Reference:
                          cols[3], self.carry.get(dev))
             self.carry[dev] = res.carry
             out |= {i for i, s in zip(idx, res.suspect.tolist(), strict=True) if s}
-        return out
+            lone |= {i for i, s in zip(idx, res.after_lone.tolist(), strict=True) if s}
+        return out, lone
+
+    def _transit(self, emit: Any, key: Any, z: RefZone, st: _Key, f: RefFix) -> None:
+        """A pending run ended by a right-side fix while passing through: inferred."""
+        b, f1 = st.before, st.first
+        if b is None or f1 is None or f.ts - b.ts > self.gap_ms:
+            return
+
+        def mg(x: RefFix) -> float:
+            return max(x.acc, self.min_margin)
+
+        def dist(x: RefFix, y: RefFix) -> float:
+            return float(haversine_m(x.lat, x.lon, y.lat, y.lon))
+
+        v1 = max(dist(b, f1) - mg(b) - mg(f1), 0) / max((f1.ts - b.ts) / 1000, 1.0)
+        v2 = max(dist(f1, f) - mg(f1) - mg(f), 0) / max((f.ts - f1.ts) / 1000, 1.0)
+        if v1 > self.max_speed or v2 > self.max_speed:
+            return
+        if dist(b, f) < 0.5 * (dist(b, f1) + dist(f1, f)):
+            return
+        for kind in ("open", "close"):
+            emit(kind, key, z, f.ts, st, ended=f.ts, inferred=True, first=f1, last=f,
+                 maxd=st.maxd, started=f1.ts)
 
     def run(self, fixes: Sequence[RefFix]) -> list[dict[str, Any]]:
         """Process one batch; returns transition dicts (like `Transitions.records`)."""
         out: list[dict[str, Any]] = []
         order = sorted(range(len(fixes)), key=lambda i: (fixes[i].ts, i))
         touched: set[tuple[str, str, str, int]] = set()
-        suspect = self._suspects(fixes)
+        suspect, lone = self._suspects(fixes)
 
         def emit(
             kind: str,
@@ -295,6 +321,9 @@ class Reference:
                 and prev.acc <= 500
                 and f.acc <= 500
             )
+            if i in lone:  # the fix before was a lone spike: no segment from it
+                prev = None
+                seg_ok = False
             if seg_ok:
                 assert prev is not None
                 dist = float(haversine_m(prev.lat, prev.lon, f.lat, f.lon))
@@ -325,8 +354,10 @@ class Reference:
                             and self._first_inactive(z, tz, prev.ts, f.ts) is None
                         )
                         if same_stretch and dp >= mp and d >= m:
-                            depth = self._seg_depth(z, prev, f, max(m, mp))
-                            if depth > max(m, mp):
+                            chord = float(haversine_m(prev.lat, prev.lon, f.lat, f.lon))
+                            need = max(m, mp, 0.1 * chord)
+                            depth = self._seg_depth(z, prev, f, need)
+                            if depth > need:
                                 emit(
                                     "open",
                                     key,
@@ -364,6 +395,8 @@ class Reference:
                         if sym == "W":
                             if s == 0:
                                 st.status, st.first, st.maxd, st.n = 1, f, depth, 0
+                                st.before = prev if prev is not None and prev.case == f.case \
+                                    else None
                             st.n += 1
                             assert st.first is not None
                             if (st.n >= self.confirm_points
@@ -377,6 +410,8 @@ class Reference:
                                 st.evidence_since_report = False
                                 touched.add(key)
                         elif sym == "R":
+                            if s == 1 and typ == 0 and cz.kind == "exclusion":
+                                self._transit(emit, key, z, st, f)
                             self.keys[key] = _Key(last_ts=f.ts, last_active=True)
                     else:
                         if sym in ("W", "D", "X"):

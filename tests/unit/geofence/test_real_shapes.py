@@ -133,3 +133,20 @@ def test_closing_needs_sustained_evidence() -> None:
     trs, _ = run(world(), [*inside, *blip, *back, *leave])
     shop = [t for t in trs if t.zone_id == "shop" and t.kind in ("open", "close")]
     assert [t.kind for t in shop] == ["open", "close"]
+
+
+def test_passing_through_with_one_definite_fix_inside_is_an_inferred_crossing() -> None:
+    # 3.3 m/s across the shop: one fix deep inside, its neighbours within the margin
+    walk_in = [(30.0 * k, 0.0, 700.0 + 100.0 * k) for k in range(8)]  # y 900 at k = 2
+    trs, _ = run(world(), walk_in, acc=20.0)
+    shop = [t for t in trs if t.zone_id == "shop"]
+    assert [(t.kind, t.inferred) for t in shop] == [("open", True), ("close", True)]
+    assert shop[0].started_at == int((T0 + timedelta(seconds=90)).timestamp() * 1000)
+
+
+def test_one_fix_in_a_zone_and_back_where_it_came_from_is_no_crossing() -> None:
+    # a single fix in the shop 4 minutes after leaving home, then home again 30 s
+    # later: out and back, not a transit
+    pts = [*still(0, 5), (360, 0.0, 1000.0), *still(390, 5, seed=6)]
+    trs, _ = run(world(), pts, acc=20.0)
+    assert [t for t in trs if t.zone_id == "shop"] == []
