@@ -746,9 +746,10 @@ def run_realgps_bench(cfg: RealGpsConfig, *, out: Callable[[str], None] = print
                       ) -> dict[str, Any]:
     import multiprocessing as mp
 
+    from bench.harness import private_postgres, release_servers
     from db.migrate import upgrade
-    from devices.bench import Publisher, _start_postgres, release_servers
     from devices.broker import Mosquitto
+    from simulator.publisher import Publisher
 
     data = cfg.data or default_data_dir()
     if not data.is_dir():
@@ -770,7 +771,8 @@ def run_realgps_bench(cfg: RealGpsConfig, *, out: Callable[[str], None] = print
     pg = broker = None
     ctx = mp.get_context("spawn")
     try:
-        pg = _start_postgres(work, cfg.durable)
+        pg = private_postgres(work, database="bench", durable=cfg.durable,
+                              settings={"shared_buffers": "256MB"})
         url = pg.url("bench")
         upgrade(url)
         broker = Mosquitto(data_dir=work / "mosquitto")
@@ -840,7 +842,7 @@ def table_lines(result: dict[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    import orjson
+    from bench.harness import write_json
 
     p = argparse.ArgumentParser(prog="probation bench realgps")
     p.add_argument("--data", type=Path, default=None)
@@ -851,8 +853,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run_realgps_bench(RealGpsConfig(data=args.data, files=tuple(args.files)))
     for line in table_lines(result):
         print(line)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    write_json(args.json, result)
     print(f"written {args.json}")
 
 

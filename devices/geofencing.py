@@ -50,7 +50,7 @@ from geofence.episodes import Fix as EngineFix
 
 log = logging.getLogger(__name__)
 
-#: Rapid mode: the fix interval while a zone episode is open (monitoring-rules.md).
+#: Rapid mode: the fix interval while a zone episode is open (docs/monitoring-rules.md).
 RAPID_FIX_INTERVAL_S = 15
 #: The normal fix interval per risk level, restored when the episode closes.
 NORMAL_FIX_INTERVAL_S = {"high": 30, "medium": 60, "low": 120}

@@ -31,11 +31,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -44,6 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from db.engine import libpq_url
 from devices import metrics, service
 from devices.metrics import IngestStats
+from devices.mqtt import broker_address, is_v5, mqtt_client
 from devices.pipeline import (
     UNKNOWN_STREAM,
     BatchResult,
@@ -65,42 +65,6 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 LAG_SAMPLES = 64  # messages per batch observed by the lag histograms
-
-
-def mqtt_client(
-    mqtt_url: str, client_id: str, *, clean: bool = True, v5: bool = False,
-    manual_ack: bool = False,
-) -> mqtt.Client:
-    """A paho client configured from an `mqtt://user:pass@host:port` URL (not yet connected)."""
-    u = urlparse(mqtt_url)
-    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-    kwargs: dict[str, object] = {}
-    if not v5:
-        kwargs["clean_session"] = clean
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-        manual_ack=manual_ack, **kwargs,  # type: ignore[arg-type]
-    )
-    if u.username:
-        client.username_pw_set(u.username, u.password)
-    if u.scheme in ("mqtts", "ssl"):
-        client.tls_set()
-    return client
-
-
-def broker_address(mqtt_url: str) -> tuple[str, int]:
-    u = urlparse(mqtt_url)
-    return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
-
-
-def is_v5(protocol: str | int) -> bool:
-    """`"5"`, `"5.0"`, `"mqttv5"`, 5 → MQTT 5; `"3.1.1"`, `"mqttv311"`, 4 → MQTT 3.1.1."""
-    p = str(protocol).lower().removeprefix("mqttv").removeprefix("v")
-    if p in ("5", "5.0", "50"):
-        return True
-    if p in ("3.1.1", "311", "4"):
-        return False
-    raise ValueError(f"unknown MQTT protocol version {protocol!r}: use 3.1.1 or 5")
 
 
 def _install_fast_receive(

@@ -3,7 +3,7 @@
 All are functions of `now`, work inside the caller's transaction and never commit
 (except `dispatch_checkin_requests`, whose sender may publish; see there).
 
-Silence (`../shared/contracts/monitoring-rules.md`): ONE set-based query over every
+Silence (`docs/monitoring-rules.md`): ONE set-based query over every
 active assignment finds the transitions, then each is applied with
 `alerts.episodes.open_episode` / `close_episode`:
 

@@ -237,6 +237,10 @@ class EngineState:
     def n_episodes(self) -> int:
         return int(self._cols["dev"].shape[0])
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column (a shallow copy of the mapping)."""
+        return dict(self._cols)
+
     def col(self, name: str) -> np.ndarray:
         return self._cols[name]
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import socket
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -31,12 +31,26 @@ class AppContext:
 
 
 def broker_reachable(mqtt_url: str, timeout: float = 1.0) -> bool:
-    u = urlparse(mqtt_url)
+    """Whether the broker accepts an MQTT CONNECT (with the URL's credentials) within
+    `timeout`; the probe then disconnects cleanly. A bare TCP open-and-close would make
+    brokers log an error on every readiness check."""
+    from devices.ingest import broker_address, mqtt_client
+
+    client = mqtt_client(mqtt_url, f"probation-ready-{uuid.uuid4().hex[:12]}")
+    client.connect_timeout = timeout
+    accepted: list[bool] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: accepted.append(not reason.is_failure)
+    deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 1883), timeout=timeout):
-            return True
-    except OSError:
+        client.connect(*broker_address(mqtt_url), keepalive=10)
+    except (OSError, ValueError):
         return False
+    try:
+        while not accepted and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+    finally:
+        client.disconnect()  # sends DISCONNECT and closes the socket
+    return bool(accepted) and accepted[0]
 
 
 def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastAPI:

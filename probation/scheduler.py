@@ -375,6 +375,7 @@ class SchedulerService:
         self._pub_lock = threading.Lock()
         self.watermark_max_age = timedelta(seconds=self.settings.ingest_watermark_max_age_s)
         self._stalled_logged: float | None = None  # monotonic time of the last stall error
+        self._created = time.monotonic()  # a start-up is no stall: workers report within max age
 
     # ------------------------------------------------------------ lifecycle
 
@@ -495,7 +496,9 @@ class SchedulerService:
         wm = ingest_watermark(conn, max_age=self.watermark_max_age)
         if wm.at is None:
             t = time.monotonic()
-            if self._stalled_logged is None or t - self._stalled_logged >= 60:
+            if t - self._created < self.watermark_max_age.total_seconds():
+                log.debug("no ingest watermark yet (starting up); clock rules wait")
+            elif self._stalled_logged is None or t - self._stalled_logged >= 60:
                 self._stalled_logged = t
                 log.error(
                     "INGEST STALLED: no ingest worker reported a watermark in the last %.0f s "
@@ -517,7 +520,7 @@ class SchedulerService:
         """Run one job for one due time; None if skipped (not the leader, another
         process runs it, or that due time already ran)."""
         if not force and not self.leader.is_set():
-            log.info("scheduler: %s not run, this process is not the leader", job_id)
+            log.debug("scheduler: %s not run, this process is not the leader", job_id)
             return None
         spec = JOBS[job_id]
         lock_key = job_lock_key(job_id)
@@ -536,7 +539,7 @@ class SchedulerService:
                 ).fetchone()
                 if run_id is None:
                     conn.rollback()
-                    log.info("scheduler: %s for %s already ran", job_id, due_at.isoformat())
+                    log.debug("scheduler: %s for %s already ran", job_id, due_at.isoformat())
                     return None
                 result = spec.run(self, conn, when)
                 conn.execute(

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from alerts.episodes import open_episode
 from alerts.models import AlertType
 from alerts.scheduled import curfew_starts
-from devices.ingest import broker_address, mqtt_client
+from devices.mqtt import broker_address, mqtt_client
 from probation.settings import Settings
 from probation.workers import Ingestion, build_ingestion
 from tests.integration.scheduler_world import HOME, World

@@ -20,11 +20,12 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from devices.bench import Publisher
 from devices.downlink import CommandPublisher
-from devices.ingest import IngestWorker, broker_address, mqtt_client
+from devices.ingest import IngestWorker
+from devices.mqtt import broker_address, mqtt_client
 from devices.pipeline import CheckinVerdict, DeviceBatch
 from devices.protocol import Checkin, Reason
+from simulator.publisher import Publisher
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from psycopg.types.json import Jsonb
+import pytest
 
 from probation.settings import Settings
-from probation.workers import Ingestion
-from tests.integration.test_geofence_wiring import (  # noqa: F401 (the fixture)
-    CENTER,
+from probation.workers import Ingestion, build_ingestion
+from tests.integration.test_geofence_wiring import (
     Gateway,
     alerts,
-    ingestion,
     offset,
     setup_case,
     wait_alerts,
 )
+
+
+@pytest.fixture
+def ingestion(settings: Settings) -> Iterator[Ingestion]:
+    assert settings.database_url and settings.mqtt_url
+    ing = build_ingestion(settings, database_url=settings.database_url, mqtt_url=settings.mqtt_url,
+                          flush_ms=5)
+    ing.start()
+    time.sleep(0.3)
+    try:
+        yield ing
+    finally:
+        ing.stop()
 
 
 def wait_fixes(url: str, dev: uuid.UUID, n: int, timeout: float = 15) -> None:
@@ -38,7 +50,7 @@ def test_previous_wearers_late_fixes_raise_nothing_on_the_new_case(
 ) -> None:
     url = settings.database_url
     assert url
-    case_a, dev, _ = setup_case(url, "RA-1")
+    _, dev, _ = setup_case(url, "RA-1")
     t_swap = datetime.now(UTC) - timedelta(minutes=20)
     # the bracelet goes to another person (case B, whose victim lives at CENTER too)
     case_b, _, _ = setup_case(url, "RA-2")
@@ -113,6 +125,3 @@ def test_a_reentry_within_ten_minutes_reopens_the_same_alert(
     assert got[0]["episode_open"]
     gw.close()
 
-
-def _unused() -> None:  # keep the imported names referenced for linters
-    _ = (CENTER, Jsonb)

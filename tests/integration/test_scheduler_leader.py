@@ -66,7 +66,7 @@ def spawn(database_url: str, mqtt_url: str, mqtt_prefix: str,
 
 
 def _subscribe(mqtt_url: str, topic: str, got: list[bytes]) -> Any:
-    from devices.ingest import broker_address, mqtt_client
+    from devices.mqtt import broker_address, mqtt_client
 
     ready = threading.Event()
     c = mqtt_client(mqtt_url, f"t-{uuid.uuid4().hex[:8]}")

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from db.engine import connect
-from devices.bench import Publisher
 from devices.checkins import ChainedHooks, CheckinOutcomes
 from devices.ingest import IngestWorker
 from devices.pipeline import CheckinVerdict, NoGeofence
@@ -29,6 +28,7 @@ from devices.protocol import Checkin
 from devices.scheduled import ingest_watermark
 from probation.scheduler import SchedulerService
 from probation.settings import Settings
+from simulator.publisher import Publisher
 from tests.integration.scheduler_world import World
 
 

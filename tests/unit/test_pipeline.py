@@ -12,7 +12,8 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from devices.ingest import _install_fast_receive, is_v5, mqtt_client
+from devices.ingest import _install_fast_receive
+from devices.mqtt import is_v5, mqtt_client
 from devices.pipeline import (
     ByteBoundedQueue,
     DeviceDirectory,

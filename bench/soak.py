@@ -11,7 +11,7 @@ against the simulator's truth, with the bar of the soak test.
 
 The processes get `PROBATION_LOCATION_LOST_S` above the simulated clock's lag behind the
 wall clock (`speed x duration`, more with `--start`): otherwise the wall-clock
-`location_lost` rule fires on every device (see `probation.simulator.score`, "clock
+`location_lost` rule fires on every device (see `simulator.score`, "clock
 artifacts").
 """
 
@@ -37,8 +37,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from probation.simulator.run import Progress, SimConfig, run_simulation
-from probation.simulator.violations import Rates
+from bench.harness import private_postgres
+from simulator.run import Progress, SimConfig, run_simulation
+from simulator.violations import Rates
 
 log = logging.getLogger(__name__)
 
@@ -180,33 +181,17 @@ class _Stack:
 
     def start(self) -> None:
         from db.migrate import upgrade
-        from db.server import (
-            LocalPostgres,
-            embedded_bin_dir,
-            free_port,
-            system_bin_dirs,
-            timescaledb_available,
-        )
+        from db.server import free_port
         from devices.broker import EmbeddedBroker, Mosquitto
 
-        bins = system_bin_dirs()
-        ts_bin = next((b for b in bins if timescaledb_available(b)), None)
-        fast = {} if self.cfg.durable else {"fsync": "off", "synchronous_commit": "off",
-                                            "full_page_writes": "off"}
-        settings = {"max_connections": "200", "shared_buffers": "512MB", **fast}
-        if ts_bin is not None:
-            settings["timescaledb.max_background_workers"] = "2"
-        self.pg = LocalPostgres(bin_dir=ts_bin or (bins[0] if bins else embedded_bin_dir()),
-                                data_dir=self.work / "pg", timescaledb=ts_bin is not None,
-                                settings=settings)
-        self.timescaledb = ts_bin is not None
+        self.pg = private_postgres(
+            self.work, database="probation", durable=self.cfg.durable,
+            settings={"max_connections": "200", "shared_buffers": "512MB"},
+            timescale_settings={"timescaledb.max_background_workers": "2"},
+        )
+        self.timescaledb = self.pg.timescaledb
         if not self.timescaledb:
             self.out("warning: no TimescaleDB for a system PostgreSQL: plain PostgreSQL tables")
-        self.pg.start()
-        import psycopg
-
-        with psycopg.connect(self.pg.url(), autocommit=True) as c:
-            c.execute('CREATE DATABASE "probation"')
         self.database_url = self.pg.url("probation")
         upgrade(self.database_url)
         if Mosquitto.available():
@@ -264,7 +249,7 @@ class _Stack:
         3 hours for planning and registration)."""
         from zoneinfo import ZoneInfo
 
-        from probation.simulator.run import resolve_start
+        from simulator.run import resolve_start
 
         now = time.time()
         duration = self.cfg.minutes * 60
@@ -323,8 +308,8 @@ class _Stack:
 
 def run_soak(cfg: SoakConfig, *, out: Callable[[str], None] = print) -> dict[str, Any]:
     """Start the stack, simulate, settle, score; the result as a JSON-able dict."""
-    from probation.simulator.score import fetch_alerts, load_truth, score
-    from probation.simulator.setup import ApiClient
+    from simulator.score import fetch_alerts, load_truth, score
+    from simulator.setup import ApiClient
 
     work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="probation-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -476,7 +461,7 @@ def _drain(stack: _Stack, timeout: float) -> float | None:
 
 def summary_lines(r: dict[str, Any]) -> list[str]:
     """The headline figures of a soak result."""
-    from probation.simulator.score import format_table
+    from simulator.score import format_table
 
     lines = []
     sim = r.get("simulation", {})

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from probation.simulator.geo import M_PER_DEG
+from simulator.geo import M_PER_DEG
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -33,14 +33,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from probation.simulator.geo import (
+from simulator.geo import (
     Frame,
     Zone,
     haversine_m,
     polygon_signed_distance,
     segment_point_distance,
 )
-from probation.simulator.people import (
+from simulator.people import (
     BUS,
     DRIVE,
     WALK,
@@ -467,7 +467,7 @@ ZONE_ALERT = {"home": "inclusion_zone_left", "exclusion": "exclusion_zone_entere
 
 def truth_record(*, type: str, case_id: str, serial: str, person: int, start: float,
                  end: float | None, clock: str, **detail: Any) -> dict[str, Any]:
-    """One JSON-lines truth record (see `probation.simulator.score` for the format)."""
+    """One JSON-lines truth record (see `simulator.score` for the format)."""
     rec: dict[str, Any] = {
         "record": "violation", "type": type, "case_id": case_id, "serial": serial,
         "person": person, "clock": clock, "start": iso(start),

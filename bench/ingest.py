@@ -1,17 +1,11 @@
-"""`probation bench ingest`: the ingest pipeline's throughput and latency through a real broker.
-
-Also home of `Publisher`, the capped-in-flight QoS 1 publisher the tests and the
-simulator use (the contract: never more than ~65k unacknowledged messages).
-"""
+"""`probation bench ingest`: the ingest pipeline's throughput and latency through a real broker."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -21,108 +15,22 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from bench.harness import (
+    Child,
+    drop_session,
+    has_timescaledb,
+    pct,
+    private_postgres,
+    release_servers,
+    serve_child,
+    wait_until,
+)
 from db.engine import libpq_url
-from devices.ingest import broker_address, mqtt_client
+from devices.mqtt import Link
+from simulator.publisher import Publisher
 
 log = logging.getLogger(__name__)
-
-
-class Publisher:
-    """A paho publisher that keeps at most `max_inflight` QoS 1 messages unacknowledged.
-
-    `publish` blocks while the window is full; `flush` waits until the broker
-    acknowledged everything. Unacknowledged messages are resent after a reconnect.
-    """
-
-    def __init__(
-        self, mqtt_url: str, *, client_id: str | None = None, max_inflight: int = 1000,
-        v5: bool = False,
-    ) -> None:
-        self.mqtt_url = mqtt_url
-        self.client_id = client_id or f"pub-{uuid.uuid4().hex[:10]}"
-        self.max_inflight = max_inflight
-        self.v5 = v5
-        self._window = threading.BoundedSemaphore(max_inflight)
-        self._lock = threading.Lock()
-        self._outstanding = 0
-        self._idle = threading.Event()
-        self._idle.set()
-        self._connected = threading.Event()
-        self.published = 0  # acknowledged by the broker
-        self.client = mqtt_client(mqtt_url, self.client_id, clean=True, v5=v5)
-        self.client.max_inflight_messages_set(max_inflight)
-        self.client.max_queued_messages_set(0)
-        self.client.on_publish = self._on_publish
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if not reason.is_failure:
-            self._connected.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
-        self._connected.clear()
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
-                    properties: Any) -> None:
-        with self._lock:
-            self._outstanding -= 1
-            self.published += 1
-            if self._outstanding == 0:
-                self._idle.set()
-        self._window.release()
-
-    def connect(self, timeout: float = 10) -> Publisher:
-        host, port = broker_address(self.mqtt_url)
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            self.client.connect_async(host, port, keepalive=30, properties=props)
-        else:
-            self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
-        if not self._connected.wait(timeout):
-            raise TimeoutError(f"publisher could not connect to {self.mqtt_url}")
-        return self
-
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish; blocks while `max_inflight` QoS 1 messages are unacknowledged."""
-        if qos == 0:
-            self.client.publish(topic, payload, qos=0, retain=retain)
-            return
-        self._window.acquire()
-        with self._lock:
-            self._outstanding += 1
-            self._idle.clear()
-        self.client.publish(topic, payload, qos=qos, retain=retain)
-
-    def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> int:
-        n = 0
-        for topic, payload in messages:
-            self.publish(topic, payload)
-            n += 1
-        return n
-
-    def flush(self, timeout: float = 60) -> bool:
-        """Wait until every QoS 1 message is acknowledged by the broker."""
-        return self._idle.wait(timeout)
-
-    def close(self) -> None:
-        self.flush(10)
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def __enter__(self) -> Publisher:
-        return self.connect()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -194,37 +102,8 @@ def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
     serve_child(conn, lock=lock, state=state, reset=reset, stop=worker.stop)
 
 
-def serve_child(
-    conn: Connection, *, lock: threading.Lock, state: dict[str, Any],
-    reset: Callable[[], None], stop: Callable[[], None],
-    extra: Callable[[], dict[str, Any]] = dict,
-) -> None:
-    """A bench child's command loop: report (state without lags, plus `extra()`), lags,
-    reset, and anything else stops the worker and returns."""
-    while True:
-        cmd = conn.recv()
-        if cmd == "report":
-            with lock:
-                rep = {k: v for k, v in state.items() if k != "lags"}
-                rep.update(extra())
-                conn.send(rep)
-        elif cmd == "lags":
-            with lock:
-                conn.send(list(state["lags"]))
-        elif cmd == "reset":
-            with lock:
-                reset()
-            conn.send(True)
-        else:
-            stop()
-            conn.send(True)
-            return
-
-
 def _subscriber_child(conn: Connection, mqtt_url: str, topic_filter: str, client_id: str) -> None:
     """A trivial QoS 1 subscriber on a persistent session (paho acknowledges): counts."""
-    from devices.ingest import broker_address, mqtt_client
-
     lock = threading.Lock()
     state = {"count": 0, "first": 0.0, "last": 0.0}
     subscribed = threading.Event()
@@ -237,13 +116,11 @@ def _subscriber_child(conn: Connection, mqtt_url: str, topic_filter: str, client
                 state["first"] = now
             state["last"] = now
 
-    client = mqtt_client(mqtt_url, client_id, clean=False)
-    client.on_message = on_message
-    client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
-    host, port = broker_address(mqtt_url)
-    client.connect(host, port, keepalive=60)
-    client.subscribe(topic_filter, qos=1)
-    client.loop_start()
+    link = Link(mqtt_url, client_id, name="bench-subscriber", clean=False, keepalive=60)
+    link.client.on_message = on_message
+    link.client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
+    link.subscribe(topic_filter, qos=1)
+    link.start(20)
     conn.send(subscribed.wait(20))
     while True:
         cmd = conn.recv()
@@ -251,61 +128,9 @@ def _subscriber_child(conn: Connection, mqtt_url: str, topic_filter: str, client
             with lock:
                 conn.send(dict(state))
         else:
-            client.disconnect()
-            client.loop_stop()
+            link.stop()
             conn.send(True)
             return
-
-
-class _Child:
-    """A spawned child process driven over a pipe."""
-
-    def __init__(self, target: Any, *args: Any) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=target, args=(child, *args), daemon=True)
-        self.proc.start()
-        if not self.conn.recv():
-            raise RuntimeError(f"{target.__name__} did not get ready")
-
-    def ask(self, cmd: str) -> Any:
-        self.conn.send(cmd)
-        return self.conn.recv()
-
-    def close(self) -> None:
-        try:
-            self.ask("stop")
-        finally:
-            self.proc.join(20)
-            if self.proc.is_alive():
-                self.proc.kill()
-
-
-def _wait_until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"benchmark: timed out waiting for {what}")
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
-
-
-def _drop_session(mqtt_url: str, client_id: str) -> None:
-    """End a persistent session (a clean connect with its client id), so that the broker
-    stops queueing the later phases' messages for it."""
-    client = mqtt_client(mqtt_url, client_id, clean=True)
-    host, port = broker_address(mqtt_url)
-    client.connect(host, port, keepalive=10)
-    client.loop_start()
-    client.disconnect()
-    client.loop_stop()
 
 
 def _publish(mqtt_url: str, msgs: list[tuple[str, bytes]]) -> float:
@@ -367,20 +192,20 @@ class _Bench:
         and messages/s our publisher got accepted by the broker while filling it."""
         cid = f"bench-sub-{uuid.uuid4().hex[:8]}"
         topic_filter = f"{self.prefix}/devices/#"
-        _Child(_subscriber_child, self.mqtt_url, topic_filter, cid).close()  # the session
+        Child(_subscriber_child, self.mqtt_url, topic_filter, cid).close()  # the session
         t0 = _publish(self.mqtt_url, msgs)
         published = len(msgs) / (time.time() - t0)
-        sub = _Child(_subscriber_child, self.mqtt_url, topic_filter, cid)
+        sub = Child(_subscriber_child, self.mqtt_url, topic_filter, cid)
         try:
-            _wait_until(lambda: sub.ask("report")["count"] >= len(msgs), 600, "broker delivery")
+            wait_until(lambda: sub.ask("report")["count"] >= len(msgs), 600, "broker delivery")
             rep = sub.ask("report")
         finally:
             sub.close()
-            _drop_session(self.mqtt_url, cid)
+            drop_session(self.mqtt_url, cid)
         return float(len(msgs) / (rep["last"] - rep["first"])), published
 
-    def _worker(self, client_id: str) -> _Child:
-        return _Child(_worker_child, {
+    def _worker(self, client_id: str) -> Child:
+        return Child(_worker_child, {
             "database_url": self.url, "mqtt_url": self.mqtt_url, "prefix": self.prefix,
             "client_id": client_id,
         })
@@ -393,22 +218,22 @@ class _Bench:
         _publish(self.mqtt_url, msgs)
         worker = self._worker(cid)
         try:
-            _wait_until(lambda: worker.ask("report")["fixes"] >= fixes, 900, "the pipeline")
+            wait_until(lambda: worker.ask("report")["fixes"] >= fixes, 900, "the pipeline")
             rep = worker.ask("report")
         finally:
             worker.close()
-            _drop_session(self.mqtt_url, cid)
+            drop_session(self.mqtt_url, cid)
         return fixes / (rep["last"] - rep["first_rx"])
 
-    def pipeline_live(self, worker: _Child, msgs: list[tuple[str, bytes]], fixes: int) -> float:
+    def pipeline_live(self, worker: Child, msgs: list[tuple[str, bytes]], fixes: int) -> float:
         """Fixes/s from the first publish to the commit of the last fix, publishing live."""
         self.truncate()
         worker.ask("reset")
         t0 = _publish(self.mqtt_url, msgs)
-        _wait_until(lambda: worker.ask("report")["fixes"] >= fixes, 900, "the pipeline")
+        wait_until(lambda: worker.ask("report")["fixes"] >= fixes, 900, "the pipeline")
         return fixes / (worker.ask("report")["last"] - t0)
 
-    def latency(self, worker: _Child, serials: list[str], rate: float, seconds: float) -> list[float]:
+    def latency(self, worker: Child, serials: list[str], rate: float, seconds: float) -> list[float]:
         """Steady `rate` single-fix messages/s; each fix's ts is its publish time (ms)."""
         worker.ask("reset")
         n = int(rate * seconds)
@@ -425,40 +250,9 @@ class _Bench:
                 pub.publish(f"{self.prefix}/devices/{s}/fixes", orjson.dumps({"fixes": [
                     {"seq": seqs[s], "ts": ts, "lat": 43.25, "lon": 76.95, "acc": 10.0}]}))
             pub.flush(60)
-        _wait_until(lambda: worker.ask("report")["messages"] >= n, 120, "latency run")
+        wait_until(lambda: worker.ask("report")["messages"] >= n, 120, "latency run")
         lags: list[float] = worker.ask("lags")
         return lags[int(rate):]  # without the first second (warm-up)
-
-
-def _start_postgres(work: Path, durable: bool) -> Any:
-    from db.server import LocalPostgres, embedded_bin_dir, system_bin_dirs, timescaledb_available
-
-    bins = system_bin_dirs()
-    ts_bin = next((b for b in bins if timescaledb_available(b)), None)
-    settings = {"shared_buffers": "512MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
-    if not durable:
-        settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
-    pg = LocalPostgres(
-        bin_dir=ts_bin or (bins[0] if bins else embedded_bin_dir()), data_dir=work / "pg",
-        timescaledb=ts_bin is not None, settings=settings,
-    )
-    pg.start()
-    with psycopg.connect(pg.url(), autocommit=True) as c:
-        c.execute('CREATE DATABASE "bench"')
-    return pg
-
-
-def release_servers(broker: Any, pg: Any, work: Path | None) -> None:
-    """Stop a bench's private broker, destroy its private PostgreSQL, remove its work dir
-    (each when there is one)."""
-    import shutil
-
-    if broker is not None:
-        broker.stop()
-    if pg is not None:
-        pg.destroy()
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_ingest_bench(cfg: BenchConfig, *, out: Any = print) -> dict[str, Any]:
@@ -474,7 +268,8 @@ def run_ingest_bench(cfg: BenchConfig, *, out: Any = print) -> dict[str, Any]:
     broker: Mosquitto | None = None
     try:
         if cfg.database_url is None:
-            pg = _start_postgres(work, cfg.durable)
+            pg = private_postgres(work, database="bench", durable=cfg.durable, settings={
+                "shared_buffers": "512MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"})
             url = pg.url("bench")
         else:
             url = cfg.database_url
@@ -488,13 +283,11 @@ def run_ingest_bench(cfg: BenchConfig, *, out: Any = print) -> dict[str, Any]:
         bench = _Bench(url, mqtt_url, f"bench{uuid.uuid4().hex[:6]}/v1")
         serials = [f"BENCH-{i:06d}" for i in range(cfg.devices)]
         ids = [uuid.uuid4() for _ in serials]
-        with psycopg.connect(libpq_url(url)) as c:
-            with c.cursor() as cur, cur.copy("COPY devices (id, serial, kind) FROM STDIN") as cp:
-                for i, s in zip(ids, serials, strict=True):
-                    cp.write_row((i, s, "bracelet"))
-            timescale = c.execute(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
-            ).fetchone() == (1,)
+        with psycopg.connect(libpq_url(url)) as c, c.cursor() as cur, \
+                cur.copy("COPY devices (id, serial, kind) FROM STDIN") as cp:
+            for i, s in zip(ids, serials, strict=True):
+                cp.write_row((i, s, "bracelet"))
+        timescale = has_timescaledb(url)
         base_ms = int((time.time() - 3600) * 1000)
         rows = _fix_rows(cfg.batched_fixes, devices=cfg.devices, base_ms=base_ms)
         batched = _messages(rows, serials=serials, prefix=bench.prefix,
@@ -528,7 +321,7 @@ def run_ingest_bench(cfg: BenchConfig, *, out: Any = print) -> dict[str, Any]:
             lags = bench.latency(worker, serials, cfg.latency_rate, cfg.latency_seconds)
         finally:
             worker.close()
-        p50, p99, mx = (_pct(lags, 0.50) * 1000, _pct(lags, 0.99) * 1000, max(lags) * 1000)
+        p50, p99, mx = (pct(lags, 0.50) * 1000, pct(lags, 0.99) * 1000, max(lags) * 1000)
         out(f"  latency  publish→commit at {cfg.latency_rate:,.0f} fixes/s (1 fix/msg): "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {mx:.1f} ms ({len(lags):,} messages)")
         ceiling = min(copy_rate, broker_batched)

@@ -1,4 +1,4 @@
-"""Register the simulated world through the API (`api-v1.md`), with httpx.
+"""Register the simulated world through the API (`docs/api.md`), with httpx.
 
 The caller must be an admin (devices are created by admins). Per run (tag `T`): one
 officer per 100 people (`sim-T-officer-K`, random password), and per person a subject
@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from probation.iin import make_iin
-from probation.simulator.people import Person
+from simulator.people import Person
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from alerts.scheduled import GroupCache, PolygonCache, curfew_starts
+from bench.harness import has_timescaledb, private_postgres, release_servers
 from db.engine import libpq_url
+from db.server import LocalPostgres
 from devices.scheduled import evaluate_silence
 
 TZ = "Asia/Almaty"
@@ -132,32 +134,20 @@ def _timed(conn: psycopg.Connection[Any], repeat: int, setup: Callable[[], None]
 def run_scheduler_bench(cfg: SchedulerBenchConfig, *, out: Any = print) -> dict[str, Any]:
     """Build the data set, time the passes, return a flat result object."""
     from db.migrate import upgrade
-    from db.server import LocalPostgres, embedded_bin_dir, system_bin_dirs, timescaledb_available
 
     work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="probation-sched-bench-"))
     pg: LocalPostgres | None = None
     try:
         url = cfg.database_url
         if url is None:
-            bins = system_bin_dirs()
-            ts_bin = next((b for b in bins if timescaledb_available(b)), None)
-            pg = LocalPostgres(
-                bin_dir=ts_bin or (bins[0] if bins else embedded_bin_dir()),
-                data_dir=work / "pg", timescaledb=ts_bin is not None,
-                settings={"shared_buffers": "512MB", "max_wal_size": "4GB",
-                          "timescaledb.max_background_workers": "0"} if ts_bin else
-                         {"shared_buffers": "512MB", "max_wal_size": "4GB"},
-            )
-            pg.start()
-            with psycopg.connect(pg.url(), autocommit=True) as c:
-                c.execute('CREATE DATABASE "schedbench"')
+            pg = private_postgres(work, database="schedbench",
+                                  settings={"shared_buffers": "512MB", "max_wal_size": "4GB"},
+                                  timescale_settings={"timescaledb.max_background_workers": "0"})
             url = pg.url("schedbench")
         upgrade(url)
         start = datetime(2026, 11, 25, 22, 0, tzinfo=ZoneInfo(TZ)).astimezone(UTC)
+        timescale = has_timescaledb(url)
         with psycopg.connect(libpq_url(url)) as conn:
-            timescale = conn.execute(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
-            ).fetchone() == (1,)
             t = time.perf_counter()
             _generate(conn, cfg, start)
             gen_s = time.perf_counter() - t
@@ -212,5 +202,4 @@ def run_scheduler_bench(cfg: SchedulerBenchConfig, *, out: Any = print) -> dict[
         result["ok"] = max(steady_s, trans_s, curfew_s) <= 1.0
         return result
     finally:
-        if pg is not None:
-            pg.destroy()
+        release_servers(None, pg, work if cfg.work_dir is None else None)

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from probation.simulator.geo import CITY, Frame, Zone, haversine_m, segment_point_distance
+from simulator.geo import CITY, Frame, Zone, haversine_m, segment_point_distance
 
 F64 = npt.NDArray[np.float64]
 
@@ -178,7 +178,7 @@ def make_people(n: int, rng: np.random.Generator, *, polygon_share: float = 0.3,
     for `polygon_share` of people) lies 2-7 km from home and at least `clearance_m` from
     every routine place and path, so GPS noise on the routine never reaches it.
     """
-    from probation.simulator.geo import irregular_polygon
+    from simulator.geo import irregular_polygon
 
     people: list[Person] = []
     for i in range(n):

@@ -1,6 +1,6 @@
 """Micro-benchmark of `devices.protocol.decode` on realistic fix messages (no I/O).
 
-Run: `uv run python -m devices.protocol_bench`.
+Run: `uv run python -m bench.protocol`.
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ def bar(run: TruthRun, matched: dict[int, float], fa_per_pd: float | None, *,
 
 def fetch_alerts(api: Any, run: TruthRun) -> list[Alert]:
     """The alerts created since the run started (any later creation included), via the API."""
-    from probation.simulator.violations import iso
+    from simulator.violations import iso
 
     since = iso(run.real_start - 600)
     return [Alert.from_api(a) for a in api.pages("/alerts", since=since)

@@ -18,7 +18,7 @@ older than the newest it has evaluated). Downlink commands are obeyed:
 person's phone with a face embedding close to the enrolled template (or deliberately
 not, or with a bad one: the planned check-in violations), every command is acknowledged.
 
-Truth (JSON lines, see `probation.simulator.score` for the format): a `run` record,
+Truth (JSON lines, see `simulator.score` for the format): a `run` record,
 then one `violation` record per alert the monitoring rules make due, written when it
 becomes due; `noise_due` records for rule-due episodes without a real violation; an
 `end` record. Real-clock violations (check-ins, communication lost) carry
@@ -34,6 +34,7 @@ import math
 import queue
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +47,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from probation.simulator.gps import SRC_GPS, SRC_NAMES, GpsModel
-from probation.simulator.people import (
+from simulator.gps import SRC_GPS, SRC_NAMES, GpsModel
+from simulator.people import (
     Person,
     Stay,
     Trajectory,
@@ -56,8 +57,8 @@ from probation.simulator.people import (
     make_people,
     plan_stays,
 )
-from probation.simulator.setup import Registered, template
-from probation.simulator.violations import (
+from simulator.setup import Registered, template
+from simulator.violations import (
     ZONE_ALERT,
     Due,
     Plan,
@@ -1001,8 +1002,8 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
                    on_phase: Callable[[str], None] | None = None,
                    stop: threading.Event | None = None) -> RunResult:
     """Plan, connect, register (or load the setup), run, and close. See the module doc."""
-    from probation.simulator.publisher import Publisher
-    from probation.simulator.setup import ApiClient, SetupState, new_tag, register
+    from simulator.publisher import Publisher
+    from simulator.setup import ApiClient, SetupState, new_tag, register
 
     def phase(msg: str) -> None:
         log.info("%s", msg)
@@ -1029,7 +1030,8 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
     if cfg.api:
         api = ApiClient(cfg.api, cfg.username, cfg.password)
         api.login()
-    pub = Publisher(cfg.mqtt, max_inflight=cfg.max_inflight, on_message=sim.on_downlink)
+    pub = Publisher(cfg.mqtt, client_id=f"probation-sim-{uuid.uuid4().hex[:8]}", max_inflight=cfg.max_inflight,
+                    on_message=sim.on_downlink)
     pub.subscribe(f"{cfg.prefix}/devices/+/commands")
     pub.connect()
     sim.sink = pub

@@ -4,7 +4,7 @@ The worker is the one `probation ingest` runs (`probation.workers.build_ingestio
 geofence engine, the check-in outcomes, rapid-mode commands), in a child process of its
 own, against a private PostgreSQL (TimescaleDB when installed) and mosquitto.
 
-The world is the simulator's (`probation.simulator.people.make_people`), written straight
+The world is the simulator's (`simulator.people.make_people`), written straight
 into the database (the API would take minutes for 5,000 people): per person a subject,
 a case, an assigned bracelet, a home inclusion zone with the 22:00-06:00 curfew and an
 exclusion zone (circle or polygon). The traffic is one fix per message per device every
@@ -45,17 +45,18 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from db.engine import libpq_url
-from devices.bench import (
-    Publisher,
-    _Child,
-    _drop_session,
-    _pct,
-    _start_postgres,
-    _wait_until,
+from bench.harness import (
+    Child,
+    drop_session,
+    has_timescaledb,
+    pct,
+    private_postgres,
     release_servers,
     serve_child,
+    wait_until,
 )
+from db.engine import libpq_url
+from simulator.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class _Mover:
 
 def setup_world(url: str, n: int, seed: int, tag: str) -> tuple[list[str], list[_Mover]]:
     """Officers, subjects, cases, bracelets, assignments, home and exclusion zones (COPY)."""
-    from probation.simulator.people import make_people
-    from probation.simulator.setup import CURFEW_SCHEDULE
+    from simulator.people import make_people
+    from simulator.setup import CURFEW_SCHEDULE
 
     rng = np.random.default_rng(seed)
     people = make_people(n, rng)
@@ -286,7 +287,8 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
     work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="probation-bench-gf-"))
     pg = broker = None
     try:
-        pg = _start_postgres(work, cfg.durable)
+        pg = private_postgres(work, database="bench", durable=cfg.durable, settings={
+            "shared_buffers": "512MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"})
         url = pg.url("bench")
         upgrade(url)
         broker = Mosquitto(data_dir=work / "mosquitto")
@@ -295,10 +297,7 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
         prefix = f"gb{tag}/v1"
         t0 = time.monotonic()
         serials, movers = setup_world(url, cfg.people, cfg.seed, tag)
-        with psycopg.connect(libpq_url(url)) as c:
-            timescale = c.execute(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
-            ).fetchone() == (1,)
+        timescale = has_timescaledb(url)
         start = sim_start(cfg.fixes_per_device + 2 * max(1, int(cfg.live_rate * cfg.live_seconds
                                                                  / cfg.people) + 1))
         drain_msgs = traffic(prefix, serials, movers, start, 0, cfg.fixes_per_device, cfg.seed)
@@ -308,15 +307,15 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
             f"({'durable' if cfg.durable else 'fsync off'}); {cfg.people:,} people set up in "
             f"{time.monotonic() - t0:.1f} s; {len(drain_msgs):,} single-fix messages from "
             f"{start.astimezone(TZ):%Y-%m-%d %H:%M} Asia/Almaty")
-        kw = {"database_url": url, "mqtt_url": broker.url, "prefix": prefix,
+        kw: dict[str, Any] = {"database_url": url, "mqtt_url": broker.url, "prefix": prefix,
               "client_id": f"gb-ingest-{tag}", "data_dir": str(work / "data"),
               "worker_kwargs": cfg.worker_kwargs or {}}
-        _Child(_worker_child, kw).close()  # the persistent session
+        Child(_worker_child, kw).close()  # the persistent session
         pub_rate = _publish(broker.url, drain_msgs)
-        worker = _Child(_worker_child, kw)
+        worker = Child(_worker_child, kw)
         result: dict[str, Any] = {}
         try:
-            _wait_until(lambda: worker.ask("report")["messages"] >= len(drain_msgs), 1800,
+            wait_until(lambda: worker.ask("report")["messages"] >= len(drain_msgs), 1800,
                         "the drain")
             rep = worker.ask("report")
             drain = rep["messages"] / (rep["last"] - rep["first_rx"])
@@ -334,12 +333,12 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
                 t_pub = time.time()
                 sent_rate = _publish(broker.url, live_msgs, cfg.live_rate)
                 t_sent = time.time()
-                _wait_until(lambda: worker.ask("report")["messages"] >= len(live_msgs), 1800,
+                wait_until(lambda: worker.ask("report")["messages"] >= len(live_msgs), 1800,
                             "the live run")
                 rep = worker.ask("report")
                 lags = worker.ask("lags")
                 kept = len(live_msgs) / (rep["last"] - t_pub)
-                p50, p95, mx = _pct(lags, 0.5), _pct(lags, 0.95), max(lags)
+                p50, p95, mx = pct(lags, 0.5), pct(lags, 0.95), max(lags)
                 out(f"  live   {len(live_msgs):,} messages published at {sent_rate:,.0f}/s: "
                     f"committed at {kept:,.0f} msgs/s, done {rep['last'] - t_sent:.1f} s after "
                     f"the last publish; receive→commit p50 {p50 * 1000:.0f} ms, p95 "
@@ -352,7 +351,7 @@ def run_geofence_bench(cfg: GeofenceBenchConfig, *, out: Any = print) -> dict[st
                               live_max_ms=round(mx * 1000, 1))
         finally:
             worker.close()
-            _drop_session(broker.url, kw["client_id"])
+            drop_session(broker.url, kw["client_id"])
         with psycopg.connect(libpq_url(url)) as c:
             counts = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
                       for t in ("fixes", "alerts", "geofence_states", "geofence_snapshots",

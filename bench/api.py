@@ -16,7 +16,6 @@ Targets: caseload p99 <= 50 ms, acknowledgement p99 <= 30 ms.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from bench.harness import has_timescaledb, private_postgres, release_servers
 from db.engine import libpq_url
 
 TARGETS = {"caseload_p99_ms": 50.0, "ack_p99_ms": 30.0}
@@ -176,7 +176,7 @@ def _serve(url: str, work: Path, secret: str, port: int) -> subprocess.Popen[byt
            "PROBATION_LOG_LEVEL": "WARNING"}
     env.pop("PROBATION_ADMIN_PASSWORD", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "probation.bench_api:app_from_env", "--factory",
+        [sys.executable, "-m", "uvicorn", "bench.api:app_from_env", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env=env,
     )
@@ -187,13 +187,7 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
     import httpx
 
     from db.migrate import upgrade
-    from db.server import (
-        LocalPostgres,
-        embedded_bin_dir,
-        free_port,
-        system_bin_dirs,
-        timescaledb_available,
-    )
+    from db.server import LocalPostgres, free_port
     from probation.auth import create_access_token
     from probation.models import Role, User
     from probation.settings import Settings
@@ -204,23 +198,13 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
     try:
         url = cfg.database_url
         if url is None:
-            bins = system_bin_dirs()
-            ts_bin = next((b for b in bins if timescaledb_available(b)), None)
-            settings = {"shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "16MB",
-                        "checkpoint_timeout": "30min"}
-            if not cfg.durable:
-                settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
-            pg = LocalPostgres(bin_dir=ts_bin or (bins[0] if bins else embedded_bin_dir()),
-                               data_dir=work / "pg", timescaledb=ts_bin is not None,
-                               settings=settings)
-            pg.start()
-            with psycopg.connect(pg.url(), autocommit=True) as c:
-                c.execute('CREATE DATABASE "bench"')
+            pg = private_postgres(work, database="bench", durable=cfg.durable, settings={
+                "shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "16MB",
+                "checkpoint_timeout": "30min"})
             url = pg.url("bench")
         upgrade(url)
+        timescale = has_timescaledb(url)
         with psycopg.connect(libpq_url(url)) as conn:
-            timescale = conn.execute(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (1,)
             version = conn.execute("SHOW server_version").fetchone()
             out(f"API benchmark: {os.cpu_count()} CPUs, PostgreSQL {version[0] if version else '?'} "
                 f"{'with' if timescale else 'without'} TimescaleDB "
@@ -346,7 +330,4 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
-        if pg is not None:
-            pg.destroy()
-        if cfg.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+        release_servers(None, pg, work if cfg.work_dir is None else None)

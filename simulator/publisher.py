@@ -1,7 +1,7 @@
-"""The simulator's MQTT connection: capped in-flight QoS 1 publishing, downlink subscription.
+"""The MQTT publisher of simulated devices: capped in-flight QoS 1, downlink subscription.
 
-One connection carries the traffic of all simulated devices, like a gateway that
-translates a vendor protocol (`device-mqtt-v1.md` allows gateways). Publishing is QoS 1
+In the simulator, one connection carries the traffic of all simulated devices, like a gateway that
+translates a vendor protocol (`docs/device-protocol.md` allows that). Publishing is QoS 1
 with at most `max_inflight` unacknowledged messages: `publish` blocks while the window
 is full. paho's own window is set to the same value (`max_inflight_messages_set`) and its
 queue is unbounded, so nothing is dropped; the cap keeps the number of outstanding packet
@@ -15,13 +15,13 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from devices.ingest import broker_address, mqtt_client
+from devices.mqtt import Link
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,17 @@ class PublishStats:
 
 
 class Publisher:
-    """A paho client for the simulator (thread-safe `publish`)."""
+    """A device-side QoS 1 publisher (thread-safe `publish`): the simulator's, the
+    benchmarks' and the tests'.
+
+    `publish` blocks while `max_inflight` messages are unacknowledged; `flush` waits
+    until the broker acknowledged everything; messages not acknowledged before a
+    reconnect are resent by paho. `on_message` receives what `subscribe` topics bring
+    (the simulator's downlink commands).
+    """
 
     def __init__(self, mqtt_url: str, *, client_id: str | None = None, max_inflight: int = 1_000,
+                 v5: bool = False,
                  on_message: Callable[[str, bytes], None] | None = None) -> None:
         if not 1 <= max_inflight <= MAX_INFLIGHT_LIMIT:
             raise ValueError(f"max_inflight must be 1..{MAX_INFLIGHT_LIMIT}")
@@ -52,36 +60,13 @@ class Publisher:
         self._inflight = 0  # published (or being published) and not acknowledged
         self._outstanding: dict[int, float] = {}  # mid -> publish time
         self._early: set[int] = set()  # acks that arrived before publish() recorded the mid
-        self._connected = threading.Event()
-        self._subscriptions: list[str] = []
-        self._closing = False
-        self._on_message = on_message
-        self.client = mqtt_client(mqtt_url, client_id or f"probation-sim-{uuid.uuid4().hex[:8]}",
-                                  clean=True)
+        self.link = Link(mqtt_url, client_id or f"probation-pub-{uuid.uuid4().hex[:8]}",
+                         name="publisher", v5=v5, session_expiry_s=0 if v5 else None,
+                         reconnect_s=(1, 5), on_message=on_message)
+        self.client = self.link.client
         self.client.max_inflight_messages_set(max_inflight)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_msg
-
-    # -- paho callbacks ----------------------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the simulator's connection: %s", reason)
-            return
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
-        self._connected.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
-        self._connected.clear()
-        if not self._closing:
-            log.warning("simulator disconnected from the broker (%s); paho reconnects", reason)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
@@ -96,28 +81,14 @@ class Publisher:
             self.stats.ack_latency_s.append(now - t0)
             self._cond.notify_all()
 
-    def _on_msg(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self._on_message is not None:
-            try:
-                self._on_message(msg.topic, bytes(msg.payload))
-            except Exception:
-                log.exception("simulator: handling a downlink message failed")
-
-    # -- API ---------------------------------------------------------------------
-
     def subscribe(self, topic: str) -> None:
         """Subscribe (QoS 1) now and after every reconnect."""
-        self._subscriptions.append(topic)
-        if self._connected.is_set():
-            self.client.subscribe(topic, qos=1)
+        self.link.subscribe(topic, qos=1)
 
     def connect(self, timeout: float = 15) -> Publisher:
-        host, port = broker_address(self.mqtt_url)
-        self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
-        if not self._connected.wait(timeout):
+        if not self.link.start(timeout):
             self.client.loop_stop()
-            raise TimeoutError(f"the simulator could not connect to {self.mqtt_url}")
+            raise TimeoutError(f"the publisher could not connect to {self.mqtt_url}")
         return self
 
     @property
@@ -125,12 +96,15 @@ class Publisher:
         with self._cond:
             return self._inflight
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1; blocks while `max_inflight` messages are unacknowledged.
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish; at QoS 1, blocks while `max_inflight` messages are unacknowledged.
 
         paho calls `on_publish` holding its own lock, which `client.publish` also takes:
         our lock is therefore never held across `client.publish`.
         """
+        if qos == 0:
+            self.client.publish(topic, payload, qos=0, retain=retain)
+            return
         with self._cond:
             if self._inflight >= self.max_inflight:
                 t0 = time.monotonic()
@@ -138,7 +112,7 @@ class Publisher:
                     self._cond.wait(1.0)
                 self.stats.blocked_s += time.monotonic() - t0
             self._inflight += 1
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
         now = time.monotonic()
         with self._cond:
             if info.mid in self._early:
@@ -151,6 +125,13 @@ class Publisher:
             self.stats.messages += 1
             self.stats.bytes += len(payload)
             self.stats.max_outstanding = max(self.stats.max_outstanding, self._inflight)
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]]) -> int:
+        n = 0
+        for topic, payload in messages:
+            self.publish(topic, payload)
+            n += 1
+        return n
 
     def flush(self, timeout: float = 60) -> bool:
         """Wait until the broker acknowledged everything published so far."""
@@ -165,7 +146,11 @@ class Publisher:
 
     def close(self, timeout: float = 30) -> None:
         if not self.flush(timeout):
-            log.warning("simulator: %d messages still unacknowledged at close", self.outstanding)
-        self._closing = True
-        self.client.disconnect()
-        self.client.loop_stop()
+            log.warning("publisher: %d messages still unacknowledged at close", self.outstanding)
+        self.link.stop()
+
+    def __enter__(self) -> Publisher:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

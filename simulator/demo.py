@@ -5,7 +5,7 @@ and broker where no URLs are set, migrations, the API, the ingest worker, the
 scheduler), in its own data directory (`<data dir>/demo`) so that it never touches a
 `serve` installation. The `admin` password is generated on every start (and reset if the
 demo database already has an admin). The simulated clock lags the wall clock, so the
-demo raises `location_lost_s` above that lag (see `probation.simulator.score`).
+demo raises `location_lost_s` above that lag (see `simulator.score`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from probation.simulator.run import Progress, SimConfig, run_simulation
-from probation.simulator.violations import Rates, iso
+from simulator.run import Progress, SimConfig, run_simulation
+from simulator.violations import Rates, iso
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
     """Start the service and the simulator; returns the exit code."""
     from db.server import free_port
     from probation.settings import Settings
-    from probation.simulator.score import fetch_alerts, format_table, load_truth, score
-    from probation.simulator.setup import ApiClient
+    from simulator.score import fetch_alerts, format_table, load_truth, score
+    from simulator.setup import ApiClient
 
     base = Settings()
     data_dir = opts.data_dir or base.data_dir / "demo"

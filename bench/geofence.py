@@ -1,6 +1,6 @@
 """Benchmark of the geofence engine against a shapely 2 reference (inside/outside only).
 
-Run: ``uv run python -m geofence.bench [--cases N] [--fixes N] [--json PATH]``.
+Run: ``uv run python -m bench.geofence [--cases N] [--fixes N] [--json PATH]``.
 
 Workload (fixed seed): N cases around Almaty (43.24 N, 76.92 E, +-10 km), each with
 a 12-vertex home inclusion polygon scheduled 22:00-06:00 Asia/Almaty, two 30-vertex
@@ -22,16 +22,17 @@ prepared geometries, ``contains_xy`` per case for its own zones and an STRtree
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from bench.harness import write_json
 from geofence.engine import FixBatch, advance
 from geofence.episodes import EngineState
 from geofence.geometry import M_PER_DEG, compile_zone
@@ -328,8 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in res.items():
         print(f"{k:>24}: {v}")
     if a.json_path:
-        with open(a.json_path, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=2)
+        write_json(Path(a.json_path), res)
 
 
 if __name__ == "__main__":
