@@ -146,7 +146,8 @@ def _with_carry(new: EngineState, old: EngineState, ids: np.ndarray, carry: Carr
                 ) -> EngineState:
     """``new`` with the outlier carry of ``ids`` replaced (others kept from ``old``)."""
     cols = {k: v for k, v in new.columns().items() if not k.startswith("o_")}
-    keep = ~np.isin(old.o_id, ids) if old.o_id.size else np.zeros(0, bool)
+    # (np.isin on object arrays compares every pair: a dict lookup per stored row)
+    keep = lookup_ids({d: i for i, d in enumerate(ids.tolist())}, old.o_id) < 0
     cols["o_id"] = np.concatenate((old.o_id[keep], ids))
     for k in OUT_FIELDS:
         cols[f"o_{k}"] = np.concatenate((old.col(f"o_{k}")[keep], getattr(carry, k)))
