@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from geofence.geometry import haversine_m
+from geofence.geometry import M_PER_DEG, haversine_m
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -115,6 +115,15 @@ class OutlierResult:
     carry: Carry
 
 
+def _planar_m(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
+    """Distance (m) in a local equirectangular frame: within 0.1 % of the great circle
+    for the legs that matter (under ~10 km); far legs only ever compare as "far"."""
+    dy = (lat2 - lat1) * M_PER_DEG
+    dx = (lon2 - lon1) * (M_PER_DEG * np.cos(np.radians(lat2)))
+    out: F64 = np.sqrt(dx * dx + dy * dy)
+    return out
+
+
 def _allowed(v_prev: F64 | np.float64, dt_s: F64, cfg: OutlierConfig) -> F64:
     return np.minimum(cfg.v_max_mps,
                       np.maximum(cfg.v_free_mps, v_prev + cfg.accel_mps2 * dt_s * 0.5))
@@ -148,10 +157,7 @@ def detect(
     ranges: list[tuple[int, int, int]] = []
     if n == 0:
         return OutlierResult(suspect, outlier, after_lone, ranges, c)
-    m = np.maximum(acc, cfg.min_margin_m)
-    group = np.repeat(np.arange(g_n), np.diff(np.append(starts, n)))
-    first = np.zeros(n, dtype=bool)
-    first[starts] = True
+    m = np.clip(acc, cfg.min_margin_m, np.inf)  # np.maximum(a, scalar) is ~3x slower
     # previous fix of each row: the row before in its group, else the carried one
     p_ts = np.empty(n, dtype=np.int64)
     p_lat = np.empty(n)
@@ -162,17 +168,19 @@ def detect(
     p_m[starts] = c.prev_m
     has_p = np.ones(n, dtype=bool)
     has_p[starts] = c.has_prev
-    dt = np.maximum((ts - p_ts) / 1000.0, 1.0)
-    dist = haversine_m(p_lat, p_lon, lat, lon)
+    dt = np.clip((ts - p_ts) * 0.001, 1.0, np.inf)
+    dist = _planar_m(p_lat, p_lon, lat, lon)
     # without a previous fix the speed is unknown: anything up to v_max is plausible
     v_raw = np.where(has_p, dist / dt, cfg.v_max_mps)
     v0 = np.empty(n)
     v0[1:] = v_raw[:-1]
     v0[starts] = np.where(c.has_prev, c.prev_v, cfg.v_max_mps)
     jump = has_p & (_eff_speed(dist, p_m, m, dt) > _allowed(v0, dt, cfg))
-    busy = np.zeros(g_n, dtype=bool)
-    busy[group[jump]] = True
-    busy |= c.since > 0
+    busy = c.since > 0
+    jumps = np.flatnonzero(jump)
+    if jumps.size:
+        busy = busy.copy()
+        busy[np.searchsorted(starts, jumps, side="right") - 1] = True
     for g in np.flatnonzero(busy).tolist():
         a = int(starts[g])
         b = int(starts[g + 1]) if g + 1 < g_n else n

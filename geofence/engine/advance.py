@@ -114,20 +114,31 @@ def advance_ex(
     n = len(batch)
     if n == 0:
         return state, Transitions.empty(), []
-    o = np.lexsort((batch.ts, batch.device))
+    o = _device_order(batch)
     d_s = batch.device[o]
     starts = np.flatnonzero(np.concatenate(([True], d_s[1:] != d_s[:-1]))).astype(np.int64)
     ids = batch.device_ids[d_s[starts]]
     res = detect(starts, batch.ts[o], batch.lat[o], batch.lon[o], batch.acc[o],
                  _carry_in(state, ids), config.outliers)
-    # the inner batch in (device, ts) order: the engine's own ordering keeps it, so the
-    # per-row flags stay aligned
-    keep = np.flatnonzero(~res.suspect)
-    lone = res.after_lone[keep]
-    new, trans = _advance(state, batch.select(o[keep]), zones, config,
-                          lone if lone.any() else None)
+    # the accepted fixes in arrival order (the engine orders them as `o` did, so the
+    # per-row flags, in (device, ts) order, stay aligned)
+    if res.suspect.any():
+        keep = np.flatnonzero(~res.suspect)
+        inner, lone = batch.select(np.sort(o[keep])), res.after_lone[keep]
+    else:
+        inner, lone = batch, res.after_lone
+    new, trans = _advance(state, inner, zones, config, lone if lone.any() else None)
     new = _with_carry(new, state, ids, res.carry)
     return new, trans, [(str(ids[g]), a, b) for g, a, b in res.ranges]
+
+
+def _device_order(batch: FixBatch) -> I64:
+    """(device, ts) order, stable, as `order_fixes` sorts (a counting sort by device of
+    a batch that arrives in time order)."""
+    ts, dev = batch.ts, batch.device
+    o_ts = np.argsort(ts, kind="stable") if np.any(ts[1:] < ts[:-1]) else None
+    o = argsort_int(dev if o_ts is None else dev[o_ts], max(len(batch.device_ids), 1))
+    return o if o_ts is None else o_ts[o]
 
 
 def _carry_in(state: EngineState, ids: np.ndarray) -> Carry:
