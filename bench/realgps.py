@@ -836,6 +836,10 @@ def table_lines(result: dict[str, Any]) -> list[str]:
                 f"{(r['false_alarms_per_person_day'] if r['person_days'] else 0):>7} "
                 f"{r['duplicate_alerts']:>4} {rec:>16} "
                 f"{str(r['delay_p50_s']) + '/' + str(r['delay_p95_s']):>16}")
+    for source, info in result["sources"].items():
+        if source not in result["results"]:
+            lines.append(f"{source:<20} no scenario: {info['tracks']} tracks, no dwell of 30 "
+                         f"minutes and no 40-minute window with 800 m of travel")
     return lines
 
 
