@@ -36,8 +36,8 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts.episodes import close_episode, open_episode
 from alerts.models import AlertType, Severity
+from alerts.service import close_episode, open_episode
 from geofence.geometry import CompiledZone, InvalidGeometry, ZoneStore, compile_zone, haversine_m
 from geofence.schedule import (
     InvalidSchedule,

@@ -188,9 +188,9 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
 
     from db.migrate import upgrade
     from db.server import LocalPostgres, free_port
-    from probation.auth import create_access_token
-    from probation.models import Role, User
     from probation.settings import Settings
+    from probation.users.auth import create_access_token
+    from probation.users.models import Role, User
 
     work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="probation-bench-api-"))
     pg: LocalPostgres | None = None

@@ -1,6 +1,6 @@
 """`probation bench ingest --geofence`: the whole ingest worker under soak-like traffic.
 
-The worker is the one `probation ingest` runs (`probation.workers.build_ingestion`: the
+The worker is the one `probation ingest` runs (`probation.runtime.workers.build_ingestion`: the
 geofence engine, the check-in outcomes, rapid-mode commands), in a child process of its
 own, against a private PostgreSQL (TimescaleDB when installed) and mosquitto.
 
@@ -21,7 +21,7 @@ Two measurements:
   worker runs: the rate it keeps up with and the receive → commit lag.
 
 The child reports where the writer's time went (stage timers around the batch, the
-geofence hook and the commit).
+after-store stages and the commit).
 """
 
 from __future__ import annotations
@@ -197,10 +197,9 @@ def traffic(
 def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
     """The real `build_ingestion` worker with stage timers; reports over `conn`."""
     logging.basicConfig(level=logging.WARNING)
-    from devices.checkins import ChainedHooks
     from devices.ingest import CommitInfo
+    from probation.runtime.workers import build_ingestion
     from probation.settings import Settings
-    from probation.workers import build_ingestion
 
     settings = Settings(
         database_url=kw["database_url"], mqtt_url=kw["mqtt_url"], mqtt_prefix=kw["prefix"],
@@ -229,9 +228,9 @@ def _worker_child(conn: Connection, kw: dict[str, Any]) -> None:
 
     writer = worker.writer
     writer.write = timed("write", writer.write)  # type: ignore[method-assign]
-    hook = writer.geofence
-    assert isinstance(hook, ChainedHooks)
-    hook.on_batch = timed("geofence", hook.on_batch)  # type: ignore[method-assign]
+    assert writer.after_store
+    for stage in writer.after_store:  # the after-store stages together: "geofence"
+        stage.on_batch = timed("geofence", stage.on_batch)  # type: ignore[method-assign]
     chained = worker.on_commit
 
     def on_commit(info: CommitInfo) -> None:
@@ -276,7 +275,7 @@ def _stage_line(rep: dict[str, Any]) -> str:
     b = max(1, rep["batches"])
     other = t["write"] - t["geofence"]
     return (f"{rep['batches']:,} batches of {rep['messages'] / b:,.0f} messages; per batch: "
-            f"store+inventory {other / b * 1000:.1f} ms, geofence+check-in hooks "
+            f"store+inventory {other / b * 1000:.1f} ms, after-store stages "
             f"{t['geofence'] / b * 1000:.1f} ms, write+commit {t['commit'] / b * 1000:.1f} ms")
 
 

@@ -3,7 +3,7 @@
 Real receivers are not honest about their error: single fixes hundreds of metres away
 with a small `acc` after a gap, short clusters that jump out and back. This benchmark
 measures what officers would see on such data, through the real pipeline: a private
-mosquitto, the real ingest worker (`probation.workers.build_ingestion`: geofence engine,
+mosquitto, the real ingest worker (`probation.runtime.workers.build_ingestion`: geofence engine,
 alerts) and a private PostgreSQL with TimescaleDB when installed.
 
 Data: CSV files in the development set's format (`track_id,ts_utc_iso,lat,lon,acc_m,
@@ -708,8 +708,9 @@ class RealGpsConfig:
 def _worker_child(conn: Any, kw: dict[str, Any]) -> None:
     """The real ingest worker (`build_ingestion`) in its own process."""
     logging.basicConfig(level=logging.WARNING)
+    from probation.runtime.workers import build_ingestion
+
     from probation.settings import Settings
-    from probation.workers import build_ingestion
 
     settings = Settings(
         database_url=kw["database_url"], mqtt_url=kw["mqtt_url"], mqtt_prefix=kw["prefix"],

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -16,18 +15,12 @@ from sqlalchemy import text
 
 from db.engine import get_engine
 from probation import __version__
+from probation.api import install
+from probation.context import AppContext
 from probation.settings import Settings
+from probation.users.bootstrap import bootstrap_admin
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AppContext:
-    """What every request may need: settings and the resolved server URLs."""
-
-    settings: Settings
-    database_url: str
-    mqtt_url: str
 
 
 def broker_reachable(mqtt_url: str, timeout: float = 1.0) -> bool:
@@ -59,8 +52,6 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from probation.bootstrap import bootstrap_admin
-
         bootstrap_admin(database_url, settings)
         yield
         publisher = getattr(app.state, "command_publisher", None)  # started by the API on demand
@@ -107,8 +98,6 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    from probation.api import install
 
     install(app)
     return app

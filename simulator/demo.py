@@ -49,8 +49,8 @@ def _reset_admin(database_url: str, password: str) -> None:
     from sqlmodel import Session, select
 
     from db.engine import get_engine
-    from probation.models import Role, User
-    from probation.security import hash_password
+    from probation.users.models import Role, User
+    from probation.users.security import hash_password
 
     with Session(get_engine(database_url)) as s:
         user = s.exec(select(User).where(User.username == "admin")).first()

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from probation.iin import make_iin
+from probation.subjects.iin import make_iin
 from simulator.people import Person
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ user_app = typer.Typer(help="Users.", no_args_is_help=True)
 def db_upgrade(revision: str = "head") -> None:
     """Apply the migrations (embedded database if no URL is set)."""
     from db.migrate import upgrade
-    from probation.runtime import start_embedded
+    from probation.runtime.embedded import start_embedded
 
     settings = load_settings()
     rt = start_embedded(settings, need_broker=False)
@@ -38,8 +38,8 @@ def user_add(
 ) -> None:
     """Create a user (embedded database if no URL is set)."""
     from db.migrate import upgrade
-    from probation.runtime import start_embedded
-    from probation.users import UserError, create_user_cli
+    from probation.runtime.embedded import start_embedded
+    from probation.users.service import UserError, create_user_cli
 
     settings = load_settings()
     if password is None:
@@ -75,7 +75,7 @@ def dead_letters(
 
     from db.engine import connect
     from devices.service import list_dead_letters
-    from probation.runtime import start_embedded
+    from probation.runtime.embedded import start_embedded
 
     settings = load_settings()
     try:

@@ -92,9 +92,9 @@ class Service:
         """Start everything but the HTTP server (on failure, stop what was started)."""
         from db.migrate import upgrade
         from probation.app import create_app
-        from probation.runtime import start_embedded
-        from probation.scheduler import SchedulerService
-        from probation.workers import build_ingestion
+        from probation.runtime.embedded import start_embedded
+        from probation.runtime.scheduler import SchedulerService
+        from probation.runtime.workers import build_ingestion
 
         settings = self.settings
         rt = self.rt = start_embedded(settings)
@@ -143,7 +143,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         rt = svc.rt
         login = None
         if not settings.admin_password and not settings.database_url:
-            from probation.bootstrap import ensure_embedded_admin
+            from probation.users.bootstrap import ensure_embedded_admin
 
             login = ensure_embedded_admin(rt.database_url, settings)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -182,7 +182,7 @@ def ingest(
     ] = 0,
 ) -> None:
     """The ingestion worker alone (production; several may share the load)."""
-    from probation.workers import build_ingestion
+    from probation.runtime.workers import build_ingestion
 
     settings = load_settings()
     worker = build_ingestion(
@@ -202,7 +202,7 @@ def ingest(
 
 def scheduler() -> None:
     """The scheduler alone (production)."""
-    from probation.scheduler import SchedulerService
+    from probation.runtime.scheduler import SchedulerService
 
     settings = load_settings()
     svc = SchedulerService(

@@ -13,7 +13,7 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from devices.biometrics import decrypt_template, load_key
-from probation.iin import make_iin
+from probation.subjects.iin import make_iin
 from tests.integration._api import World, insert_alert
 
 pytest_plugins = ["tests.integration._api_fixtures"]

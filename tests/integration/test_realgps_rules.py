@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from probation.runtime.workers import Ingestion, build_ingestion
 from probation.settings import Settings
-from probation.workers import Ingestion, build_ingestion
 from tests.integration.test_geofence_wiring import (
     Gateway,
     alerts,

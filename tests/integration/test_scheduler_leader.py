@@ -165,7 +165,7 @@ def test_two_schedulers_one_leader_and_takeover(
 
 def test_lost_lock_connection_steps_down(database_url: str) -> None:
     """If the leader's lock session is killed (network loss), it stops running jobs."""
-    from probation.scheduler import LEADER_KEY, SchedulerService
+    from probation.runtime.scheduler import LEADER_KEY, SchedulerService
     from probation.settings import Settings
 
     svc = SchedulerService(

@@ -20,7 +20,7 @@ import psycopg
 from alerts.notify import Delivery
 from bench.scheduler import SchedulerBenchConfig, _generate
 from db.engine import connect
-from probation.scheduler import SchedulerService
+from probation.runtime.scheduler import SchedulerService
 from probation.settings import Settings
 
 DEVICES = 2_000

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alerts.models import DEFAULT_SEVERITY, AlertType
 from devices.protocol import EVENT_TYPES, Reason
-from probation.iin import validate_iin
+from probation.subjects.iin import validate_iin
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

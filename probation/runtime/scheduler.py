@@ -205,7 +205,7 @@ def run_retention(
     from sqlmodel import Session
 
     from db.retention import apply_retention
-    from probation.audit import Pending, append
+    from probation.audit.service import Pending, append
 
     with Session(get_engine(database_url)) as session:
         raw = session.connection().connection.driver_connection

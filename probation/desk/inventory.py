@@ -11,21 +11,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import exists, or_, true
+from sqlalchemy import ColumnElement, exists, or_, true
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from db.types import utcnow
 from devices.models import Device, DeviceAssignment, DeviceKind
-from probation import audit
+from probation.audit import service as audit
+from probation.cases.models import Case, CaseStatus
+from probation.cases.scope import CaseScope
+from probation.desk.models import AssignmentPublic, DeviceCreate, DevicePublic
 from probation.errors import Conflict, NotFound, invalid
-from probation.models import (
-    AssignmentPublic,
-    Case,
-    CaseStatus,
-    DeviceCreate,
-    DevicePublic,
-)
 from probation.pagination import decode_cursor, page_of, parse_text
 
 _ACTIVE = col(DeviceAssignment.unassigned_at).is_(None)
@@ -40,7 +36,7 @@ def _current_case() -> Any:
     )
 
 
-def visible(scope: Any) -> Any:
+def visible(scope: CaseScope) -> ColumnElement[bool]:
     """A clause on `Device` for the devices `scope` (a `CaseScope`) may see."""
     if scope.everything:
         return true()
@@ -71,7 +67,7 @@ def create_device(session: Session, *, data: DeviceCreate, actor_id: uuid.UUID) 
 
 
 def list_devices(
-    session: Session, *, scope: Any, kind: DeviceKind | None = None, serial: str | None = None,
+    session: Session, *, scope: CaseScope, kind: DeviceKind | None = None, serial: str | None = None,
     assigned: bool | None = None, limit: int = 50, cursor: str | None = None,
 ) -> tuple[list[DevicePublic], str | None]:
     """Inventory in serial order."""
@@ -92,7 +88,7 @@ def list_devices(
     return page_of("devices", items, limit, lambda d: [d.serial])
 
 
-def get_device(session: Session, *, device_id: uuid.UUID, scope: Any) -> DevicePublic:
+def get_device(session: Session, *, device_id: uuid.UUID, scope: CaseScope) -> DevicePublic:
     current = _current_case().label("current_case_id")
     row = session.exec(
         select(Device, current).where(Device.id == device_id, visible(scope))

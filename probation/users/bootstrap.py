@@ -7,9 +7,9 @@ import logging
 from sqlmodel import Session, func, select
 
 from db.engine import get_engine
-from probation.models import Role, User
-from probation.security import hash_password
 from probation.settings import Settings
+from probation.users.models import Role, User
+from probation.users.security import hash_password
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from db.types import utcnow
-from probation import audit
+from probation.audit import service as audit
 from probation.errors import Unauthorized
-from probation.models import User
-from probation.security import hash_password, verify_password
 from probation.settings import Settings
+from probation.users.models import User
+from probation.users.security import hash_password, verify_password
 
 ALGORITHM = "HS256"
 MAX_FAILED_LOGINS = 10

@@ -7,29 +7,28 @@ everyone while they have no case yet (registered, waiting for a case).
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-from sqlalchemy import exists, or_, true
+from sqlalchemy import ColumnElement, exists, or_, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from db.types import utcnow
 from devices.biometrics import encrypt_template
-from probation import audit
-from probation.deps import CaseScope
+from probation.audit import service as audit
+from probation.cases.models import Case
+from probation.cases.scope import CaseScope
 from probation.errors import Conflict, NotFound
-from probation.models import (
+from probation.subjects.models import (
     BiometricEnrolment,
     BiometricTemplate,
-    Case,
     Subject,
     SubjectCreate,
     SubjectPublic,
 )
 
 
-def visible(scope: CaseScope) -> Any:
+def visible(scope: CaseScope) -> ColumnElement[bool]:
     """A clause on `Subject` for the persons `scope` may see."""
     if scope.everything:
         return true()

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, text, true
+from sqlalchemy import ColumnElement, and_, exists, or_, text, true
 from sqlmodel import Session, col, select
 
 from db.types import utcnow
@@ -29,19 +29,12 @@ from geofence import (
     validate_exceptions,
     validate_schedule,
 )
-from probation import audit
+from probation.audit import service as audit
+from probation.cases.models import Case, CaseStatus
+from probation.cases.scope import CaseScope
 from probation.errors import Conflict, FieldError, Forbidden, Invalid, NotFound, invalid
-from probation.models import (
-    Case,
-    CaseStatus,
-    CaseZone,
-    Role,
-    Zone,
-    ZoneCreate,
-    ZoneException,
-    ZonePublic,
-    ZoneUpdate,
-)
+from probation.users.models import Role
+from probation.zones.models import CaseZone, Zone, ZoneCreate, ZoneException, ZonePublic, ZoneUpdate
 
 _INDEX = re.compile(r"\[(\d+)\]")
 
@@ -80,7 +73,7 @@ def _validate(zone: Zone) -> None:
         raise Invalid([FieldError(_dotted(e.field), "schedule_invalid", {"reason": e.message})]) from None
 
 
-def visible(scope: Any) -> Any:
+def visible(scope: CaseScope) -> ColumnElement[bool]:
     """A clause on `Zone` for the zones `scope` (a `CaseScope`) may see."""
     if scope.everything:
         return true()
@@ -92,7 +85,7 @@ def visible(scope: Any) -> Any:
     return attached
 
 
-def _public(session: Session, zone: Zone, scope: Any) -> ZonePublic:
+def _public(session: Session, zone: Zone, scope: CaseScope) -> ZonePublic:
     q = select(CaseZone.case_id).where(CaseZone.zone_id == zone.id)
     if not scope.everything:
         q = q.where(col(CaseZone.case_id).in_(scope.case_ids()))
@@ -113,7 +106,7 @@ def _new_zone(data: ZoneCreate, *, shared: bool, actor_id: uuid.UUID) -> Zone:
     return zone
 
 
-def create_case_zone(session: Session, *, case: Case, data: ZoneCreate, scope: Any) -> ZonePublic:
+def create_case_zone(session: Session, *, case: Case, data: ZoneCreate, scope: CaseScope) -> ZonePublic:
     """A zone of one case."""
     if case.status != CaseStatus.ACTIVE:
         raise Conflict("case_closed")
@@ -128,7 +121,7 @@ def create_case_zone(session: Session, *, case: Case, data: ZoneCreate, scope: A
     return ZonePublic.model_validate(zone, update={"case_ids": [case.id]})
 
 
-def create_shared_zone(session: Session, *, data: ZoneCreate, scope: Any) -> ZonePublic:
+def create_shared_zone(session: Session, *, data: ZoneCreate, scope: CaseScope) -> ZonePublic:
     """A shared zone (school, a victim's home) to attach to cases (supervisor, admin)."""
     zone = _new_zone(data, shared=True, actor_id=scope.user_id)
     session.add(zone)
@@ -139,7 +132,7 @@ def create_shared_zone(session: Session, *, data: ZoneCreate, scope: Any) -> Zon
     return ZonePublic.model_validate(zone, update={"case_ids": []})
 
 
-def list_case_zones(session: Session, *, case: Case, scope: Any) -> list[ZonePublic]:
+def list_case_zones(session: Session, *, case: Case, scope: CaseScope) -> list[ZonePublic]:
     zones = session.exec(
         select(Zone)
         .join(CaseZone, col(CaseZone.zone_id) == Zone.id)
@@ -151,7 +144,7 @@ def list_case_zones(session: Session, *, case: Case, scope: Any) -> list[ZonePub
     return [_public(session, z, scope) for z in zones]
 
 
-def _visible_zone(session: Session, zone_id: uuid.UUID, scope: Any, *, lock: bool = False) -> Zone:
+def _visible_zone(session: Session, zone_id: uuid.UUID, scope: CaseScope, *, lock: bool = False) -> Zone:
     q = select(Zone).where(Zone.id == zone_id, col(Zone.deleted_at).is_(None), visible(scope))
     if lock:
         q = q.with_for_update(of=Zone)  # type: ignore[arg-type]
@@ -167,19 +160,19 @@ def _attached_case(session: Session, zone: Zone) -> uuid.UUID | None:
     return session.exec(select(CaseZone.case_id).where(CaseZone.zone_id == zone.id)).first()
 
 
-def get_zone(session: Session, *, zone_id: uuid.UUID, scope: Any) -> ZonePublic:
+def get_zone(session: Session, *, zone_id: uuid.UUID, scope: CaseScope) -> ZonePublic:
     zone = _visible_zone(session, zone_id, scope)
     audit.record(session, user_id=scope.user_id, action="zone.read", resource="zone",
                  resource_id=zone.id, case_id=_attached_case(session, zone))
     return _public(session, zone, scope)
 
 
-def _may_change(zone: Zone, scope: Any) -> None:
+def _may_change(zone: Zone, scope: CaseScope) -> None:
     if zone.shared and scope.role not in (Role.SUPERVISOR, Role.ADMIN):
         raise Forbidden()
 
 
-def update_zone(session: Session, *, zone_id: uuid.UUID, data: ZoneUpdate, scope: Any) -> ZonePublic:
+def update_zone(session: Session, *, zone_id: uuid.UUID, data: ZoneUpdate, scope: CaseScope) -> ZonePublic:
     zone = _visible_zone(session, zone_id, scope, lock=True)
     _may_change(zone, scope)
     changes = data.model_dump(exclude_unset=True)
@@ -221,7 +214,7 @@ def update_zone(session: Session, *, zone_id: uuid.UUID, data: ZoneUpdate, scope
     return _public(session, zone, scope)
 
 
-def delete_zone(session: Session, *, zone_id: uuid.UUID, scope: Any) -> None:
+def delete_zone(session: Session, *, zone_id: uuid.UUID, scope: CaseScope) -> None:
     """Soft-delete a zone and detach it from every case (alerts keep pointing at it)."""
     zone = _visible_zone(session, zone_id, scope, lock=True)
     _may_change(zone, scope)
@@ -237,7 +230,7 @@ def delete_zone(session: Session, *, zone_id: uuid.UUID, scope: Any) -> None:
                  resource_id=zone.id, case_id=case_id)
 
 
-def attach_zone(session: Session, *, case: Case, zone_id: uuid.UUID, scope: Any) -> ZonePublic:
+def attach_zone(session: Session, *, case: Case, zone_id: uuid.UUID, scope: CaseScope) -> ZonePublic:
     """Attach a shared zone to a case."""
     if case.status != CaseStatus.ACTIVE:
         raise Conflict("case_closed")
@@ -254,7 +247,7 @@ def attach_zone(session: Session, *, case: Case, zone_id: uuid.UUID, scope: Any)
     return _public(session, zone, scope)
 
 
-def detach_zone(session: Session, *, case: Case, zone_id: uuid.UUID, scope: Any) -> None:
+def detach_zone(session: Session, *, case: Case, zone_id: uuid.UUID, scope: CaseScope) -> None:
     """Detach a zone from a case (a case's own zone is deleted with it)."""
     link = session.get(CaseZone, (case.id, zone_id))
     zone = session.get(Zone, zone_id)

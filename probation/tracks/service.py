@@ -20,9 +20,10 @@ import numpy.typing as npt
 import orjson
 from sqlmodel import Session
 
-from probation import audit
+from db.types import utcnow
+from probation.audit import service as audit
 from probation.errors import invalid
-from probation.zones import case_zones_compiled
+from probation.zones.service import case_zones_compiled
 
 F64 = npt.NDArray[np.float64]
 BoolA = npt.NDArray[np.bool_]
@@ -127,8 +128,6 @@ def case_track(
     end: datetime | None, max_points: int,
 ) -> bytes:
     """The track as GeoJSON bytes (audited)."""
-    from db.types import utcnow
-
     end = end or utcnow()
     start = start or end - DEFAULT_WINDOW
     if end <= start:

@@ -18,10 +18,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, text
-from sqlmodel import Session
+from sqlalchemy import and_, event, or_, text
+from sqlmodel import Session, col, select
 
 from db.types import utcnow
+from probation.audit.models import AuditEntry, AuditEntryPublic
+from probation.cases.models import Case
+from probation.cases.scope import CaseScope
+from probation.errors import NotFound
+from probation.pagination import decode_cursor, page_of, parse_bigint
+from probation.users.models import User
 
 GENESIS = "0" * 64
 LOCK_KEY = 0x61756469745F6C67 & 0x7FFFFFFFFFFFFFFF  # "audit_lg"
@@ -167,20 +173,12 @@ def verify(session: Session, *, batch: int = 5000) -> Verification:
 
 
 def list_entries(
-    session: Session, *, actor: Any, case_id: uuid.UUID | None = None,
+    session: Session, *, actor: User, case_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None, since: datetime | None = None, action: str | None = None,
     limit: int = 50, cursor: str | None = None,
 ) -> tuple[list[Any], str | None]:
     """Entries `actor` may see, newest first: admins all; supervisors those about the cases
     they may see plus their team's actions outside any case."""
-    from sqlalchemy import and_, or_
-    from sqlmodel import col, select
-
-    from probation.deps import CaseScope
-    from probation.errors import NotFound
-    from probation.models import AuditEntry, AuditEntryPublic, Case
-    from probation.pagination import decode_cursor, page_of, parse_bigint
-
     scope = CaseScope.of(actor)
     q = select(AuditEntry)
     if not scope.everything:

@@ -16,16 +16,11 @@ from sqlmodel import Session
 from db.types import utcnow
 from devices import service as device_service
 from devices.models import CheckinRequest
-from probation import audit
-from probation.device_inventory import active_device
+from probation.audit import service as audit
+from probation.cases.models import Case, CaseStatus
+from probation.desk.inventory import active_device
+from probation.desk.models import CheckinPublic, CheckinRequestPublic, DeviceEventPublic
 from probation.errors import Conflict
-from probation.models import (
-    Case,
-    CaseStatus,
-    CheckinPublic,
-    CheckinRequestPublic,
-    DeviceEventPublic,
-)
 from probation.pagination import decode_cursor, page_of, parse_bigint, parse_ts, parse_uuid
 
 EVENTS_SQL = """

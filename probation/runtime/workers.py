@@ -12,12 +12,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from devices.checkins import BiometricCheckins, ChainedHooks, CheckinOutcomes, CheckinThresholds
+from devices.checkins import BiometricCheckins, CheckinOutcomes, CheckinThresholds
 from devices.downlink import CommandPublisher
+from devices.event_alerts import EventAlerts
 from devices.geofencing import GeofenceEvaluator
 from devices.ingest import CommitInfo, IngestWorker
+from devices.pipeline import AfterStoreStage
 from devices.scheduled import SilenceGaps
-from probation.scheduler import RuleConfig
+from probation.runtime.scheduler import RuleConfig
 from probation.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,16 +82,22 @@ def build_ingestion(
         database_url=database_url, mqtt_url=mqtt_url, prefix=settings.mqtt_prefix,
         protocol=settings.mqtt_protocol,
     )
+    # What runs after the COPY, in this order, each in its own savepoint of the batch's
+    # transaction (`devices.pipeline.run_after_store_stage`). Every alert that ingest
+    # opens is opened by one of these, through `alerts.service.open_episode`.
+    after_store: list[AfterStoreStage] = [
+        evaluator,  # zone episodes → zone alerts; rapid-mode commands
+        EventAlerts(),  # tamper / battery / power / jamming / beacon events → alerts
+        CheckinOutcomes(thresholds=thresholds),  # requests passed; `checkin_failed` alerts
+        SilenceGaps(RuleConfig.from_settings(settings).silence),  # short `communication_lost`
+    ]
     holder: list[Ingestion] = []
     worker = IngestWorker(
         database_url=database_url, mqtt_url=mqtt_url, prefix=settings.mqtt_prefix,
         client_id=settings.mqtt_client_id, share_group=settings.mqtt_share_group,
         protocol=settings.mqtt_protocol,
-        geofence_hook=ChainedHooks(
-            evaluator, CheckinOutcomes(thresholds=thresholds),
-            SilenceGaps(RuleConfig.from_settings(settings).silence),
-        ),
-        checkin_hook=BiometricCheckins(
+        after_store=after_store,
+        checkin_judge=BiometricCheckins(
             key=settings.resolved_biometric_key(), thresholds=thresholds
         ),
         on_commit=lambda info: holder[0].on_commit(info),

@@ -1,8 +1,8 @@
 """The officer-facing alert lifecycle: list, read, acknowledge, resolve, annotate, stream.
 
-Episodes are opened, updated and closed by the engine (`alerts/episodes.py`);
+Episodes are opened, updated and closed by the engine (`alerts/service.py`);
 this module is what people do with the alerts. Every call takes the caller's
-case scope (`probation.deps.CaseScope`): an alert on a case the caller may not
+case scope (`probation.cases.scope.CaseScope`): an alert on a case the caller may not
 see does not exist for them (404). Transitions follow `alerts.models.TRANSITIONS`
 under a row lock; anything else is a 409. Every transition and note is a
 timeline row (`alert_events`) with its actor and time, and a `pg_notify('alerts')`.
@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text, update
+from sqlalchemy import ColumnElement, text, update
 from sqlmodel import Session, col, select
 
 from alerts.models import (
@@ -29,28 +29,24 @@ from alerts.models import (
     can_transition,
 )
 from db.types import utcnow
-from probation import audit
+from probation.audit import service as audit
+from probation.cases.models import Case
+from probation.cases.scope import CaseScope
+from probation.desk.models import AlertDetail, AlertEventPublic, AlertPublic, ZoneSummary
 from probation.errors import Conflict, NotFound
-from probation.models import (
-    AlertDetail,
-    AlertEventPublic,
-    AlertPublic,
-    Case,
-    User,
-    Zone,
-    ZoneSummary,
-)
 from probation.pagination import decode_cursor, page_of, parse_ts, parse_uuid
+from probation.users.models import User
+from probation.zones.models import Zone
 
 # ---- reading ----------------------------------------------------------------------------
 
 
-def _visible(scope: Any) -> Any:
+def _visible(scope: CaseScope) -> ColumnElement[bool]:
     return col(Alert.case_id).in_(scope.case_ids())
 
 
 def list_alerts(
-    session: Session, *, scope: Any, status: AlertStatus | None = None,
+    session: Session, *, scope: CaseScope, status: AlertStatus | None = None,
     severity: Severity | None = None, type: AlertType | None = None,
     case_id: uuid.UUID | None = None, since: datetime | None = None, limit: int = 50,
     cursor: str | None = None,
@@ -87,7 +83,7 @@ def list_alerts(
     return page, next_cursor
 
 
-def _get(session: Session, alert_id: uuid.UUID, scope: Any, *, lock: bool = False) -> Alert:
+def _get(session: Session, alert_id: uuid.UUID, scope: CaseScope, *, lock: bool = False) -> Alert:
     q = select(Alert).where(Alert.id == alert_id)
     if not scope.everything:
         q = q.where(_visible(scope))
@@ -123,7 +119,7 @@ def _detail(session: Session, alert: Alert) -> AlertDetail:
     )
 
 
-def get_alert(session: Session, *, alert_id: uuid.UUID, scope: Any) -> AlertDetail:
+def get_alert(session: Session, *, alert_id: uuid.UUID, scope: CaseScope) -> AlertDetail:
     """An alert with its evidence, zone and timeline (audited)."""
     alert = _get(session, alert_id, scope)
     audit.record(session, user_id=scope.user_id, action="alert.read", resource="alert",
@@ -148,7 +144,7 @@ def _event(session: Session, alert_id: uuid.UUID, *, actor_id: uuid.UUID, kind: 
 
 
 def _apply(
-    session: Session, *, alert_id: uuid.UUID, scope: Any, target: AlertStatus,
+    session: Session, *, alert_id: uuid.UUID, scope: CaseScope, target: AlertStatus,
     values: dict[str, Any],
 ) -> Alert:
     """Move an alert to `target` in one UPDATE ... RETURNING (the row lock serialises
@@ -178,7 +174,7 @@ def _check_transition(alert: Alert, target: AlertStatus) -> None:
 
 
 def acknowledge(
-    session: Session, *, alert_id: uuid.UUID, scope: Any, note: str | None = None
+    session: Session, *, alert_id: uuid.UUID, scope: CaseScope, note: str | None = None
 ) -> AlertDetail:
     """open → acknowledged."""
     alert = _apply(session, alert_id=alert_id, scope=scope, target=AlertStatus.ACKNOWLEDGED,
@@ -191,7 +187,7 @@ def acknowledge(
 
 
 def resolve(
-    session: Session, *, alert_id: uuid.UUID, scope: Any, resolution: Resolution,
+    session: Session, *, alert_id: uuid.UUID, scope: CaseScope, resolution: Resolution,
     note: str | None = None,
 ) -> AlertDetail:
     """open|acknowledged → resolved, with a resolution code."""
@@ -208,7 +204,7 @@ def resolve(
     return _detail(session, alert)
 
 
-def add_note(session: Session, *, alert_id: uuid.UUID, scope: Any, text_: str) -> AlertEventPublic:
+def add_note(session: Session, *, alert_id: uuid.UUID, scope: CaseScope, text_: str) -> AlertEventPublic:
     """A note on the timeline (any status)."""
     alert = _get(session, alert_id, scope)
     event = _event(session, alert.id, actor_id=scope.user_id, kind="note", data={"text": text_})
@@ -234,7 +230,7 @@ def current_seq(session: Session) -> int:
     return int(session.execute(text("SELECT coalesce(max(change_seq), 0) FROM alerts")).scalar_one())
 
 
-def changes_since(session: Session, *, scope: Any, after: int, limit: int = 500) -> list[AlertPublic]:
+def changes_since(session: Session, *, scope: CaseScope, after: int, limit: int = 500) -> list[AlertPublic]:
     """Alerts in scope changed after sequence number `after`, in change order."""
     rows = session.execute(
         text(CHANGES_SQL.format(scope=scope.sql("c.officer_id"))),

@@ -22,10 +22,8 @@ from sqlmodel import Session
 
 from alerts.models import AlertType
 from db.types import utcnow
-from probation import audit
-from probation.deps import CaseScope
-from probation.errors import Conflict, NotFound, invalid
-from probation.models import (
+from probation.audit import service as audit
+from probation.cases.models import (
     Case,
     CaseCreate,
     CaseDevice,
@@ -36,11 +34,13 @@ from probation.models import (
     Compliance,
     LastFix,
     RiskLevel,
-    Subject,
-    User,
 )
+from probation.cases.scope import CaseScope
+from probation.errors import Conflict, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_ts, parse_uuid
-from probation.zones import bump_zones_config
+from probation.subjects.models import Subject
+from probation.users.models import User
+from probation.zones.service import bump_zones_config
 
 VIOLATION_TYPES = [
     AlertType.EXCLUSION_ZONE_ENTERED.value,

@@ -11,11 +11,11 @@ from sqlmodel import Session, col, select
 
 from db.engine import get_engine
 from db.types import utcnow
-from probation import audit
+from probation.audit import service as audit
 from probation.errors import Conflict, NotFound, invalid
-from probation.models import Role, User, UserCreate, UserUpdate
 from probation.pagination import decode_cursor, page_of, parse_text
-from probation.security import hash_password
+from probation.users.models import Role, User, UserCreate, UserUpdate
+from probation.users.security import hash_password
 
 
 class UserError(ValueError):
