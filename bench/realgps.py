@@ -694,6 +694,52 @@ def fetch_alerts(url: str, replicas: Sequence[Replica]) -> dict[uuid.UUID, list[
     return out
 
 
+# --------------------------------------------------------------------------- offline
+
+
+def replay_offline(scenarios: Sequence[Scenario], assumed_acc_m: float = 20.0,
+                   per_message: int = FIXES_PER_MESSAGE) -> dict[str, Any]:
+    """The same scenarios and scoring through the engine alone, in this process (no
+    broker, no database): for tests on the recordings the repository carries."""
+    from geofence import CaseZones, EngineState, FixBatch, ZoneEntry, compile_zone
+    from geofence.engine import advance_ex
+
+    out: list[Replica] = []
+    alerts: dict[uuid.UUID, list[AlertRow]] = {}
+    for sc in scenarios:
+        f = sc.fixes
+        x, y = local_xy(f.lat, f.lon, sc.lat0, sc.lon0)
+        lat, lon = _to_almaty(sc, x, y)
+        r = Replica(sc, assumed_acc_m, "offline", uuid.uuid4(), uuid.uuid4(),
+                    [uuid.uuid4() for _ in sc.zones], 0, lat, lon,
+                    np.where(np.isnan(f.acc), assumed_acc_m, f.acc))
+        entries = {}
+        for z, zid in zip(sc.zones, r.zone_ids, strict=True):
+            zlat, zlon = _to_almaty(sc, np.array([z.x]), np.array([z.y]))
+            exc = [] if z.active_ms is None else [
+                {"from": 0, "to": z.active_ms[0]}, {"from": z.active_ms[1], "to": 2**42}]
+            entries[str(zid)] = ZoneEntry.make(compile_zone(
+                zone_id=str(zid), kind=z.kind,
+                circle={"center": [float(zlon[0]), float(zlat[0])], "radius_m": z.radius_m}),
+                None, exc)
+        reg = CaseZones({str(r.case_id): "Asia/Almaty"}, entries,
+                        {z: [str(r.case_id)] for z in entries})
+        state = EngineState.empty()
+        for a in range(0, len(f), per_message):
+            k = slice(a, a + per_message)
+            n = f.ts[k].shape[0]
+            batch = FixBatch.from_columns(reg, [str(r.case_id)] * n, ["d"] * n, f.ts[k],
+                                          r.lat[k], r.lon[k], r.acc[k])
+            state, trans, _ = advance_ex(state, batch, reg)
+            for t in trans:
+                if t.kind == "open":
+                    alerts.setdefault(r.case_id, []).append(AlertRow(
+                        uuid.UUID(t.zone_id), t.alert_type, t.started_at,
+                        t.last_fix.ts, t.inferred))
+        out.append(r)
+    return summarise(out, alerts)
+
+
 # --------------------------------------------------------------------------- the run
 
 
