@@ -755,7 +755,6 @@ def _worker_child(conn: Any, kw: dict[str, Any]) -> None:
     """The real ingest worker (`build_ingestion`) in its own process."""
     logging.basicConfig(level=logging.WARNING)
     from probation.runtime.workers import build_ingestion
-
     from probation.settings import Settings
 
     settings = Settings(
