@@ -7,7 +7,7 @@ mosquitto, the real ingest worker (`probation.runtime.workers.build_ingestion`: 
 alerts) and a private PostgreSQL with TimescaleDB when installed.
 
 Data: CSV files in the development set's format (`track_id,ts_utc_iso,lat,lon,acc_m,
-source_note`, gzip or not), default `../shared/realgps/` relative to the repository.
+source_note`, gzip or not), default: the `shared/realgps` folder beside the repository.
 
 Scenarios (per track, on the track resampled to one fix per 30 s like a bracelet: the
 first recorded fix of every 30-second slot, never an interpolated one):
@@ -108,7 +108,7 @@ class Track:
 
 
 def default_data_dir() -> Path:
-    """`../shared/realgps/` next to the repository (a worktree's main checkout too)."""
+    """The `shared/realgps` folder beside the repository (or beside a worktree's main checkout)."""
     here = Path(__file__).resolve().parent.parent
     candidates = [Path.cwd() / ".." / "shared" / "realgps", here.parent / "shared" / "realgps"]
     git = here / ".git"

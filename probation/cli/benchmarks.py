@@ -43,7 +43,7 @@ def bench_realgps(
     ] = Path("bench-results/realgps.json"),
     data: Annotated[
         Path | None, typer.Option(help="The development set (CSV files, gzip or not). Default: "
-                                  "../shared/realgps/ next to the repository.")
+                                  "the shared/realgps folder beside the repository.")
     ] = None,
     files: Annotated[
         list[str] | None, typer.Option("--file", help="Only these files (name or stem).")
