@@ -23,7 +23,9 @@ def db_upgrade(revision: str = "head") -> None:
     rt = start_embedded(settings, need_broker=False)
     try:
         upgrade(rt.database_url, revision)
-        typer.echo(f"database at revision {revision}: {rt.database_url}")
+        from probation.runtime.embedded import redact
+
+        typer.echo(f"database at revision {revision}: {redact(rt.database_url)}")
     finally:
         rt.stop()
 
