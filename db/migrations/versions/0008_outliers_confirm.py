@@ -5,15 +5,15 @@ outliers (stored and shown in the track, never deciding). `cases.confirm_points`
 `cases.confirm_seconds`: the case's "N points / T seconds" to open a violation (NULL:
 the defaults, 2 fixes spanning 30 s).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
