@@ -36,6 +36,32 @@ def bench_geofence(
     main(argv)
 
 
+@bench_app.command("realgps")
+def bench_realgps(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Also write the results here.")
+    ] = Path("bench-results/realgps.json"),
+    data: Annotated[
+        Path | None, typer.Option(help="The development set (CSV files, gzip or not). Default: "
+                                  "the shared/realgps folder beside the repository.")
+    ] = None,
+    files: Annotated[
+        list[str] | None, typer.Option("--file", help="Only these files (name or stem).")
+    ] = None,
+) -> None:
+    """The monitoring rules on real recorded GPS through broker, ingest and database:
+    false alarms per person-day, duplicates, recall and delay per source."""
+    from bench.realgps import main
+
+    quiet()
+    argv = ["--json", str(json_path)]
+    if data is not None:
+        argv += ["--data", str(data)]
+    if files:
+        argv += ["--files", *files]
+    main(argv)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     json_path: Annotated[
