@@ -8,14 +8,14 @@
   `investigation.proximity` entries: a partial index on (user_id, at).
 
 Revision ID: 0017
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0017"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
