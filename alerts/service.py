@@ -182,6 +182,24 @@ def find_open_episode(
     return row[0] if row else None
 
 
+ZONE_ALERT_TYPES = (
+    AlertType.EXCLUSION_ZONE_ENTERED, AlertType.EXCLUSION_ZONE_APPROACH,
+    AlertType.INCLUSION_ZONE_LEFT,
+)
+
+
+def zone_episode_open(
+    conn: psycopg.Connection[Any], *, case_id: uuid.UUID, device_id: uuid.UUID
+) -> bool:
+    """Whether any zone episode of the case's device is still open (rapid mode stays on)."""
+    row = conn.execute(
+        "SELECT 1 FROM alerts WHERE case_id = %s AND device_id = %s AND episode_open"
+        " AND type = ANY(%s) LIMIT 1",
+        (case_id, device_id, [t.value for t in ZONE_ALERT_TYPES]),
+    ).fetchone()
+    return row is not None
+
+
 def close_episode(
     conn: psycopg.Connection[Any],
     *,
