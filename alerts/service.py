@@ -1,7 +1,7 @@
 """Where an alert is born: `open_episode` is the only product code that inserts an alert.
 
 Open, update and close the alert of a violation episode (one alert per episode). The
-callers: ingest's after-store stages (`probation.workers.build_ingestion` lists them:
+callers: ingest's after-store stages (`probation.runtime.workers.build_ingestion` lists them:
 zone episodes in `devices.geofencing`, device events in `devices.event_alerts`, failed
 check-ins in `devices.checkins`, short silences in `devices.scheduled.SilenceGaps`) and
 the scheduler's rules (`devices.scheduled`, `alerts.scheduled`).

@@ -62,12 +62,6 @@ def app_from_env() -> Any:
     return create_app(s, database_url=s.database_url, mqtt_url=s.mqtt_url)
 
 
-def _uid(kind: str, i: int) -> uuid.UUID:
-    import hashlib
-
-    return uuid.UUID(hashlib.md5(f"{kind}{i}".encode()).hexdigest())
-
-
 def _generate(conn: psycopg.Connection[Any], cfg: ApiBenchConfig, out: Callable[[str], None]) -> None:
     n = cfg.cases
     officers = max(1, n // cfg.cases_per_officer)

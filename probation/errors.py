@@ -83,11 +83,6 @@ class Conflict(DomainError):
     default_code = "conflict"
 
 
-class ServiceUnavailable(DomainError):
-    status = 503
-    default_code = "service_unavailable"
-
-
 class Invalid(DomainError):
     """A 422 naming each bad field."""
 
