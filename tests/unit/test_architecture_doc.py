@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "ARCHITECTURE.md"
 #: `some/file.py:Name` or `some/file.py:Class.member` inside backticks.
 REFERENCE = re.compile(r"`([\w/]+\.py):([A-Za-z_][\w.]*)`")
-#: A path inside backticks (`dir/`, `dir/file.py`, `docs/x.md`), placeholders excluded.
+#: A path inside backticks (a folder, a .py or .md file), placeholders excluded.
 PATH = re.compile(r"`((?:[\w.-]+/)+(?:[\w.-]+\.(?:py|md))?)(?::[\w.]+)?`")
 
 
