@@ -88,11 +88,6 @@ class TooManyRequests(DomainError):
     default_code = "rate_limited"
 
 
-class ServiceUnavailable(DomainError):
-    status = 503
-    default_code = "service_unavailable"
-
-
 class Invalid(DomainError):
     """A 422 naming each bad field."""
 

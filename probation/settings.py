@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +202,3 @@ class Settings(BaseSettings):
             self.biometric_key,
             base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """The process-wide settings (tests build their own `Settings` instead)."""
-    return Settings()

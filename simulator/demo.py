@@ -1,6 +1,6 @@
 """`probation demo`: the embedded service plus the simulator, with a live line of figures.
 
-The service is what `probation serve` runs (`probation.cli.Service`: embedded PostgreSQL
+The service is what `probation serve` runs (`probation.cli.serve.Service`: embedded PostgreSQL
 and broker where no URLs are set, migrations, the API, the ingest worker, the
 scheduler), in its own data directory (`<data dir>/demo`) so that it never touches a
 `serve` installation. The `admin` password is generated on every start (and reset if the
