@@ -15,7 +15,7 @@ Public API:
 * State: `EngineState` (numpy columns; `to_dict`/`from_dict`, per device
   `device_state`/`from_device_states`), transitions: `Transitions` (columnar;
   iterate for `Transition`, `.records()` for JSON-able dicts).
-* `geofence.bench`: ``python -m geofence.bench`` benchmark against shapely.
+The benchmark against shapely is `bench.geofence` (`probation bench geofence`).
 """
 
 from geofence.engine import (
