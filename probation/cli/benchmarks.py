@@ -196,3 +196,23 @@ def bench_soak(
     emit_result(result, json_path, echo=False)
     if not (result.get("score", {}).get("bar", {}).get("passed") and result.get("memory_flat")):
         raise typer.Exit(1)
+
+
+@bench_app.command("biometrics")
+def bench_biometrics(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Write the results here (JSON object).")
+    ] = Path("bench/biometrics.json"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Directory of face photographs: yale/ (Yale Face Database) and fr/ "
+                     "(face_recognition's examples); see README 'Biometrics'. Without it only "
+                     "the photos in tests/data/faces are used."),
+    ] = None,
+    checkins: Annotated[int, typer.Option(help="Check-ins timed (3 frames each).")] = 20,
+) -> None:
+    """Face model error rates (FAR/FRR, ROC), challenge and replay detection, and time per
+    check-in and per enrolment, on real photographs."""
+    from bench.biometrics import report, run
+
+    print(report(run(data, json_path, n_timing=checkins)))

@@ -91,6 +91,7 @@ class CheckinRequestPublic(SQLModel):
     command_id: uuid.UUID | None
     status: str
     created_at: datetime
+    challenge: str | None = None
 
 
 class AlertPublic(SQLModel):
