@@ -34,8 +34,18 @@ class DevicePublic(SQLModel):
     last_seen: datetime | None
     last_fix_at: datetime | None
     current_case_id: uuid.UUID | None = None
+    trusted_biometrics: bool = False
     created_at: datetime
     updated_at: datetime
+
+
+class DeviceUpdate(SQLModel):
+    """What an admin may change on a device."""
+
+    trusted_biometrics: bool = PydField(
+        description="Accept check-ins with an app-computed face embedding from this device "
+        "(v1.0 form). Other devices must send camera frames; their embeddings fail with "
+        "`untrusted_device_biometrics`.")
 
 
 class AssignmentCreate(SQLModel):
