@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import psycopg
 import pytest
@@ -31,6 +32,10 @@ FACES = Path(__file__).resolve().parents[1] / "data" / "faces"
 
 def photo(name: str) -> bytes:
     return (FACES / f"{name}.jpg").read_bytes()
+
+
+def mirrored(name: str) -> bytes:
+    return encode_jpeg(np.ascontiguousarray(decode(photo(name))[0][:, ::-1]))
 
 
 def b64(raw: bytes) -> str:
@@ -65,7 +70,7 @@ def test_enrolment_quality_reasons_reenrolment_and_device_trust(
     assert body["photos_kept"] is False
 
     # every photo refused: a 422 naming each, in the caller's language
-    r = enrol(app_client, world, "off1", ["obama_standing"], lang="kk")
+    r = enrol(app_client, world, "sup1", ["obama_standing"], lang="kk")
     assert r.status_code == 422
     err = r.json()["errors"][0]
     assert err["code"] == "turned_away" and "камераға" in err["message"]
@@ -199,13 +204,14 @@ def test_checkins_with_frames_verified_off_the_ingest_path(
     assert failed_alert(url, case, seq)["reason"] == "replayed_frames"
 
     # the app echoes another gesture than the request asked: the request's is verified
+    # (mirrored photos: new frames; the podium photo's right turn becomes a left turn)
     rid = request(url, case, dev, "turn_right")
-    frames = [photo("obama_briefing"), photo("obama_portrait"), photo("obama_standing")]
+    frames = [mirrored("obama_portrait"), mirrored("obama_podium"), mirrored("obama_portrait")]
     seq = app.send({"request_id": str(rid), "challenge": "smile",
                     "frames": [b64(f) for f in frames]})
     passed, v = verdict(url, dev, seq)
     assert not passed and v["challenge"] == "turn_right"
-    assert "challenge_not_performed" in v["reasons"]
+    assert v["reasons"] == ["challenge_not_performed"]
 
     # an app-computed embedding from a device not trusted for biometrics
     seq = app.send({"embedding": [0.01] * 128, "liveness": 0.99})
