@@ -6,7 +6,7 @@ licences), laid out as
   among them `normal`, `happy`, `sleepy`, `wink`);
 - `<data>/fr/*.jpg|png`: the example photos of the face_recognition project, identity
   from the file name;
-- the photos committed under `tests/data/faces/` (always used).
+- without `fr/`, the photos committed under `tests/data/faces/` (crops of six of those).
 
 Near-identical files (the same photo at several resolutions) are kept once (pHash).
 """
@@ -77,7 +77,9 @@ def load_photos(data: Path | None) -> tuple[list[Photo], list[str]]:
             m = re.fullmatch(r"(\d+)_(\w+)\.\w+", p.name)
             if m:
                 found.append((f"yale{m[1]}", p.name, m[2], p))
-    for d in ([data / "fr"] if data is not None else []) + [REPO_FACES]:
+    # the committed photos are crops of face_recognition's: use them only without those
+    fr = data / "fr" if data is not None else None
+    for d in [fr] if fr is not None and fr.is_dir() else [REPO_FACES]:
         if not d.is_dir():
             continue
         for p in sorted(d.iterdir()):
@@ -199,9 +201,13 @@ def _mirror(p: A.Points, width: int) -> A.Points:
 
 
 # (frontal photo, turned photo, the turn the person made): labelled by eye
-TURN_PAIRS = (
+TURN_PAIRS = (  # the committed crops, and the same photos in face_recognition's files
     ("obama_portrait.jpg", "obama_briefing.jpg", "turn_left"),
     ("obama_portrait.jpg", "obama_podium.jpg", "turn_right"),
+    ("examples_knn_examples_train_obama_obama.jpg", "examples_knn_examples_test_obama1.jpg",
+     "turn_left"),
+    ("examples_knn_examples_train_obama_obama.jpg", "examples_knn_examples_train_obama_obama2.jpg",
+     "turn_right"),
 )
 
 

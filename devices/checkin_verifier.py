@@ -185,16 +185,33 @@ class CheckinVerifier:
             jobs.append(self.pool.submit(
                 _verify, frames, _template_for(conn, self.key, p.case_id), challenge,
                 _earlier_hashes(conn, p), self.th))
+        verdicts = []
         for p, job in zip(pending, jobs, strict=True):
             try:
-                v = job.result()
+                verdicts.append(job.result())
             except Exception:
                 log.exception("check-in verifier: device %s seq %s failed", p.device_id, p.seq)
-                v = A.Verdict(reasons=["verification_error"])
+                verdicts.append(A.Verdict(reasons=["verification_error"]))
+        mark_batch_replays([(p.case_id or p.device_id, v) for p, v in
+                            zip(pending, verdicts, strict=True)], self.th)
+        for p, v in zip(pending, verdicts, strict=True):
             record_verdict(conn, p, v, th=self.th)
             self.verified += 1
         conn.commit()
         return len(pending)
+
+
+def mark_batch_replays(items: Sequence[tuple[Any, A.Verdict]], th: A.Thresholds) -> None:
+    """Check-ins verified in one round do not see each other's frame hashes in the
+    database: a later one (in queue order) repeating an earlier one's frames of the same
+    case is a replay too."""
+    seen: dict[Any, list[int]] = {}
+    for group, v in items:
+        mine = [int(h, 16) for h in v.hashes]
+        earlier = seen.setdefault(group, [])
+        if A.Reason.REPLAYED_FRAMES not in v.reasons and A.replayed(mine, earlier, th):
+            v.reasons.append(A.Reason.REPLAYED_FRAMES)
+        earlier.extend(mine)
 
 
 def record_verdict(conn: Conn, p: Pending, v: A.Verdict, *, th: A.Thresholds) -> None:
@@ -235,4 +252,5 @@ def verify_all(conn: Conn, verifier: CheckinVerifier, *, rounds: int = 1000) -> 
     return total
 
 
-__all__: Sequence[str] = ("CheckinVerifier", "process_pool", "record_verdict", "verify_all")
+__all__: Sequence[str] = ("CheckinVerifier", "mark_batch_replays", "process_pool",
+                          "record_verdict", "verify_all")

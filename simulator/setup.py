@@ -130,6 +130,9 @@ class ApiClient:
     def post(self, path: str, body: Any = None, *, key: str | None = None) -> Any:
         return self.request("POST", path, json_body=body, key=key)
 
+    def patch(self, path: str, body: Any = None) -> Any:
+        return self.request("PATCH", path, json_body=body)
+
     def pages(self, path: str, *, limit: int = 500, **params: Any) -> Iterator[dict[str, Any]]:
         """Every item of a paginated list."""
         cursor: str | None = None
@@ -261,6 +264,8 @@ def register(
             ph = api.post("/devices", {"serial": phone, "kind": "phone", "model": "SimPhone",
                                        "firmware": "1.0"}, key=f"{k}-phone")
             api.post(f"/cases/{cid}/devices", {"device_id": ph["id"]}, key=f"{k}-assign-p")
+            # the simulated app sends its own embeddings (v1.0): only trusted devices may
+            api.patch(f"/devices/{ph['id']}", {"trusted_biometrics": True})
         home = api.post(f"/cases/{cid}/zones", {
             "name": "Home (curfew)", "kind": "inclusion",
             "circle": {"center": [round(p.home.lon, 7), round(p.home.lat, 7)],

@@ -139,3 +139,18 @@ def test_verdict_json():
     v.similarity = 0.812345
     j = v.to_json()
     assert j["passed"] is False and j["reasons"] == ["no_match"] and j["similarity"] == 0.8123
+
+
+def test_replays_within_one_verification_round():
+    from devices.checkin_verifier import mark_batch_replays
+
+    def v(*hashes: int) -> A.Verdict:
+        return A.Verdict(hashes=[f"{h:064x}" for h in hashes])
+
+    a, b = (1 << 200) - 1, (1 << 100) - 1  # far apart (more than 90 bits)
+    first, again, other_case, fresh = v(a, a), v(a ^ 0b111, b), v(a), v(b ^ (1 << 250))
+    mark_batch_replays([("c1", first), ("c1", again), ("c2", other_case), ("c1", fresh)],
+                       A.DEFAULT)
+    assert first.passed and other_case.passed
+    assert again.reasons == ["replayed_frames"]
+    assert fresh.reasons == ["replayed_frames"]  # b came with `again` earlier in the round
