@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     )
     face_match_min: float = Field(
         default=0.955, description="Cosine similarity of every check-in frame's face to the "
-        "enrolled template (the backend's model) a check-in needs: FAR 0.05 %, FRR 4.8 % in "
+        "enrolled template (the backend's model) a check-in needs: FAR 0.05 %, FRR 5 % in "
         "`probation bench biometrics` (README 'Biometrics').",
     )
     checkin_challenges: list[str] = Field(
