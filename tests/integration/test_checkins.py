@@ -25,7 +25,7 @@ import pytest
 
 from db.engine import connect
 from devices.biometrics import encrypt_template
-from devices.checkins import BiometricCheckins, CheckinOutcomes
+from devices.checkins import DEFAULT_CHALLENGES, BiometricCheckins, CheckinOutcomes
 from devices.pipeline import BatchWriter, DeviceDirectory, RawMessage, decode_stage
 from devices.scheduled import (
     CheckinPlanConfig,
@@ -190,7 +190,11 @@ def test_unanswered_request_gets_checkin_missed(
     assert res.sent == 1 and published == [rid]
     cmd = conn.execute("SELECT device_id, type, params FROM commands WHERE id = %s",
                        (rid,)).fetchone()
-    assert cmd == (phone, "request_checkin", {"deadline_s": 900})  # to the phone
+    assert cmd is not None and cmd[:2] == (phone, "request_checkin")  # to the phone
+    challenge = cmd[2].pop("challenge")  # a random gesture, kept with the request
+    assert cmd[2] == {"deadline_s": 900} and challenge in DEFAULT_CHALLENGES
+    assert conn.execute("SELECT challenge FROM checkin_requests WHERE id = %s",
+                        (rid,)).fetchone() == (challenge,)
     assert conn.execute("SELECT status FROM checkin_requests WHERE id = %s",
                         (rid,)).fetchone() == ("sent",)
     conn.commit()
