@@ -202,7 +202,7 @@ def bench_soak(
 def bench_biometrics(
     json_path: Annotated[
         Path, typer.Option("--json", help="Write the results here (JSON object).")
-    ] = Path("bench/biometrics.json"),
+    ] = Path("bench-results/biometrics.json"),
     data: Annotated[
         Path | None,
         typer.Option(help="Directory of face photographs: yale/ (Yale Face Database) and fr/ "
