@@ -37,6 +37,7 @@ class Device(SQLModel, table=True):
     last_good_fix_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     mqtt_password_hash: str | None = None  # devices/mqtt_auth.py; never the password
     mqtt_password_set_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    trusted_biometrics: bool = False  # app-computed embeddings accepted (admin's choice)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -66,4 +67,5 @@ class CheckinRequest(SQLModel, table=True):
     command_id: uuid.UUID | None = None
     status: str = "scheduled"
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    challenge: str | None = None  # the gesture asked (check-ins with camera frames)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -234,10 +234,16 @@ class DeviceDirectory:
 
 @dataclass(slots=True)
 class CheckinVerdict:
-    """The outcome of a check-in: whether it passed and the similarity to the template."""
+    """The outcome of a check-in: whether it passed and the similarity to the template.
+
+    `pending`: camera frames, decided later by the check-in verifier off the ingest path;
+    `reason`: why it failed when the judge already knows (e.g. `untrusted_device_biometrics`).
+    """
 
     passed: bool
     similarity: float | None
+    pending: bool = False
+    reason: str | None = None
 
 
 @dataclass(slots=True)

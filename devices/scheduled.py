@@ -41,6 +41,7 @@ import psycopg
 
 from alerts.models import AlertType
 from alerts.service import close_episode, open_episode
+from devices.checkins import DEFAULT_CHALLENGES, random_challenge
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +387,7 @@ class DispatchResult:
 def dispatch_checkin_requests(
     conn: Conn, *, now: datetime, publish: Publisher | None,
     stale: timedelta = timedelta(hours=1), limit: int = 1000,
+    challenges: Sequence[str] = DEFAULT_CHALLENGES,
 ) -> DispatchResult:
     """Send every due `scheduled` request as a `request_checkin` command (status → `sent`).
 
@@ -425,13 +427,15 @@ def dispatch_checkin_requests(
             continue
         window = int(min(3600, max(60, (deadline - due_at).total_seconds())))
         new_deadline = max(deadline, now + timedelta(seconds=window))
+        challenge = random_challenge(challenges)
         with conn.transaction():
             create_command(conn, device_id=target, type="request_checkin", command_id=rid,
-                           params={"deadline_s": int((new_deadline - now).total_seconds())})
+                           params={"deadline_s": int((new_deadline - now).total_seconds()),
+                                   "challenge": challenge})
             conn.execute(
                 "UPDATE checkin_requests SET status = 'sent', command_id = %s,"
-                " device_id = %s, deadline = %s WHERE id = %s",
-                (rid, target, new_deadline, rid),
+                " device_id = %s, deadline = %s, challenge = %s WHERE id = %s",
+                (rid, target, new_deadline, challenge, rid),
             )
         sent.append(rid)
     conn.commit()

@@ -138,6 +138,22 @@ class Settings(BaseSettings):
     checkin_liveness_min: float = Field(
         default=0.8, description="Liveness score a check-in needs to pass.",
     )
+    face_match_min: float = Field(
+        default=0.955, description="Cosine similarity of every check-in frame's face to the "
+        "enrolled template (the backend's model) a check-in needs: FAR 0.05 %, FRR 5 % in "
+        "`probation bench biometrics` (README 'Biometrics').",
+    )
+    checkin_challenges: list[str] = Field(
+        default=["turn_left", "turn_right", "blink", "smile"],
+        description="Gestures a check-in request may ask for, one at random (JSON list).",
+    )
+    checkin_verifier_processes: int = Field(
+        default=1, description="Processes that verify check-in frames (off the ingest path).",
+    )
+    biometric_keep_photos: bool = Field(
+        default=False, description="Keep enrolment photos (encrypted); by default they are "
+        "discarded once the templates are computed.",
+    )
     checkin_per_day: dict[str, int] = Field(
         default={"high": 3, "medium": 1, "low": 0},
         description="Random check-ins per day per risk level when a case has no policy (JSON).",

@@ -140,6 +140,7 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
     from db.server import free_port
     from probation.runtime.embedded import redact
     from probation.settings import Settings
+    from simulator.faces import SHOWABLE
     from simulator.score import fetch_alerts, format_table, load_truth, score
     from simulator.setup import ApiClient
 
@@ -150,6 +151,9 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
     settings = base.model_copy(update={
         "data_dir": data_dir, "admin_password": password,
         "location_lost_s": max(base.location_lost_s, lag_s + 3_600),
+        # the simulated phones send frames of real photos, which show these gestures
+        # (no photo with closed eyes: `simulator.faces`)
+        "checkin_challenges": list(SHOWABLE),
     })
     port = free_port(opts.port, opts.host)
     svc = start_service(settings)
@@ -176,7 +180,7 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
             mqtt=sim_url, api=url, username="admin", password=password,
             people=opts.people, fix_interval_s=opts.fix_interval_s, speed=opts.speed,
             duration_s=opts.duration_s, seed=opts.seed, truth=truth, prefix=settings.mqtt_prefix,
-            rates=opts.rates or Rates(), start=opts.start,
+            rates=opts.rates or Rates(), start=opts.start, checkin_frames=True,
         )
         old = signal.getsignal(signal.SIGINT)
 

@@ -110,7 +110,8 @@ def request_checkin(
     body: Annotated[CheckinRequestCreate | None, Body()] = None,
 ) -> CheckinRequestPublic:
     req = telemetry.request_checkin(session, case=case, user_id=scope.user_id,
-                                    deadline_s=(body or CheckinRequestCreate()).deadline_s)
+                                    deadline_s=(body or CheckinRequestCreate()).deadline_s,
+                                    challenges=ctx.settings.checkin_challenges)
     assert req.command_id is not None
     tasks.add_task(publish_command, request, ctx, req.command_id)
     return req

@@ -18,6 +18,7 @@ from probation.desk.models import (
     DeviceCreated,
     DeviceCredentials,
     DevicePublic,
+    DeviceUpdate,
 )
 from probation.errors import problem_responses
 from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
@@ -75,6 +76,14 @@ def list_devices(
     items, nxt = service.list_devices(session, scope=scope, kind=kind, serial=serial,
                                       assigned=assigned, limit=limit, cursor=cursor)
     return Page[DevicePublic](items=items, next_cursor=nxt)
+
+
+@router.patch("/devices/{device_id}", response_model=DevicePublic,
+              summary="Change a device (admin): trust for biometrics",
+              responses=problem_responses(401, 403, 404, 422))
+def update_device(session: SessionDep, actor: AdminUser, device_id: uuid.UUID,
+                  body: DeviceUpdate) -> DevicePublic:
+    return service.update_device(session, device_id=device_id, data=body, actor_id=actor.id)
 
 
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="A device",

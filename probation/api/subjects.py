@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Request, UploadFile
 
 from devices.biometrics import load_key
+from devices.faces.analysis import Thresholds
 from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep
-from probation.errors import problem_responses
+from probation.errors import invalid, problem_responses
+from probation.i18n import negotiate
+from probation.settings import Settings
 from probation.subjects import service
 from probation.subjects.models import (
     BiometricEnrolment,
+    BiometricEnrolmentResult,
     BiometricTemplateStatus,
     SubjectCreate,
     SubjectPublic,
 )
 
 router = APIRouter(prefix="/subjects", tags=["subjects"])
+
+
+def face_thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(match=settings.face_match_min)
 
 
 @router.post("", response_model=SubjectPublic, status_code=201, summary="Register a person",
@@ -53,3 +62,35 @@ def enrol(
                                key=_key(request, ctx))
     return BiometricTemplateStatus(subject_id=t.subject_id, method=t.method, dim=t.dim,
                                    created_at=t.created_at)
+
+
+MAX_PHOTO_BYTES = 8 * 1024 * 1024
+
+
+@router.post(
+    "/{subject_id}/biometric-enrolment", response_model=BiometricEnrolmentResult,
+    status_code=201, summary="Biometric registration from 1 to 5 photos",
+    description="Each photo must show exactly one face of enrolment quality (face size, "
+    "sharpness, pose, exposure); refused photos carry their reasons in the caller's "
+    "language. The backend's face model computes a template per accepted photo; their mean "
+    "is stored encrypted (never returned). Photos are discarded unless the "
+    "`biometric_keep_photos` setting keeps them (encrypted). Replacing an enrolled template "
+    "is audited and needs the case's supervisor or an admin. All photos refused: 422.",
+    responses=problem_responses(401, 403, 404, 422), dependencies=[Idempotent],
+)
+def enrol_photos(
+    request: Request, ctx: ContextDep, session: SessionDep, scope: ScopeDep,
+    subject_id: uuid.UUID, photos: Annotated[list[UploadFile], File(description="1 to 5 JPEG or PNG photos")],
+) -> BiometricEnrolmentResult:
+    data = []
+    for i, p in enumerate(photos):
+        raw = p.file.read(MAX_PHOTO_BYTES + 1)
+        if len(raw) > MAX_PHOTO_BYTES:
+            raise invalid(f"photos.{i}", "too_large")
+        data.append(raw)
+    return service.enrol_photos(
+        session, subject_id=subject_id, photos=data, scope=scope, key=_key(request, ctx),
+        lang=negotiate(request.headers.get("accept-language")),
+        keep_photos=ctx.settings.biometric_keep_photos,
+        thresholds=face_thresholds(ctx.settings),
+    )

@@ -263,3 +263,38 @@ def bench_investigations(
     if json_path is not None:
         argv += ["--json", str(json_path)]
     main(argv)
+
+
+@bench_app.command("biometrics")
+def bench_biometrics(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Write the results here (JSON object).")
+    ] = Path("bench-results/biometrics.json"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Directory of face photographs: yale/ (Yale Face Database) and fr/ "
+                     "(face_recognition's examples); see README 'Biometrics'. Without it only "
+                     "the photos in tests/data/faces are used."),
+    ] = None,
+    checkins: Annotated[int, typer.Option(help="Check-ins timed (3 frames each).")] = 20,
+    ingest: Annotated[
+        bool, typer.Option(help="Also measure fix ingestion (private PostgreSQL and mosquitto) "
+                           "without and with 50 check-ins being verified.")
+    ] = False,
+    rate: Annotated[float, typer.Option(help="Fixes/s published in the ingest phases.")] = 2000,
+    seconds: Annotated[float, typer.Option(help="Length of each ingest phase.")] = 20,
+) -> None:
+    """Face model error rates (FAR/FRR, ROC), challenge and replay detection, and time per
+    check-in and per enrolment, on real photographs; with --ingest, fix ingestion while
+    50 check-ins are verified."""
+    import json
+
+    from bench.biometrics import report, run
+
+    result = run(data, json_path, n_timing=checkins)
+    print(report(result))
+    if ingest:
+        from bench.biometrics_ingest import run_ingest_phases
+
+        result["ingest"] = run_ingest_phases(rate=rate, seconds=seconds)
+        json_path.write_text(json.dumps(result, indent=2))

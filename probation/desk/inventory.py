@@ -27,6 +27,7 @@ from probation.desk.models import (
     DeviceCreated,
     DeviceCredentials,
     DevicePublic,
+    DeviceUpdate,
 )
 from probation.errors import Conflict, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_text
@@ -57,6 +58,27 @@ def visible(scope: CaseScope) -> ColumnElement[bool]:
 
 def _public(device: Device, case_id: uuid.UUID | None) -> DevicePublic:
     return DevicePublic.model_validate(device, update={"current_case_id": case_id})
+
+
+def update_device(
+    session: Session, *, device_id: uuid.UUID, data: DeviceUpdate, actor_id: uuid.UUID,
+) -> DevicePublic:
+    """Change a device's biometric trust (admin; audited)."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound()
+    before = device.trusted_biometrics
+    device.trusted_biometrics = data.trusted_biometrics
+    device.updated_at = utcnow()
+    session.add(device)
+    session.flush()
+    audit.record(session, user_id=actor_id, action="device.update", resource="device",
+                 resource_id=device.id,
+                 detail={"trusted_biometrics": {"from": before, "to": data.trusted_biometrics}})
+    current = session.exec(
+        select(DeviceAssignment.case_id).where(DeviceAssignment.device_id == device.id, _ACTIVE)
+    ).first()
+    return _public(device, current)
 
 
 def _issue_credentials(device: Device) -> DeviceCredentials:

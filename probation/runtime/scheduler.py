@@ -183,7 +183,8 @@ def _job_checkins(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str,
     out |= resolve_late_checkins(conn, now=now).as_dict()
     pub = svc.publisher()
     publish = None if pub is None else pub.publish_recorded
-    return out | dispatch_checkin_requests(conn, now=now, publish=publish).as_dict()
+    return out | dispatch_checkin_requests(
+        conn, now=now, publish=publish, challenges=svc.settings.checkin_challenges).as_dict()
 
 
 def _job_downlink_resend(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:

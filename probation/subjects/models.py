@@ -109,3 +109,37 @@ class BiometricTemplateStatus(SQLModel):
     method: str
     dim: int
     created_at: datetime
+
+
+class PhotoReason(SQLModel):
+    """Why an enrolment photo was refused: a code and its text in the caller's language."""
+
+    code: str
+    message: str
+
+
+class PhotoVerdict(SQLModel):
+    """The quality verdict on one enrolment photo."""
+
+    index: int
+    accepted: bool
+    faces: int
+    reasons: list[PhotoReason]
+    face_px: int | None = None
+    sharpness: float | None = None
+    yaw: float | None = None
+    brightness: float | None = None
+
+
+class BiometricEnrolmentResult(SQLModel):
+    """What `POST /subjects/{id}/biometric-enrolment` computed: one template per accepted
+    photo (their mean is stored, encrypted; the vectors are never returned)."""
+
+    subject_id: uuid.UUID
+    method: str
+    dim: int
+    templates: int
+    photos: list[PhotoVerdict]
+    photos_kept: bool
+    replaced: bool
+    created_at: datetime

@@ -264,7 +264,9 @@ def test_events_checkins_and_checkin_requests(
         sub.disconnect()
         sub.loop_stop()
     cmd = orjson.loads(got[0])
-    assert cmd["type"] == "request_checkin" and cmd["params"] == {"deadline_s": 600}
+    assert cmd["type"] == "request_checkin"
+    assert cmd["params"] == {"deadline_s": 600, "challenge": req["challenge"]}
+    assert req["challenge"] in ("turn_left", "turn_right", "blink", "smile")
     assert cmd["id"] == req["id"] == req["command_id"]
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT status, source, requested_by FROM checkin_requests WHERE id = %s",
