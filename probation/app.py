@@ -58,6 +58,8 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
         version=__version__,
         description="Supervision API, version 1: caseloads, devices, zones, tracks, alerts, audit.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: probation.console, from local assets
+        redoc_url=None,
     )
     app.state.ctx = ctx
 
@@ -97,4 +99,7 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
     from probation.api import install
 
     install(app)
+    from probation.console import install_console
+
+    install_console(app, settings)
     return app

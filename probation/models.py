@@ -406,10 +406,21 @@ class CaseLive(CasePublic):
     """A case with its live status (the caseload's rows)."""
 
     subject_name: str
+    subject_iin: str
     compliance: Compliance
     last_fix: LastFix | None
     device: CaseDevice | None
     open_alerts: int
+
+
+class LivePosition(SQLModel):
+    """A case's newest fix, as the live positions stream sends it."""
+
+    case_id: uuid.UUID
+    ts: datetime
+    lat: float
+    lon: float
+    acc: float
 
 
 # ---- zones ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI
 
 #: Resource modules, each exporting `router`; optional ones are mounted when present.
-RESOURCES = ("auth", "users", "subjects", "cases", "devices", "zones", "tracks", "alerts", "audit")
+RESOURCES = ("auth", "users", "subjects", "cases", "devices", "zones", "tracks", "alerts", "audit",
+             "positions")
 OPTIONAL = ("dead_letters",)
 
 
