@@ -83,6 +83,8 @@ session.on('expire', (reason) => {
     if (current.cleanup) current.cleanup();
     current = { name: null, cleanup: null, route: null };
     main.innerHTML = '';
+    delete main.dataset.loaded;
+    delete main.dataset.view;
     document.querySelector('header.top').hidden = true;
   }
   askSignIn(reason === 'signout' ? null : 'expired');
@@ -113,7 +115,15 @@ async function render(force = false) {
   if (current.route !== route) return;
   main.innerHTML = '';
   main.dataset.view = route.name;
-  current.cleanup = (await mod.render(main, route.args)) || null;
+  delete main.dataset.loaded;
+  try {
+    current.cleanup = (await mod.render(main, route.args)) || null;
+  } catch (e) {
+    main.dataset.error = e.message;
+    throw e;
+  } finally {
+    if (current.route === route) main.dataset.loaded = '1';
+  }
   document.title = `${t(`nav.${route.name === 'case' ? 'case' : route.name}`)} · ${t('app.title')}`;
 }
 

@@ -2,13 +2,26 @@
 // with a scale (zones, tracks and positions still drawn).
 /* global L */
 import { config } from './app.js';
+import { t } from './i18n.js';
 import { esc } from './util.js';
 
 const ALMATY = [43.238, 76.945];
 
 export function makeMap(el, { zoom = 12, center = ALMATY } = {}) {
-  const map = L.map(el, { center, zoom, preferCanvas: false, keyboard: true });
-  L.control.scale({ metric: true, imperial: false }).addTo(map);
+  const map = L.map(el, {
+    center, zoom, keyboard: true, zoomControl: false, maxZoom: 19,
+    // no zoom animation: a view left mid-animation would leave Leaflet's timers behind
+    zoomAnimation: false, markerZoomAnimation: false,
+  });
+  L.control.zoom({ zoomInTitle: t('map.zoom_in'), zoomOutTitle: t('map.zoom_out') }).addTo(map);
+  const scale = L.control.scale({ metric: true, imperial: false });
+  scale._updateMetric = function updateMetric(maxMeters) { // units in the console's language
+    const meters = this._getRoundNum(maxMeters);
+    const label = meters < 1000 ? t('unit.meters', { n: meters }) : t('unit.km', { n: meters / 1000 });
+    this._updateScale(this._mScale, label, meters / maxMeters);
+  };
+  scale.addTo(map);
+  map.attributionControl.setPrefix('<span translate="no">Leaflet</span>');
   el.classList.add('plain-map');
   if (config.tiles) {
     const layer = L.tileLayer(config.tiles, {

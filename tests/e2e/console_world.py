@@ -77,9 +77,9 @@ def _post(http: httpx.Client, path: str, body: dict[str, Any], token: str) -> di
     return out
 
 
-def make_world(base: str, mqtt_url: str, admin_password: str) -> World:
+def make_world(base: str, mqtt_url: str, admin_password: str, prefix: str = "pm/v1") -> World:
     """sup1 supervises off1 and off2; off1 has two people, off2 one; one exclusion zone."""
-    w = World(base=base, mqtt_url=mqtt_url)
+    w = World(base=base, mqtt_url=mqtt_url, prefix=prefix)
     admin = w.token("admin", admin_password)
     with httpx.Client(base_url=base, timeout=20) as http:
         sup = _post(http, "/users", {"username": "sup1", "password": PASSWORD,
@@ -109,12 +109,12 @@ def make_world(base: str, mqtt_url: str, admin_password: str) -> World:
             "name": "Дом потерпевшей", "kind": "exclusion", "buffer_m": 0,
             "circle": {"center": [ZONE_CENTER[1], ZONE_CENTER[0]], "radius_m": 150}}, admin)
         w.zone_id = z["id"]
-    # a recent past: a walk from home that crosses nothing, then everyone home now
-    start = datetime.now(UTC) - timedelta(minutes=30)
+    # since the devices were assigned: a few steps near home
+    start = datetime.now(UTC) - timedelta(seconds=3)
     for k, p in enumerate(w.people.values()):
         for j in range(3):
             w.publish_fix(p.name, HOME[0] + 0.001 * k, HOME[1] + 0.0005 * j,
-                          ts=start + timedelta(minutes=5 * j))
+                          ts=start + timedelta(seconds=j))
     return w
 
 

@@ -72,16 +72,10 @@ export async function render(main, args) {
     main.querySelector('#alert-count').textContent = t('alerts.count', { n: fmtNumber(items.length) });
   };
 
-  const showDetail = async (id) => {
-    selected = id;
-    draw();
-    let a;
-    try { a = await api(`/alerts/${id}`); } catch (e) { detail.textContent = e.message; return; }
-    if (selected !== id) return;
+  const facts = (a) => {
     const tz = caseTz(a.case_id);
     const ev = a.evidence || {};
-    html(detail, `<h2>${esc(tv('alert_type', a.type))}</h2>
-<dl class="facts">
+    return `<dl class="facts">
 <dt data-i18n="alerts.person"></dt><dd><a href="#/case/${a.case_id}" translate="no">${esc(caseName(a.case_id))}</a></dd>
 <dt data-i18n="alerts.severity"></dt><dd><span class="badge sev-${a.severity}">${esc(tv('severity', a.severity))}</span></dd>
 <dt data-i18n="alerts.status"></dt><dd data-testid="alert-status">${esc(tv('alert_status', a.status))}</dd>
@@ -90,41 +84,73 @@ export async function render(main, args) {
 <dt data-i18n="alerts.duration"></dt><dd>${esc(fmtDuration(a.duration_s))}</dd>
 ${a.zone ? `<dt data-i18n="alerts.zone"></dt><dd><span translate="no">${esc(a.zone.name)}</span> · ${esc(tv('zone_kind', a.zone.kind))}</dd>` : ''}
 ${ev.max_depth_m !== undefined ? `<dt data-i18n="alerts.depth"></dt><dd>${esc(t('unit.meters', { n: fmtNumber(ev.max_depth_m, { maximumFractionDigits: 0 }) }))}</dd>` : ''}
-</dl>
-<div id="evidence-map" class="map small-map" role="region" data-i18n-aria-label="alerts.evidence"></div>
-<form id="alert-actions" class="actions">
-  <button type="button" id="ack" data-i18n="alerts.acknowledge" ${a.status !== 'open' ? 'disabled' : ''}></button>
-  <label><span data-i18n="alerts.resolution"></span> <select name="resolution" data-field="resolution">${RESOLUTIONS.map((r) => `<option value="${r}">${esc(tv('resolution', r))}</option>`).join('')}</select></label>
-  <label><span data-i18n="alerts.note"></span> <textarea name="note" data-field="note" rows="2"></textarea></label>
-  <button type="button" id="resolve" data-i18n="alerts.resolve" ${a.status === 'resolved' ? 'disabled' : ''}></button>
-  <button type="button" id="add-note" data-i18n="alerts.add_note"></button>
-</form>
-<h3 data-i18n="alerts.timeline"></h3>
-<ol class="timeline">${a.timeline.map((e) => timelineEntry(e, tz)).join('')}</ol>`);
-    if (detailMap) detailMap.remove();
-    detailMap = makeMap(detail.querySelector('#evidence-map'), { zoom: 15 });
+</dl>`;
+  };
+
+  /** Refresh the selected alert's facts, timeline, map and buttons; the form keeps its input. */
+  const refreshDetail = async (id) => {
+    let a;
+    try { a = await api(`/alerts/${id}`); } catch (e) { detail.textContent = e.message; return; }
+    if (selected !== id || !detail.querySelector('#alert-facts')) return;
+    const tz = caseTz(a.case_id);
+    detail.querySelector('#alert-title').textContent = tv('alert_type', a.type);
+    html(detail.querySelector('#alert-facts'), facts(a));
+    detail.querySelector('.timeline').innerHTML = a.timeline.map((e) => timelineEntry(e, tz)).join('');
+    detail.querySelector('#ack').disabled = a.status !== 'open';
+    detail.querySelector('#resolve').disabled = a.status === 'resolved';
+    detail.dataset.status = a.status;
+    drawEvidence(a);
+  };
+
+  const drawEvidence = async (a) => {
+    const tz = caseTz(a.case_id);
+    const ev = a.evidence || {};
+    if (!detailMap) detailMap = makeMap(detail.querySelector('#evidence-map'), { zoom: 15 });
+    if (detailMap.evidence) detailMap.removeLayer(detailMap.evidence);
     const group = L.featureGroup().addTo(detailMap);
+    detailMap.evidence = group;
     for (const f of [ev.first_fix, ev.last_fix].filter(Boolean)) {
       L.circle([f.lat, f.lon], { radius: f.acc, color: '#8e24aa', weight: 1, fillOpacity: 0.1 }).addTo(group);
       L.circleMarker([f.lat, f.lon], { radius: 4, color: '#8e24aa' }).bindTooltip(fmtDateTime(f.ts, tz)).addTo(group);
     }
     if (a.zone_id) {
-      try { group.addLayer(zoneLayer(await api(`/zones/${a.zone_id}`))); } catch { /* deleted */ }
+      const zone = await api(`/zones/${a.zone_id}`).catch(() => null);
+      if (!detailMap || detailMap.evidence !== group) return; // redrawn meanwhile
+      if (zone) group.addLayer(zoneLayer(zone));
     }
     if (group.getLayers().length) detailMap.fitBounds(group.getBounds().pad(0.3), { maxZoom: 17 });
+  };
+
+  const showDetail = async (id) => {
+    selected = id;
+    draw();
+    if (detailMap) { detailMap.remove(); detailMap = null; }
+    html(detail, `<h2 id="alert-title"></h2><div id="alert-facts"></div>
+<div id="evidence-map" class="map small-map" role="region" data-i18n-aria-label="alerts.evidence"></div>
+<form id="alert-actions" class="actions">
+  <button type="button" id="ack" data-i18n="alerts.acknowledge" disabled></button>
+  <label><span data-i18n="alerts.resolution"></span> <select name="resolution" data-field="resolution">${RESOLUTIONS.map((r) => `<option value="${r}">${esc(tv('resolution', r))}</option>`).join('')}</select></label>
+  <label><span data-i18n="alerts.note"></span> <textarea name="note" data-field="note" rows="2"></textarea></label>
+  <button type="button" id="resolve" data-i18n="alerts.resolve" disabled></button>
+  <button type="button" id="add-note" data-i18n="alerts.add_note"></button>
+</form>
+<h3 data-i18n="alerts.timeline"></h3>
+<ol class="timeline"></ol>`);
     const form = detail.querySelector('#alert-actions');
     const act = async (path, body, done) => {
       try {
         const updated = await api(`/alerts/${id}/${path}`, { method: 'POST', body });
-        if (updated && updated.status) alerts.set(id, updated);
+        if (updated && updated.status) { alerts.set(id, updated); draw(); }
+        form.note.value = '';
         toast(t(done));
-        showDetail(id);
+        await refreshDetail(id);
       } catch (e) { showFieldErrors(form, e); }
     };
     const note = () => form.note.value.trim() || undefined;
     detail.querySelector('#ack').onclick = () => act('acknowledge', note() ? { note: note() } : {}, 'alerts.acknowledged');
     detail.querySelector('#resolve').onclick = () => act('resolve', { resolution: form.resolution.value, note: note() }, 'alerts.resolved');
     detail.querySelector('#add-note').onclick = () => act('notes', { text: form.note.value }, 'alerts.noted');
+    await refreshDetail(id);
   };
 
   list.addEventListener('click', (e) => {
@@ -138,7 +164,7 @@ ${ev.max_depth_m !== undefined ? `<dt data-i18n="alerts.depth"></dt><dd>${esc(t(
     alerts.set(a.id, a);
     if (!before && a.severity === 'critical' && a.status === 'open') announce(a);
     draw();
-    if (a.id === selected) showDetail(a.id);
+    if (a.id === selected) refreshDetail(a.id);
   });
   loadCaseload().then(draw);
   const [open, acked] = await Promise.all([all('/alerts?status=open'), all('/alerts?status=acknowledged')]);

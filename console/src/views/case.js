@@ -125,6 +125,10 @@ ${me().role !== 'officer' ? `<fieldset><legend data-i18n="zone.attach"></legend>
     drawText: false, rotateMode: false, dragMode: false, drawRectangle: true,
     drawPolygon: true, drawCircle: true, cutPolygon: true, editMode: true, removalMode: false,
   });
+  // the plugin puts its titles on the buttons' containers: name the buttons themselves
+  main.querySelectorAll('.button-container[title] > .leaflet-buttons-control-button').forEach((a) => {
+    a.setAttribute('aria-label', a.parentElement.getAttribute('title'));
+  });
   const setShape = (layer) => {
     if (shape && shape !== layer) map.removeLayer(shape);
     shape = layer;

@@ -97,5 +97,12 @@ export async function render(main) {
     map.fitBounds(b.pad(0.1), { maxZoom: 15 });
   }
   main.dataset.loaded = '1';
-  return () => { unwatch(); map.remove(); };
+  return () => {
+    unwatch();
+    map.off('moveend', loadZones);
+    map.stop();
+    cluster.clearLayers();
+    map.removeLayer(cluster);
+    map.remove();
+  };
 }
