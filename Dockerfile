@@ -10,6 +10,8 @@ COPY devices devices
 COPY geofence geofence
 COPY alerts alerts
 COPY db db
+COPY simulator simulator
+COPY bench bench
 RUN uv sync --frozen --no-dev && useradd --system --uid 10001 probation \
     && mkdir -p /var/lib/probation && chown probation /var/lib/probation
 USER probation

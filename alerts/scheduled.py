@@ -10,7 +10,7 @@ case's officer, or the highest there is). The next level is due one deadline aft
 previous escalation, so an alert rises at most once per deadline period and never twice
 to the same level (the UPDATE is guarded on the level it read).
 
-Curfew starts (`../shared/contracts/monitoring-rules.md`, "When an inclusion zone
+Curfew starts (`docs/monitoring-rules.md`, "When an inclusion zone
 becomes active"): one set-based pass. Inclusion zones with a schedule are grouped by
 (schedule, timezone, exceptions); `geofence.schedule.window_starts` runs once per
 group for `(since, now]`; only the groups with a start are then joined to their cases'
@@ -36,8 +36,8 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alerts.episodes import close_episode, open_episode
 from alerts.models import AlertType, Severity
+from alerts.service import close_episode, open_episode
 from geofence.geometry import CompiledZone, InvalidGeometry, ZoneStore, compile_zone, haversine_m
 from geofence.schedule import (
     InvalidSchedule,

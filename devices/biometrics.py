@@ -1,7 +1,7 @@
 """Biometric template crypto and matching: AES-256-GCM at rest, cosine similarity.
 
-Byte format of `biometric_templates.ciphertext` (identical to the API's enrolment in
-`probation/biometrics.py`): ``version(1) ‖ nonce(12) ‖ AES-GCM(float32 little-endian
+Byte format of `biometric_templates.ciphertext` (`encrypt_template` writes it at the
+API's enrolment, `decrypt_template` reads it at a check-in): ``version(1) ‖ nonce(12) ‖ AES-GCM(float32 little-endian
 embedding)`` with ``subject_id.bytes ‖ method`` as associated data, so a template
 copied onto another person does not decrypt. The key is the urlsafe base64 of 32 bytes
 (`Settings.resolved_biometric_key()`), or the raw 32 bytes.

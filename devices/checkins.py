@@ -1,17 +1,16 @@
-"""Biometric check-in evaluation: the ingest pipeline's `CheckinHook` and its follow-up.
+"""Biometric check-in evaluation: the ingest pipeline's `CheckinJudge` and its follow-up.
 
-Two steps, because the pipeline's check-in hook must have no side effects (it also sees
+Two steps, because the pipeline's check-in judge must have no side effects (it also sees
 redelivered check-ins that will not be stored again):
 
-1. `BiometricCheckins.evaluate` (the `devices.pipeline.CheckinHook`): decrypts the face
+1. `BiometricCheckins.evaluate` (the `devices.pipeline.CheckinJudge`): decrypts the face
    template enrolled for the case's subject (`devices.biometrics`), computes the cosine
    similarity with the submitted embedding (numpy) and decides: passed when similarity
    ≥ 0.6 and liveness ≥ 0.8 (configurable). Reads only.
-2. `CheckinOutcomes.on_batch` (a `devices.pipeline.GeofenceHook`, called with the
-   check-ins that were actually stored): a passing check-in marks its request `passed`
+2. `CheckinOutcomes.on_batch` (the `checkin_outcomes` after-store stage, called with
+   the check-ins that were actually stored): a passing check-in marks its request `passed`
    (the one named by `request_id`, the request's or its command's id, else the case's oldest open request whose window
    holds it); a failing one opens a `checkin_failed` alert (an instantaneous episode).
-   Combine it with the geofence hook through `ChainedHooks`.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ import numpy as np
 import psycopg
 from cryptography.exceptions import InvalidTag
 
-from alerts.episodes import open_episode
 from alerts.models import AlertType
+from alerts.service import open_episode
 from devices.biometrics import cosine_similarity, decrypt_template, load_key
-from devices.pipeline import CheckinVerdict, DeviceBatch, GeofenceHook, StoredCheckin
+from devices.pipeline import CheckinVerdict, DeviceBatch, StoredCheckin
 from devices.protocol import Checkin
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def evaluate_checkins(
 
 
 class BiometricCheckins:
-    """The ingest pipeline's check-in hook (`devices.pipeline.CheckinHook`)."""
+    """The ingest pipeline's check-in judge (`devices.pipeline.CheckinJudge`)."""
 
     def __init__(self, *, key: str | bytes, thresholds: CheckinThresholds | None = None) -> None:
         self.key = load_key(key)
@@ -176,7 +175,9 @@ def apply_checkin_outcomes(
 
 
 class CheckinOutcomes:
-    """A `devices.pipeline.GeofenceHook` that acts on stored check-ins only."""
+    """The `checkin_outcomes` after-store stage: acts on stored check-ins only."""
+
+    name = "checkin_outcomes"
 
     def __init__(self, *, thresholds: CheckinThresholds | None = None) -> None:
         self.thresholds = thresholds or CheckinThresholds()
@@ -187,13 +188,3 @@ class CheckinOutcomes:
                 apply_checkin_outcomes(conn, device_id=b.device_id, case_id=b.case_id,
                                        checkins=b.checkins, thresholds=self.thresholds)
 
-
-class ChainedHooks:
-    """Several `GeofenceHook`s as one, called in order inside the same transaction."""
-
-    def __init__(self, *hooks: GeofenceHook) -> None:
-        self.hooks = hooks
-
-    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
-        for h in self.hooks:
-            h.on_batch(conn, batches)

@@ -14,14 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from psycopg_pool import ConnectionPool
 
 from db.engine import libpq_url
 from devices import service
-from devices.ingest import broker_address, is_v5, mqtt_client
+from devices.mqtt import Link, is_v5
 from devices.protocol import CommandType, command_topic, encode_command
 
 log = logging.getLogger(__name__)
@@ -59,44 +56,23 @@ class CommandPublisher:
             libpq_url(database_url), min_size=0, max_size=pool_size, open=False,
             kwargs={"application_name": "probation-downlink"},
         )
-        self._client: mqtt.Client | None = None
-        self._connected = threading.Event()
+        self._link: Link | None = None
         self._lock = threading.Lock()
 
     def start(self, timeout: float = 10) -> CommandPublisher:
         """Open the pool and connect to the broker (waits up to `timeout` for the broker)."""
         self._pool.open()
-        client = mqtt_client(self.mqtt_url, self.client_id, clean=True, v5=self.v5)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        client.max_inflight_messages_set(1000)
-        host, port = broker_address(self.mqtt_url)
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            client.connect_async(host, port, keepalive=30, properties=props)
-        else:
-            client.connect_async(host, port, keepalive=30)
-        client.loop_start()
-        self._client = client
-        if not self._connected.wait(timeout):
+        link = Link(self.mqtt_url, self.client_id, name="downlink", v5=self.v5)
+        link.client.max_inflight_messages_set(1000)
+        self._link = link
+        if not link.start(timeout):
             log.warning("downlink: broker %s not reachable yet; commands wait for it", self.mqtt_url)
         return self
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if not reason.is_failure:
-            self._connected.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
-        self._connected.clear()
-
     def stop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
+        link, self._link = self._link, None
+        if link is not None:
+            link.stop()
         self._pool.close()
 
     def __enter__(self) -> CommandPublisher:
@@ -140,9 +116,9 @@ class CommandPublisher:
             command_id=rec.id, ts=rec.created_at, type=CommandType(rec.type), params=rec.params,
         )
         sent_at: datetime | None = None
-        client = self._client
-        if client is None:
+        if self._link is None:
             raise RuntimeError("CommandPublisher is not started")
+        client = self._link.client
         with self._lock:
             info = client.publish(topic, payload, qos=1)
         try:

@@ -1,6 +1,6 @@
-"""The ingest pipeline's geofence stage: fixes and device events → episodes → alerts.
+"""The ingest pipeline's `geofence` after-store stage: fixes → zone episodes → alerts.
 
-Runs inside the batch's transaction (a `GeofenceHook`), so a device's episode state
+Runs inside the batch's transaction (a `devices.pipeline.AfterStoreStage`), so a device's episode state
 (`geofence_states`) is committed together with its fixes and alerts: a crash or a
 restart neither loses nor repeats an episode. The zones registry is cached per
 process and rebuilt when `config_versions('zones')` moves (bumped by triggers on
@@ -19,19 +19,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
 
-from alerts.episodes import (
-    EpisodeUpdate,
-    close_episode,
-    find_open_episode,
-    open_episode,
-    update_episodes,
-)
 from alerts.models import AlertType
+from alerts.service import EpisodeUpdate, close_episode, open_episode, update_episodes
 from devices.pipeline import Conn, DeviceBatch
 from devices.protocol import CommandType
 from geofence import (
@@ -50,7 +44,7 @@ from geofence.episodes import Fix as EngineFix
 
 log = logging.getLogger(__name__)
 
-#: Rapid mode: the fix interval while a zone episode is open (monitoring-rules.md).
+#: Rapid mode: the fix interval while a zone episode is open (docs/monitoring-rules.md).
 RAPID_FIX_INTERVAL_S = 15
 #: The normal fix interval per risk level, restored when the episode closes.
 NORMAL_FIX_INTERVAL_S = {"high": 30, "medium": 60, "low": 120}
@@ -60,22 +54,6 @@ SNAPSHOT_EVERY = timedelta(minutes=15)
 SNAPSHOT_KEEP = timedelta(days=3)
 #: Without a snapshot, a late batch is replayed from this long before its oldest fix.
 REPLAY_WITHOUT_SNAPSHOT = timedelta(hours=1)
-
-#: Device event → (alert type it opens, event types that close it).
-EVENT_ALERTS: dict[str, tuple[AlertType, frozenset[str]]] = {
-    "strap_open": (AlertType.STRAP_TAMPER, frozenset({"strap_closed"})),
-    "case_open": (AlertType.CASE_TAMPER, frozenset({"case_closed"})),
-    "battery_low": (AlertType.BATTERY_LOW, frozenset({"charging_started"})),
-    "battery_critical": (AlertType.BATTERY_CRITICAL, frozenset({"charging_started"})),
-    "power_off": (AlertType.POWER_OFF, frozenset({"power_on"})),
-    "gps_jamming": (AlertType.GPS_JAMMING, frozenset()),
-    "beacon_lost": (AlertType.BEACON_LOST, frozenset({"beacon_found"})),
-}
-CLOSERS: dict[str, list[AlertType]] = {}
-for _atype, _closers in EVENT_ALERTS.values():
-    for _c in _closers:
-        CLOSERS.setdefault(_c, []).append(_atype)
-
 
 def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
@@ -98,8 +76,10 @@ class _Registry:
 
 @dataclass
 class GeofenceEvaluator:
-    """The geofence hook: evaluates each batch's fixes and events for assigned devices."""
+    """The `geofence` after-store stage: zone episodes from the fixes of assigned devices
+    (and rapid mode: the `set_interval` commands it records, published after commit)."""
 
+    name: ClassVar[str] = "geofence"
     rapid_mode: bool = True
     _registry: _Registry | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -154,19 +134,11 @@ class GeofenceEvaluator:
                  len(cases), len(zones), version)
         return _Registry(version, CaseZones(cases, zones, attach), risk)
 
-    # ------------------------------------------------------------------ hook
+    # ------------------------------------------------------------------ stage
     def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
-        assigned = [b for b in batches if b.case_id is not None]
-        if not assigned:
-            return
-        with_fixes = [b for b in assigned if b.fixes]
+        with_fixes = [b for b in batches if b.case_id is not None and b.fixes]
         if with_fixes:
             self._fixes(conn, with_fixes)
-        for b in assigned:
-            if b.events:
-                self._events(conn, b)
-        if with_fixes:
-            close_jamming_on_good_fixes(conn, with_fixes)
 
     def _fixes(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
         reg = self.registry(conn)
@@ -405,62 +377,3 @@ class GeofenceEvaluator:
         with self._lock:
             out, self.pending_commands = self.pending_commands, []
         return out
-
-    # ------------------------------------------------------------------ events
-    def _events(self, conn: Conn, b: DeviceBatch) -> None:
-        assert b.case_id is not None
-        for ev in sorted(b.events, key=lambda e: e.ts):
-            opened = EVENT_ALERTS.get(ev.type)
-            if opened is not None:
-                atype, _ = opened
-                evidence = {"event": ev.type, "seq": ev.seq, "ts": ev.ts.isoformat(),
-                            "detail": ev.detail}
-                open_episode(
-                    conn, case_id=b.case_id, type=atype, started_at=ev.ts,
-                    evidence=evidence, device_id=b.device_id,
-                )
-            for atype in CLOSERS.get(ev.type, ()):
-                close_episode(
-                    conn, case_id=b.case_id, type=atype, ended_at=ev.ts, device_id=b.device_id,
-                    evidence={"closed_by": ev.type, "closed_seq": ev.seq}, reason=ev.type,
-                )
-
-
-def close_jamming_on_good_fixes(conn: Conn, batches: Sequence[DeviceBatch]) -> None:
-    """`close_jamming_on_good_fix` for a whole batch: one query finds the devices that have
-    an open jamming episode (rare), only those are closed one by one."""
-    cases = list({b.case_id for b in batches if b.case_id is not None})
-    if not cases:
-        return
-    open_ = {
-        (case_id, device_id)
-        for case_id, device_id in conn.execute(
-            "SELECT case_id, device_id FROM alerts WHERE episode_open AND type = %s"
-            " AND case_id = ANY(%s) AND zone_id IS NULL AND device_id IS NOT NULL",
-            (AlertType.GPS_JAMMING.value, cases),
-        )
-    }
-    if not open_:
-        return
-    for b in batches:
-        if (b.case_id, b.device_id) in open_:
-            close_jamming_on_good_fix(conn, b)
-
-
-def close_jamming_on_good_fix(conn: Conn, b: DeviceBatch) -> None:
-    """A clean GPS fix after a jamming report ends the jamming episode."""
-    good = [f for f in b.fixes if f.src == "gps" and f.acc <= 100]
-    if not good or b.case_id is None:
-        return
-    last = max(f.ts for f in good)
-    alert_id = find_open_episode(
-        conn, case_id=b.case_id, type=AlertType.GPS_JAMMING, device_id=b.device_id
-    )
-    if alert_id is None:
-        return
-    row = conn.execute("SELECT started_at FROM alerts WHERE id = %s", (alert_id,)).fetchone()
-    if row is not None and row[0] < last:
-        close_episode(
-            conn, case_id=b.case_id, type=AlertType.GPS_JAMMING, ended_at=last,
-            device_id=b.device_id, evidence={"closed_by": "good_gps_fix"}, reason="good_gps_fix",
-        )

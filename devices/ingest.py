@@ -30,12 +30,11 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -44,14 +43,15 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from db.engine import libpq_url
 from devices import metrics, service
 from devices.metrics import IngestStats
+from devices.mqtt import broker_address, is_v5, mqtt_client
 from devices.pipeline import (
     UNKNOWN_STREAM,
+    AfterStoreStage,
     BatchResult,
     BatchWriter,
     ByteBoundedQueue,
-    CheckinHook,
+    CheckinJudge,
     DeviceDirectory,
-    GeofenceHook,
     Incoming,
     RawMessage,
     dead_letter,
@@ -65,42 +65,10 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 LAG_SAMPLES = 64  # messages per batch observed by the lag histograms
+RETRY_FIRST_S = 0.25  # the first wait before retrying a transaction the database lost
+RETRY_MAX_S = 5.0  # the longest wait between retries (the wait doubles up to it)
 
-
-def mqtt_client(
-    mqtt_url: str, client_id: str, *, clean: bool = True, v5: bool = False,
-    manual_ack: bool = False,
-) -> mqtt.Client:
-    """A paho client configured from an `mqtt://user:pass@host:port` URL (not yet connected)."""
-    u = urlparse(mqtt_url)
-    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-    kwargs: dict[str, object] = {}
-    if not v5:
-        kwargs["clean_session"] = clean
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-        manual_ack=manual_ack, **kwargs,  # type: ignore[arg-type]
-    )
-    if u.username:
-        client.username_pw_set(u.username, u.password)
-    if u.scheme in ("mqtts", "ssl"):
-        client.tls_set()
-    return client
-
-
-def broker_address(mqtt_url: str) -> tuple[str, int]:
-    u = urlparse(mqtt_url)
-    return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
-
-
-def is_v5(protocol: str | int) -> bool:
-    """`"5"`, `"5.0"`, `"mqttv5"`, 5 → MQTT 5; `"3.1.1"`, `"mqttv311"`, 4 → MQTT 3.1.1."""
-    p = str(protocol).lower().removeprefix("mqttv").removeprefix("v")
-    if p in ("5", "5.0", "50"):
-        return True
-    if p in ("3.1.1", "311", "4"):
-        return False
-    raise ValueError(f"unknown MQTT protocol version {protocol!r}: use 3.1.1 or 5")
+T = TypeVar("T")
 
 
 def _install_fast_receive(
@@ -175,14 +143,15 @@ class IngestWorker:
 
     `protocol` is "3.1.1" or "5". With `share_group`, the worker subscribes to
     `$share/<group>/<prefix>/devices/#` so that several workers share the load.
-    The hooks default to no geofence evaluation and undecided check-ins.
+    `after_store`: the stages run on newly stored telemetry, in order (default: none);
+    `checkin_judge` decides check-ins (default: nothing passes). See `BatchWriter`.
     """
 
     def __init__(
         self, *, database_url: str, mqtt_url: str, prefix: str = "pm/v1",
         client_id: str = "probation-ingest", share_group: str | None = None,
-        protocol: str = "3.1.1", geofence_hook: GeofenceHook | None = None,
-        checkin_hook: CheckinHook | None = None, batch_items: int = 10_000,
+        protocol: str = "3.1.1", after_store: Sequence[AfterStoreStage] = (),
+        checkin_judge: CheckinJudge | None = None, batch_items: int = 10_000,
         batch_messages: int = 500, flush_ms: float = 25, queue_messages: int = 10_000,
         queue_bytes: int = 64 * 1024 * 1024, keepalive: int = 30,
         session_expiry_s: int = SESSION_EXPIRY_S, log_interval_s: float = 60,
@@ -201,7 +170,8 @@ class IngestWorker:
         self.session_expiry_s = session_expiry_s
         self.on_commit = on_commit
         self.fast_receive = fast_receive
-        self.writer = BatchWriter(prefix=self.prefix, geofence=geofence_hook, checkin=checkin_hook)
+        self.writer = BatchWriter(
+            prefix=self.prefix, after_store=after_store, checkin_judge=checkin_judge)
         self.directory = DeviceDirectory()
         self.watermark = WatermarkProbe(prefix=self.prefix, worker_id=self.client_id)
         self.stats = IngestStats(interval_s=log_interval_s)
@@ -516,9 +486,15 @@ class IngestWorker:
         if self._abort.wait(seconds):
             raise _Abort
 
-    def _write(self, batch: list[Incoming]) -> None:
-        """Commit `batch` (retrying through database outages), then acknowledge it."""
-        backoff = 0.25
+    def _retrying(
+        self, work: Callable[[psycopg.Connection[Any]], T],
+        on_retry: Callable[[Exception, int, float], None] | None = None,
+    ) -> T:
+        """`work(conn)`, then commit; through connection failures, reconnect and run it
+        again after a backoff (doubling from RETRY_FIRST_S to RETRY_MAX_S) until it
+        commits or the worker aborts (`_Abort`). `on_retry(error, failures, backoff)`
+        before each wait. Any other error is rolled back and raised."""
+        backoff = RETRY_FIRST_S
         failures = 0
         while True:
             if self._abort.is_set():
@@ -526,39 +502,62 @@ class IngestWorker:
             conn: psycopg.Connection[Any] | None = None
             try:
                 conn = self._connect()
-                t0 = time.perf_counter()
-                result = self.writer.write(conn, batch, directory=self.directory)
-                self.watermark.stage(conn, len(batch))
+                out = work(conn)
                 conn.commit()
-                commit_s = time.perf_counter() - t0
+                return out
             except Exception as e:
-                if conn is not None and not conn.broken and not conn.closed:
-                    try:
-                        conn.rollback()
-                    except psycopg.Error:
-                        self._close_conn()
-                transient = isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) or (
-                    conn is None or conn.broken or conn.closed
-                )
-                if not transient:
-                    self._isolate(batch, e)
-                    return
+                if not self._recover(conn, e):
+                    raise
                 failures += 1
-                self.stats.db_error()
-                if conn is None or conn.broken or conn.closed:
-                    self._close_conn()
-                    self._db_ready.clear()
-                if failures == 1 or failures % 20 == 0:
-                    log.warning("database error, batch of %d messages not stored (attempt %d), "
-                                "retrying in %.1fs: %s", len(batch), failures, backoff,
-                                str(e).strip()[:300])
+                if on_retry is not None:
+                    on_retry(e, failures, backoff)
                 self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if failures:
-                log.info("database back: batch stored after %d failed attempts", failures)
-            self._committed(batch, result, commit_s)
+                backoff = min(backoff * 2, RETRY_MAX_S)
+
+    def _recover(self, conn: psycopg.Connection[Any] | None, error: Exception) -> bool:
+        """After a failed transaction: roll back (or drop a broken connection); whether
+        the failure was the connection's (worth retrying) rather than the data's."""
+        if conn is not None and not conn.broken and not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                self._close_conn()
+        lost = conn is None or conn.broken or conn.closed
+        if lost:
+            self._close_conn()
+            self._db_ready.clear()
+        return lost or isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+
+    def _write(self, batch: list[Incoming]) -> None:
+        """Commit `batch` (retrying through database outages), then acknowledge it."""
+        failed = 0
+
+        def store(conn: psycopg.Connection[Any]) -> tuple[float, BatchResult]:
+            t0 = time.perf_counter()
+            result = self.writer.write(conn, batch, directory=self.directory)
+            self.watermark.stage(conn, len(batch))
+            return t0, result
+
+        def retry(e: Exception, failures: int, backoff: float) -> None:
+            nonlocal failed
+            failed = failures
+            self.stats.db_error()
+            if failures == 1 or failures % 20 == 0:
+                log.warning("database error, batch of %d messages not stored (attempt %d), "
+                            "retrying in %.1fs: %s", len(batch), failures, backoff,
+                            str(e).strip()[:300])
+
+        try:
+            t0, result = self._retrying(store, retry)
+        except _Abort:
+            raise
+        except Exception as e:
+            self._isolate(batch, e)
             return
+        commit_s = time.perf_counter() - t0
+        if failed:
+            log.info("database back: batch stored after %d failed attempts", failed)
+        self._committed(batch, result, commit_s)
 
     def _isolate(self, batch: list[Incoming], error: Exception) -> None:
         """A batch failed on something other than the connection: find the poison message."""
@@ -579,22 +578,13 @@ class IngestWorker:
             else Reason.BAD_TYPE
         )
         row = dead_letter(raw, Rejected(reason, f"could not be stored: {error}"[:1000], None, None))
-        backoff = 0.25
-        while True:
-            conn: psycopg.Connection[Any] | None = None
-            try:
-                conn = self._connect()
-                service.insert_dead_letters(conn, rows=[row])
-                conn.commit()
-                break
-            except Exception as e:
-                self._close_conn()
-                if not isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
-                    log.critical("message %s could not even be kept as a dead letter (%r); "
-                                 "acknowledged and dropped", raw.ident(), e)
-                    break
-                self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        try:
+            self._retrying(lambda conn: service.insert_dead_letters(conn, rows=[row]))
+        except _Abort:
+            raise
+        except Exception as e:
+            log.critical("message %s could not even be kept as a dead letter (%r); "
+                         "acknowledged and dropped", raw.ident(), e)
         res = BatchResult(messages=1, items=1)
         res.received[inc.stream] += 1
         res.dead[reason.value] += 1

@@ -147,6 +147,7 @@ class IngestStats:
             stored_total = sum(self._stored.values())
             avg_batch = self._batch_items / self._batches if self._batches else 0.0
             avg_commit = self._commit_s / self._batches * 1000 if self._batches else 0.0
+            idle = not any(self._received.values()) and not self._db_errors
             line = (
                 "ingest %.0fs: received %s; stored %s (%.0f items/s); duplicates %s; "
                 "dead letters %s; batches %d (avg %.0f items, avg commit %.1f ms); "
@@ -164,7 +165,7 @@ class IngestStats:
             self._batches = self._batch_items = self._db_errors = 0
             self._commit_s = self._lag_max_s = 0.0
             self._last_log = now
-        log.info(line, *args)
+        log.log(logging.DEBUG if idle else logging.INFO, line, *args)  # idle minutes: routine
 
 
 def _fmt(t: _Tally[str]) -> str:

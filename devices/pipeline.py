@@ -1,13 +1,17 @@
 """The ingest pipeline's stages, from a raw MQTT message to committed rows.
 
-    receive (paho thread) → bounded queue → decode + validate (`devices.protocol`)
-    → batch (N items / M messages / T ms) → resolve serials → group per device,
-    sorted by ts → check-in hook → COPY + dedup → geofence hook → inventory,
-    acks, dead letters → commit → acknowledge to the broker
+    receive (paho thread) → bounded queue → decode + validate (`decode_stage`)
+    → batch (N items / M messages / T ms) → `BatchWriter.stages`:
+      resolve devices → accumulate per device → find cases → judge check-ins
+      → build rows → store (COPY + dedup) → lock devices → after-store stages
+      (`BatchWriter.after_store`: geofence, check-in outcomes, silence gaps; wired
+      in `probation.workers.build_ingestion`) → inventory → acks → dead letters
+    → commit → acknowledge to the broker
 
 `devices.ingest.IngestWorker` runs the threads; this module holds the pieces
-they call: the bounded queue, the decode stage, the device directory, the two
-hooks and `BatchWriter`, which writes one batch inside the caller's transaction.
+they call: the bounded queue, the decode stage, the device directory, the stage
+interfaces (`AfterStoreStage`, `CheckinJudge`) and `BatchWriter`, which writes one
+batch inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -225,7 +229,7 @@ class DeviceDirectory:
         return {s: known[s] for s in serials if s in known}
 
 
-# --------------------------------------------------------------------------- hooks
+# --------------------------------------------------------------------------- stage interfaces
 
 
 @dataclass(slots=True)
@@ -244,11 +248,12 @@ class StoredCheckin:
 
 @dataclass(slots=True)
 class DeviceBatch:
-    """What one batch newly stored for one device, each list sorted by `ts` (hook input).
+    """What one batch newly stored for one device, each list sorted by `ts` (the input
+    of the after-store stages).
 
-    Duplicates (items already stored) are not in it: each item reaches the
-    geofence hook once. `case_id` is the device's active case (None: stored,
-    evaluated by nothing). `received_at` is the arrival of its latest message.
+    Duplicates (items already stored) are not in it: each item reaches the after-store
+    stages once. `case_id` is the device's active case (None: stored, evaluated by
+    nothing). `received_at` is the arrival of its latest message.
     """
 
     device_id: uuid.UUID
@@ -260,20 +265,27 @@ class DeviceBatch:
     checkins: list[StoredCheckin] = field(default_factory=list)
 
 
-class GeofenceHook(Protocol):
-    """Evaluates newly stored telemetry, inside the batch's transaction, before its commit."""
+class AfterStoreStage(Protocol):
+    """A stage that acts on newly stored telemetry (geofence, check-in outcomes, silence
+    gaps, …), inside the batch's transaction, after the COPY and before the commit."""
+
+    @property
+    def name(self) -> str:
+        """How logs and `probation_ingest_stage_errors_total{stage=…}` name it."""
+        ...
 
     def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
         """Called once per batch with the devices that have new items (each row-locked).
 
         Work on `conn` (never commit or roll back). An exception rolls back what
-        the hook did for the batch; the worker then retries device by device and
-        logs the devices that still fail; the telemetry is stored either way.
+        this stage did for the batch (the other stages keep theirs); the writer then
+        retries it device by device and counts and logs the devices that still fail;
+        the telemetry is stored either way.
         """
         ...
 
 
-class CheckinHook(Protocol):
+class CheckinJudge(Protocol):
     """Decides each check-in (`passed`, `similarity`) before it is stored."""
 
     def evaluate(
@@ -284,24 +296,17 @@ class CheckinHook(Protocol):
 
         Sees every valid check-in, including a redelivered one (its row is then
         not stored twice), so it must not have side effects: act on stored
-        check-ins in the geofence hook instead.
+        check-ins in an after-store stage instead.
         """
         ...
 
 
-class NoGeofence:
-    """The default geofence hook: evaluates nothing."""
-
-    def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
-        return None
-
-
 class UndecidedCheckins:
-    """The default check-in hook: without a biometric comparison, nothing passes.
+    """The default check-in judge: without a biometric comparison, nothing passes.
 
     Every check-in is stored with `passed = false` and `similarity = NULL`: the
-    check-in hook installed by the biometric component decides (cosine
-    similarity to the enrolled template and liveness thresholds).
+    judge installed by the biometric component decides (cosine similarity to the
+    enrolled template and liveness thresholds).
     """
 
     def evaluate(
@@ -419,252 +424,167 @@ _FIX_FIELDS = attrgetter("seq", "ts", "lat", "lon", "acc", "src", "spd", "hdg", 
 _DEVICE_ORDER = attrgetter("device_id.int")
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One batch on its way through `BatchWriter`'s stages; each stage fills in its part."""
+
+    incoming: Sequence[Incoming]
+    directory: DeviceDirectory
+    now: Callable[[], datetime]
+    res: BatchResult
+    dead: list[DeadLetterRow] = field(default_factory=list)
+    # resolve_devices
+    ids: dict[str, uuid.UUID] = field(default_factory=dict)
+    # accumulate
+    devs: dict[str, _DeviceAcc] = field(default_factory=dict)
+    ordered: list[_DeviceAcc] = field(default_factory=list)  # by device id, items by ts
+    statuses: int = 0
+    acks: list[tuple[uuid.UUID, RawMessage, Ack]] = field(default_factory=list)
+    # find_cases, judge_checkins
+    cases: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+    verdicts: dict[int, CheckinVerdict] = field(default_factory=dict)  # id(checkin) → verdict
+    # build_rows
+    fix_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    event_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    checkin_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    # store: the keys newly stored per stream (None: every row was new)
+    new_fixes: list[service.Key] | None = None
+    new_events: list[service.Key] | None = None
+    new_checkins: list[service.Key] | None = None
+
+    @property
+    def device_ids(self) -> list[uuid.UUID]:
+        return [a.device_id for a in self.ordered]
+
+
+Stage = Callable[[Conn, _Batch], None]
+
+
 class BatchWriter:
-    """Writes one batch of decoded messages inside the caller's open transaction."""
+    """Writes one batch of decoded messages inside the caller's open transaction.
+
+    `write` runs `self.stages` in order: that list is the whole path of a batch.
+    `after_store` are the stages that act on what was newly stored (in the service:
+    `probation.workers.build_ingestion`); `checkin_judge` decides each check-in before
+    it is stored.
+    """
 
     def __init__(
-        self, *, prefix: str, geofence: GeofenceHook | None = None,
-        checkin: CheckinHook | None = None,
+        self, *, prefix: str, after_store: Sequence[AfterStoreStage] = (),
+        checkin_judge: CheckinJudge | None = None,
     ) -> None:
         self.prefix = prefix
-        self.geofence: GeofenceHook = geofence or NoGeofence()
-        self.checkin: CheckinHook = checkin or UndecidedCheckins()
+        self.after_store: tuple[AfterStoreStage, ...] = tuple(after_store)
+        self.checkin_judge: CheckinJudge = checkin_judge or UndecidedCheckins()
         self._dedup_until = 0.0
-
-    # -- the batch -----------------------------------------------------------------
+        #: What happens to a batch, in order (decoding happened before, in `decode_stage`).
+        self.stages: tuple[Stage, ...] = (
+            self.resolve_devices,  # serial → device id; unknown devices → dead letters
+            self.accumulate,  # per device in arrival order; check-ins decoded here
+            self.find_cases,  # the active case of each device
+            self.judge_checkins,  # a verdict per check-in (`checkin_judge`, no side effects)
+            self.build_rows,  # rows per device sorted by ts, devices in id order
+            self.store,  # COPY fixes, events, check-ins (deduplicating after a conflict)
+            self.lock_devices,  # row-lock the batch's devices
+            self.run_after_store,  # `after_store`, in order, each in its own savepoint
+            self.update_inventory,  # last seen / last fix / battery / firmware
+            self.apply_acks,  # command acknowledgements; unknown commands → dead letters
+            self.store_dead_letters,  # every rejection of the batch
+        )
 
     def write(
         self, conn: Conn, batch: Sequence[Incoming], *, directory: DeviceDirectory,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> BatchResult:
         """Store `batch` in the open transaction (the caller commits, then acknowledges)."""
-        res = BatchResult(messages=len(batch))
-        dead: list[DeadLetterRow] = []
-        serials = {m.serial for m in batch if m.serial is not None}
-        ids = directory.resolve(conn, serials) if serials else {}
+        b = _Batch(batch, directory, now, BatchResult(messages=len(batch)))
+        for stage in self.stages:
+            stage(conn, b)
+        return b.res
 
+    # -- the stages, in the order of `self.stages` -----------------------------------
+
+    def resolve_devices(self, conn: Conn, b: _Batch) -> None:
+        serials = {m.serial for m in b.incoming if m.serial is not None}
+        b.ids = b.directory.resolve(conn, serials) if serials else {}
+
+    def accumulate(self, conn: Conn, b: _Batch) -> None:
+        """Each message's items onto its device (`_DeviceAcc`), rejections to dead letters."""
+        ids, res, dead = b.ids, b.res, b.dead
         # Check-ins are validated against the enrolled template length.
         checkin_ids = {
-            ids[m.serial] for m in batch
+            ids[m.serial] for m in b.incoming
             if m.decoded is None and m.serial is not None and m.serial in ids
         }
         dims = service.enrolled_embedding_lengths(conn, device_ids=checkin_ids)
-        t_now = now()
-
-        devs: dict[str, _DeviceAcc] = {}
-        statuses = 0
-        acks: list[tuple[uuid.UUID, RawMessage, Ack]] = []
-        seen_events: set[service.Key] = set()
-        seen_checkins: set[service.Key] = set()
-        received = res.received
-        newest_fix_ts = res.newest_fix_ts
-
-        for m in batch:
-            raw = m.raw
-            serial = m.serial
-            acc = devs.get(serial) if serial is not None else None
-            if acc is None and serial is not None:
-                dev_id = ids.get(serial)
-                if dev_id is None:
-                    dead.append(dead_letter(raw, Rejected(
-                        Reason.UNKNOWN_DEVICE, f"device {serial!r} is not registered", None, None,
-                    )))
-                    received[m.stream] += 1
-                    continue
-                acc = devs[serial] = _DeviceAcc(dev_id, serial)
+        t_now = b.now()
+        devs = b.devs
+        seen = _Seen()
+        for m in b.incoming:
+            acc: _DeviceAcc | None = None
+            if m.serial is not None:
+                acc = devs.get(m.serial) or self._new_device(m, b)
+                if acc is None:
+                    continue  # an unknown device: a dead letter
             d = m.decoded
-            if d is None:  # a check-in message
+            if d is None:  # a check-in message: validated now that its device is known
                 assert acc is not None
-                dim = dims.get(acc.device_id)
-                d = decode(
-                    raw.topic, raw.payload, prefix=self.prefix, now=t_now,
-                    embedding_length=lambda _s, _dim=dim: _dim,  # type: ignore[misc]
-                )
+                d = self._decode_checkins(m.raw, dims.get(acc.device_id), t_now)
                 m.items = len(d.items) + len(d.rejected) + d.duplicates
-            received[m.stream] += m.items
+            res.received[m.stream] += m.items
             res.items += m.items
             if d.duplicates:
                 res.duplicates[m.stream] += d.duplicates
             for rej in d.rejected:
-                dead.append(dead_letter(raw, rej))
-            if acc is None:  # bad topic: nothing else to do
-                continue
-            acc.raws.append(raw)
-            if raw.received_at > acc.received_at:
-                acc.received_at = raw.received_at
-            stream = m.stream
-            if stream == "status":
-                for st in d.items:
-                    assert isinstance(st, Status)
-                    if _has_nul(st.fw):
-                        dead.append(dead_letter(raw, Rejected(
-                            Reason.BAD_TYPE, "fw: contains a NUL character", None, None,
-                        )))
-                        continue
-                    statuses += 1
-                    acc.online = st.state == "online"
-                    if st.fw is not None:
-                        acc.firmware = st.fw
-                    if st.bat is not None:
-                        acc.status_battery = st.bat
-                    if acc.online and not raw.retain and raw.received_at > acc.heard_at:
-                        acc.heard_at = raw.received_at
-                continue
-            # Any other message from a registered device: it is talking.
-            acc.online = True
-            if raw.received_at > acc.heard_at:
-                acc.heard_at = raw.received_at
-            if stream == "fixes":
-                fixes: list[Fix] = d.items  # type: ignore[assignment]
-                if fixes:
-                    if any(f.spd is not None and f.spd > FLOAT4_MAX for f in fixes):
-                        fixes = self._oversized_speeds(raw, fixes, dead)
-                    acc.fixes.extend(fixes)
-                    if fixes:
-                        newest_fix_ts.append(max(map(_TS, fixes)).timestamp())
-            elif stream == "acks":
-                for ak in d.items:
-                    assert isinstance(ak, Ack)
-                    acks.append((acc.device_id, raw, ak))
-            elif stream == "events":
-                self._add_events(acc, raw, d.items, seen_events, res, dead)  # type: ignore[arg-type]
-            elif stream == "checkins":
-                self._add_checkins(acc, raw, d.items, seen_checkins, res, dead)  # type: ignore[arg-type]
+                dead.append(dead_letter(m.raw, rej))
+            if acc is not None:  # else a bad topic: nothing else to do
+                _add_items(acc, m.raw, m.stream, d.items, seen, b)
 
-        hooked = not isinstance(self.geofence, NoGeofence)
-        ordered = sorted(devs.values(), key=_DEVICE_ORDER)
-        dev_ids = [a.device_id for a in ordered]
-        need_cases = hooked or any(a.checkins for a in ordered)
-        cases = service.active_cases(conn, device_ids=dev_ids) if need_cases else {}
+        # Devices in id order, items by ts (a stable insertion order keeps concurrent
+        # workers from deadlocking on the keys).
+        b.ordered = sorted(devs.values(), key=_DEVICE_ORDER)
+        for a in b.ordered:
+            a.fixes.sort(key=_TS)
+            a.events.sort(key=_TS)
+            a.checkins.sort(key=_TS)
 
-        # Telemetry rows, per device sorted by ts, devices in id order (a stable
-        # insertion order keeps concurrent workers from deadlocking on the keys).
-        fix_rows: list[tuple[Any, ...]] = []
-        event_rows: list[tuple[Any, ...]] = []
-        checkin_rows: list[tuple[Any, ...]] = []
-        verdicts: dict[int, CheckinVerdict] = {}
-        for a in ordered:
-            dev_id = a.device_id
-            if a.fixes:
-                a.fixes.sort(key=_TS)
-                fix_rows.extend(map(tuple.__add__, repeat((dev_id,)), map(_FIX_FIELDS, a.fixes)))
-            if a.events:
-                a.events.sort(key=_TS)
-                event_rows.extend(
-                    (dev_id, e.seq, e.ts, e.type, a.event_details[id(e)]) for e in a.events
-                )
+    @staticmethod
+    def _new_device(m: Incoming, b: _Batch) -> _DeviceAcc | None:
+        """The device's accumulator, or None (and a dead letter) if it is not registered."""
+        assert m.serial is not None
+        dev_id = b.ids.get(m.serial)
+        if dev_id is None:
+            b.dead.append(dead_letter(m.raw, Rejected(
+                Reason.UNKNOWN_DEVICE, f"device {m.serial!r} is not registered", None, None,
+            )))
+            b.res.received[m.stream] += 1
+            return None
+        acc = b.devs[m.serial] = _DeviceAcc(dev_id, m.serial)
+        return acc
+
+    def _decode_checkins(self, raw: RawMessage, dim: int | None, now: datetime) -> Decoded:
+        return decode(raw.topic, raw.payload, prefix=self.prefix, now=now,
+                      embedding_length=lambda _s: dim)
+
+    def find_cases(self, conn: Conn, b: _Batch) -> None:
+        if self.after_store or any(a.checkins for a in b.ordered):
+            b.cases = service.active_cases(conn, device_ids=b.device_ids)
+
+    def judge_checkins(self, conn: Conn, b: _Batch) -> None:
+        for a in b.ordered:
             if a.checkins:
-                a.checkins.sort(key=_TS)
-                case_id = cases.get(dev_id)
-                for c, v in zip(
-                    a.checkins, self._verdicts(conn, dev_id, case_id, a), strict=True
-                ):
-                    verdicts[id(c)] = v
-                    checkin_rows.append((
-                        dev_id, c.seq, c.ts, case_id, c.method, v.similarity, c.liveness,
-                        v.passed, c.request_id, c.lat, c.lon, c.acc,
-                    ))
-
-        # A plain COPY first, unless a conflict was met lately (a redelivery is going on).
-        direct = time.monotonic() >= self._dedup_until
-        n_fix, fix_keys, c1 = service.store_fixes(
-            conn, rows=fix_rows, returning=hooked, direct=direct)
-        n_ev, ev_keys, c2 = service.store_events(
-            conn, rows=event_rows, returning=hooked, direct=direct)
-        n_ci, ci_keys, c3 = service.store_checkins(
-            conn, rows=checkin_rows, returning=hooked, direct=direct)
-        if c1 or c2 or c3:
-            self._dedup_until = time.monotonic() + DEDUP_WINDOW_S
-        for stream, rows, n in (
-            ("fixes", fix_rows, n_fix), ("events", event_rows, n_ev),
-            ("checkins", checkin_rows, n_ci),
-        ):
-            if rows:
-                res.stored[stream] += n
-                res.duplicates[stream] += len(rows) - n
-
-        service.lock_devices(conn, device_ids=dev_ids)
-        if hooked:
-            # Every row stored (no duplicate met): each item goes to the hook as it is.
-            self._run_geofence(
-                conn, ordered, cases, verdicts,
-                None if n_fix == len(fix_rows) else fix_keys,
-                None if n_ev == len(event_rows) else ev_keys,
-                None if n_ci == len(checkin_rows) else ci_keys,
-            )
-
-        service.update_inventory(conn, updates=[a.inventory() for a in ordered])
-
-        if acks:
-            dead.extend(self._apply_acks(conn, acks))
-        if statuses:
-            res.stored["status"] += statuses
-
-        if dead:
-            service.insert_dead_letters(conn, rows=dead)
-            res.dead.update(r.reason for r in dead)
-        return res
-
-    # -- stages ---------------------------------------------------------------------
-
-    @staticmethod
-    def _oversized_speeds(raw: RawMessage, fixes: list[Fix], dead: list[DeadLetterRow]) -> list[Fix]:
-        """Fixes whose speed does not fit the `real` column become dead letters."""
-        keep = []
-        for f in fixes:
-            if f.spd is not None and f.spd > FLOAT4_MAX:
-                dead.append(_item_dead(raw, f.seq, Reason.OUT_OF_RANGE,
-                                       f"spd: {f.spd!r} is too large to store"))
-            else:
-                keep.append(f)
-        return keep
-
-    @staticmethod
-    def _add_events(
-        acc: _DeviceAcc, raw: RawMessage, items: list[DeviceEvent],
-        seen: set[service.Key], res: BatchResult, dead: list[DeadLetterRow],
-    ) -> None:
-        for e in items:
-            detail: str | None = None
-            if e.detail is not None:
-                js = orjson.dumps(e.detail)
-                if b"\\u0000" in js:
-                    dead.append(_item_dead(raw, e.seq, Reason.BAD_TYPE,
-                                           "detail: contains a NUL character"))
-                    continue
-                detail = js.decode()
-            key = (acc.device_id, e.seq, e.ts)
-            if key in seen:
-                res.duplicates["events"] += 1
-                continue
-            seen.add(key)
-            acc.events.append(e)
-            acc.event_details[id(e)] = detail
-
-    @staticmethod
-    def _add_checkins(
-        acc: _DeviceAcc, raw: RawMessage, items: list[Checkin],
-        seen: set[service.Key], res: BatchResult, dead: list[DeadLetterRow],
-    ) -> None:
-        for c in items:
-            if _has_nul(c.request_id):
-                dead.append(_item_dead(raw, c.seq, Reason.BAD_TYPE,
-                                       "request_id: contains a NUL character"))
-                continue
-            key = (acc.device_id, c.seq, c.ts)
-            if key in seen:
-                res.duplicates["checkins"] += 1
-                continue
-            seen.add(key)
-            acc.checkins.append(c)
+                verdicts = self._verdicts(conn, b.cases.get(a.device_id), a)
+                for c, v in zip(a.checkins, verdicts, strict=True):
+                    b.verdicts[id(c)] = v
 
     def _verdicts(
-        self, conn: Conn, dev_id: uuid.UUID, case_id: uuid.UUID | None, a: _DeviceAcc
+        self, conn: Conn, case_id: uuid.UUID | None, a: _DeviceAcc
     ) -> Sequence[CheckinVerdict]:
+        """The judge's verdicts; if it fails: counted, logged, every check-in not passed."""
         try:
             with conn.transaction():
-                out = list(self.checkin.evaluate(
-                    conn, device_id=dev_id, case_id=case_id, checkins=a.checkins,
+                out = list(self.checkin_judge.evaluate(
+                    conn, device_id=a.device_id, case_id=case_id, checkins=a.checkins,
                 ))
             if len(out) != len(a.checkins):
                 raise ValueError(f"{len(out)} verdicts for {len(a.checkins)} check-ins")
@@ -672,89 +592,284 @@ class BatchWriter:
         except Exception:
             if conn.broken:
                 raise
-            metrics.STAGE_ERRORS.labels("checkin_hook").inc()
-            log.exception("check-in hook failed for device %s (%s); stored as not passed",
+            metrics.STAGE_ERRORS.labels("checkin_judge").inc()
+            log.exception("check-in judge failed for device %s (%s); stored as not passed",
                           a.serial, a.idents())
             return [CheckinVerdict(False, None) for _ in a.checkins]
 
-    def _run_geofence(
-        self, conn: Conn, ordered: list[_DeviceAcc], cases: dict[uuid.UUID, uuid.UUID],
-        verdicts: dict[int, CheckinVerdict], fix_keys: list[service.Key] | None,
-        ev_keys: list[service.Key] | None, ci_keys: list[service.Key] | None,
-    ) -> None:
-        # None: every item of that stream was newly stored.
-        new_f = None if fix_keys is None else set(fix_keys)
-        new_e = None if ev_keys is None else set(ev_keys)
-        new_c = None if ci_keys is None else set(ci_keys)
-        batches: list[tuple[DeviceBatch, _DeviceAcc]] = []
-        for a in ordered:
+    def build_rows(self, conn: Conn, b: _Batch) -> None:
+        for a in b.ordered:
             dev_id = a.device_id
-            b = DeviceBatch(
-                device_id=dev_id, serial=a.serial, case_id=cases.get(dev_id),
-                received_at=_utc(a.received_at),
-                fixes=_take(dev_id, a.fixes, new_f),
-                events=_take(dev_id, a.events, new_e),
-                checkins=[StoredCheckin(c, verdicts[id(c)])
-                          for c in _take(dev_id, a.checkins, new_c)],
-            )
-            if b.fixes or b.events or b.checkins:
-                batches.append((b, a))
-        if not batches:
+            if a.fixes:
+                b.fix_rows.extend(
+                    map(tuple.__add__, repeat((dev_id,)), map(_FIX_FIELDS, a.fixes)))
+            if a.events:
+                b.event_rows.extend(
+                    (dev_id, e.seq, e.ts, e.type, a.event_details[id(e)]) for e in a.events
+                )
+            if a.checkins:
+                case_id = b.cases.get(dev_id)
+                for c in a.checkins:
+                    v = b.verdicts[id(c)]
+                    b.checkin_rows.append((
+                        dev_id, c.seq, c.ts, case_id, c.method, v.similarity, c.liveness,
+                        v.passed, c.request_id, c.lat, c.lon, c.acc,
+                    ))
+
+    def store(self, conn: Conn, b: _Batch) -> None:
+        """COPY the rows: a plain COPY first, deduplicating only after a recent conflict
+        (a redelivery is going on). The after-store stages get the newly stored keys."""
+        returning = bool(self.after_store)
+        direct = time.monotonic() >= self._dedup_until
+        n_fix, fix_keys, c1 = service.store_fixes(
+            conn, rows=b.fix_rows, returning=returning, direct=direct)
+        n_ev, ev_keys, c2 = service.store_events(
+            conn, rows=b.event_rows, returning=returning, direct=direct)
+        n_ci, ci_keys, c3 = service.store_checkins(
+            conn, rows=b.checkin_rows, returning=returning, direct=direct)
+        if c1 or c2 or c3:
+            self._dedup_until = time.monotonic() + DEDUP_WINDOW_S
+        res = b.res
+        for stream, rows, n in (
+            ("fixes", b.fix_rows, n_fix), ("events", b.event_rows, n_ev),
+            ("checkins", b.checkin_rows, n_ci),
+        ):
+            if rows:
+                res.stored[stream] += n
+                res.duplicates[stream] += len(rows) - n
+        b.new_fixes = None if n_fix == len(b.fix_rows) else fix_keys
+        b.new_events = None if n_ev == len(b.event_rows) else ev_keys
+        b.new_checkins = None if n_ci == len(b.checkin_rows) else ci_keys
+
+    def lock_devices(self, conn: Conn, b: _Batch) -> None:
+        service.lock_devices(conn, device_ids=b.device_ids)
+
+    def run_after_store(self, conn: Conn, b: _Batch) -> None:
+        """Each after-store stage, in order, on the devices with newly stored items."""
+        if not self.after_store:
             return
+        batches = _device_batches(b)
+        if batches:
+            for stage in self.after_store:
+                run_after_store_stage(conn, stage, batches)
+
+    def update_inventory(self, conn: Conn, b: _Batch) -> None:
+        service.update_inventory(conn, updates=[a.inventory() for a in b.ordered])
+
+    def apply_acks(self, conn: Conn, b: _Batch) -> None:
+        if b.acks:
+            b.dead.extend(_apply_acks(conn, b.acks))
+        if b.statuses:
+            b.res.stored["status"] += b.statuses
+
+    def store_dead_letters(self, conn: Conn, b: _Batch) -> None:
+        if b.dead:
+            service.insert_dead_letters(conn, rows=b.dead)
+            b.res.dead.update(r.reason for r in b.dead)
+
+
+def run_after_store_stage(
+    conn: Conn, stage: AfterStoreStage, batches: list[tuple[DeviceBatch, _DeviceAcc]]
+) -> None:
+    """One after-store stage in a savepoint; if it fails, again device by device. A device
+    that still fails is counted (`probation_ingest_stage_errors_total{stage=<name>}`) and
+    logged: its items stay stored, unevaluated by this stage. Only a broken connection
+    propagates (the worker retries the whole batch)."""
+    try:
+        with conn.transaction():
+            stage.on_batch(conn, [d for d, _a in batches])
+        return
+    except Exception:
+        if conn.broken:
+            raise
+        log.warning("after-store stage %s failed for a batch of %d devices; retrying per "
+                    "device", stage.name, len(batches), exc_info=True)
+    for d, a in batches:
         try:
             with conn.transaction():
-                self.geofence.on_batch(conn, [b for b, _a in batches])
-            return
+                stage.on_batch(conn, [d])
         except Exception:
             if conn.broken:
                 raise
-            log.warning("geofence hook failed for a batch of %d devices; retrying per device",
-                        len(batches), exc_info=True)
-        for b, a in batches:
-            try:
-                with conn.transaction():
-                    self.geofence.on_batch(conn, [b])
-            except Exception:
-                if conn.broken:
-                    raise
-                metrics.STAGE_ERRORS.labels("geofence_hook").inc()
-                log.exception("geofence hook failed for device %s (%s); its items are stored "
-                              "but not evaluated", b.serial, a.idents())
+            metrics.STAGE_ERRORS.labels(stage.name).inc()
+            log.exception("after-store stage %s failed for device %s (%s); its items are "
+                          "stored but not evaluated by it", stage.name, d.serial, a.idents())
 
-    @staticmethod
-    def _apply_acks(
-        conn: Conn, acks: list[tuple[uuid.UUID, RawMessage, Ack]]
-    ) -> list[DeadLetterRow]:
-        rows: list[AckRow] = []
-        raws: list[RawMessage] = []
-        out: list[DeadLetterRow] = []
-        for dev_id, raw, ak in acks:
-            if _has_nul(ak.detail):
-                out.append(dead_letter(raw, Rejected(
-                    Reason.BAD_TYPE, "detail: contains a NUL character", None, None,
-                )))
+
+def _device_batches(b: _Batch) -> list[tuple[DeviceBatch, _DeviceAcc]]:
+    """The after-store stages' input: per device, the items newly stored (each once)."""
+    new_f = None if b.new_fixes is None else set(b.new_fixes)
+    new_e = None if b.new_events is None else set(b.new_events)
+    new_c = None if b.new_checkins is None else set(b.new_checkins)
+    out: list[tuple[DeviceBatch, _DeviceAcc]] = []
+    for a in b.ordered:
+        dev_id = a.device_id
+        d = DeviceBatch(
+            device_id=dev_id, serial=a.serial, case_id=b.cases.get(dev_id),
+            received_at=_utc(a.received_at),
+            fixes=_take(dev_id, a.fixes, new_f),
+            events=_take(dev_id, a.events, new_e),
+            checkins=[StoredCheckin(c, b.verdicts[id(c)])
+                      for c in _take(dev_id, a.checkins, new_c)],
+        )
+        if d.fixes or d.events or d.checkins:
+            out.append((d, a))
+    return out
+
+
+# -- accumulate's helpers ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The event and check-in keys already taken in this batch (in-batch duplicates)."""
+
+    events: set[service.Key] = field(default_factory=set)
+    checkins: set[service.Key] = field(default_factory=set)
+
+
+def _add_items(
+    acc: _DeviceAcc, raw: RawMessage, stream: str, items: list[Any], seen: _Seen, b: _Batch
+) -> None:
+    """One message's decoded items onto its device, by stream."""
+    acc.raws.append(raw)
+    if raw.received_at > acc.received_at:
+        acc.received_at = raw.received_at
+    if stream == "status":
+        b.statuses += _add_statuses(acc, raw, items, b.dead)
+        return
+    # Any other message from a registered device: it is talking.
+    acc.online = True
+    if raw.received_at > acc.heard_at:
+        acc.heard_at = raw.received_at
+    if stream == "fixes":
+        if items:
+            _add_fixes(acc, raw, items, b)
+    elif stream == "acks":
+        b.acks.extend((acc.device_id, raw, ak) for ak in items)
+    elif stream == "events":
+        _add_events(acc, raw, items, seen.events, b.res, b.dead)
+    elif stream == "checkins":
+        _add_checkins(acc, raw, items, seen.checkins, b.res, b.dead)
+
+
+def _add_fixes(acc: _DeviceAcc, raw: RawMessage, fixes: list[Fix], b: _Batch) -> None:
+    if any(f.spd is not None and f.spd > FLOAT4_MAX for f in fixes):
+        fixes = _oversized_speeds(raw, fixes, b.dead)
+    acc.fixes.extend(fixes)
+    if fixes:
+        b.res.newest_fix_ts.append(max(map(_TS, fixes)).timestamp())
+
+
+def _add_statuses(
+    acc: _DeviceAcc, raw: RawMessage, items: list[Status], dead: list[DeadLetterRow]
+) -> int:
+    """Status messages update the inventory facts; returns how many were taken."""
+    n = 0
+    for st in items:
+        if _has_nul(st.fw):
+            dead.append(dead_letter(raw, Rejected(
+                Reason.BAD_TYPE, "fw: contains a NUL character", None, None,
+            )))
+            continue
+        n += 1
+        acc.online = st.state == "online"
+        if st.fw is not None:
+            acc.firmware = st.fw
+        if st.bat is not None:
+            acc.status_battery = st.bat
+        if acc.online and not raw.retain and raw.received_at > acc.heard_at:
+            acc.heard_at = raw.received_at
+    return n
+
+
+def _oversized_speeds(raw: RawMessage, fixes: list[Fix], dead: list[DeadLetterRow]) -> list[Fix]:
+    """Fixes whose speed does not fit the `real` column become dead letters."""
+    keep = []
+    for f in fixes:
+        if f.spd is not None and f.spd > FLOAT4_MAX:
+            dead.append(_item_dead(raw, f.seq, Reason.OUT_OF_RANGE,
+                                   f"spd: {f.spd!r} is too large to store"))
+        else:
+            keep.append(f)
+    return keep
+
+
+def _add_events(
+    acc: _DeviceAcc, raw: RawMessage, items: list[DeviceEvent],
+    seen: set[service.Key], res: BatchResult, dead: list[DeadLetterRow],
+) -> None:
+    for e in items:
+        detail: str | None = None
+        if e.detail is not None:
+            js = orjson.dumps(e.detail)
+            if b"\\u0000" in js:
+                dead.append(_item_dead(raw, e.seq, Reason.BAD_TYPE,
+                                       "detail: contains a NUL character"))
                 continue
-            try:
-                cid = uuid.UUID(ak.id)
-            except ValueError:
-                out.append(dead_letter(raw, Rejected(
-                    Reason.OUT_OF_RANGE, f"id: {_text(ak.id[:80])!r} is not a command id",
-                    None, None,
-                )))
-                continue
-            rows.append(AckRow(
-                device_id=dev_id, command_id=cid,
-                acked_at=ak.ts or _utc(raw.received_at), result=ak.result, detail=ak.detail,
-            ))
-            raws.append(raw)
-        matched = service.apply_acks(conn, acks=rows)
-        for r, raw in zip(rows, raws, strict=True):
-            if r.command_id not in matched:
-                out.append(dead_letter(raw, Rejected(
-                    Reason.OUT_OF_RANGE,
-                    f"id: no command {r.command_id} was sent to this device", None, None,
-                )))
-        return out
+            detail = js.decode()
+        key = (acc.device_id, e.seq, e.ts)
+        if key in seen:
+            res.duplicates["events"] += 1
+            continue
+        seen.add(key)
+        acc.events.append(e)
+        acc.event_details[id(e)] = detail
+
+
+def _add_checkins(
+    acc: _DeviceAcc, raw: RawMessage, items: list[Checkin],
+    seen: set[service.Key], res: BatchResult, dead: list[DeadLetterRow],
+) -> None:
+    for c in items:
+        if _has_nul(c.request_id):
+            dead.append(_item_dead(raw, c.seq, Reason.BAD_TYPE,
+                                   "request_id: contains a NUL character"))
+            continue
+        key = (acc.device_id, c.seq, c.ts)
+        if key in seen:
+            res.duplicates["checkins"] += 1
+            continue
+        seen.add(key)
+        acc.checkins.append(c)
+
+
+# -- apply_acks's helper -------------------------------------------------------------
+
+
+def _apply_acks(
+    conn: Conn, acks: list[tuple[uuid.UUID, RawMessage, Ack]]
+) -> list[DeadLetterRow]:
+    rows: list[AckRow] = []
+    raws: list[RawMessage] = []
+    out: list[DeadLetterRow] = []
+    for dev_id, raw, ak in acks:
+        if _has_nul(ak.detail):
+            out.append(dead_letter(raw, Rejected(
+                Reason.BAD_TYPE, "detail: contains a NUL character", None, None,
+            )))
+            continue
+        try:
+            cid = uuid.UUID(ak.id)
+        except ValueError:
+            out.append(dead_letter(raw, Rejected(
+                Reason.OUT_OF_RANGE, f"id: {_text(ak.id[:80])!r} is not a command id",
+                None, None,
+            )))
+            continue
+        rows.append(AckRow(
+            device_id=dev_id, command_id=cid,
+            acked_at=ak.ts or _utc(raw.received_at), result=ak.result, detail=ak.detail,
+        ))
+        raws.append(raw)
+    matched = service.apply_acks(conn, acks=rows)
+    for r, raw in zip(rows, raws, strict=True):
+        if r.command_id not in matched:
+            out.append(dead_letter(raw, Rejected(
+                Reason.OUT_OF_RANGE,
+                f"id: no command {r.command_id} was sent to this device", None, None,
+            )))
+    return out
 
 
 def _take(dev_id: uuid.UUID, items: list[Any], keys: set[service.Key] | None) -> list[Any]:

@@ -1,7 +1,7 @@
 """Device gateway protocol v1 (MQTT): topic parsing, payload decoding, command encoding.
 
 The pure decode-and-validate stage of ingestion (no I/O). The contract is
-`/work/shared/contracts/device-mqtt-v1.md`; this module implements it exactly.
+`docs/device-protocol.md`; this module implements it exactly.
 
 Decoding rules worth knowing (beyond the contract's tables):
 

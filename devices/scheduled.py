@@ -3,9 +3,9 @@
 All are functions of `now`, work inside the caller's transaction and never commit
 (except `dispatch_checkin_requests`, whose sender may publish; see there).
 
-Silence (`../shared/contracts/monitoring-rules.md`): ONE set-based query over every
+Silence (`docs/monitoring-rules.md`): ONE set-based query over every
 active assignment finds the transitions, then each is applied with
-`alerts.episodes.open_episode` / `close_episode`:
+`alerts.service.open_episode` / `close_episode`:
 
 * `communication_lost` opens when a device has sent nothing for
   ``max(3 x upload interval of the case's risk level, 10 min)`` (never heard: counted
@@ -39,8 +39,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
-from alerts.episodes import close_episode, open_episode
 from alerts.models import AlertType
+from alerts.service import close_episode, open_episode
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ WHERE d.id = ANY(%(ids)s) AND d.kind = ANY(%(kinds)s)
 
 
 class SilenceGaps:
-    """Ingest hook (`GeofenceHook`): `communication_lost` for a silence that ended between
-    two silence passes.
+    """The `silence_gaps` after-store stage of ingest: `communication_lost` for a silence
+    that ended between two silence passes.
 
     The scheduler finds silences every `scheduler_period_s`; a device that talks again
     less than a period after its threshold would never be alerted. When a device's first
@@ -218,6 +218,8 @@ class SilenceGaps:
     exactly where the scheduler would have started it (same episode key, so the two
     never duplicate), and ended when the device talked.
     """
+
+    name = "silence_gaps"
 
     def __init__(self, config: SilenceConfig | None = None) -> None:
         self.config = config or SilenceConfig()
@@ -522,7 +524,7 @@ def resolve_late_checkins(
     watermark): the request becomes `passed`, and its `checkin_missed` alert is resolved
     by the system (`false_alarm`) with a timeline entry naming the check-in's time and
     when it was received; an alert an officer already resolved only gets the entry."""
-    from alerts.episodes import resolve_by_system
+    from alerts.service import resolve_by_system
 
     res = LateResult()
     rows = conn.execute(

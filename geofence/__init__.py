@@ -15,13 +15,13 @@ Public API:
 * State: `EngineState` (numpy columns; `to_dict`/`from_dict`, per device
   `device_state`/`from_device_states`), transitions: `Transitions` (columnar;
   iterate for `Transition`, `.records()` for JSON-able dicts).
-* `geofence.bench`: ``python -m geofence.bench`` benchmark against shapely.
+The benchmark against shapely is `bench.geofence` (`probation bench geofence`).
 """
 
 from geofence.engine import (
     DEFAULT_CONFIG,
     FixBatch,
-    RuleConfig,
+    GeofenceConfig,
     advance,
     close_inactive,
     open_at_window_start,
@@ -58,9 +58,9 @@ __all__ = [
     "EpisodeState",
     "Fix",
     "FixBatch",
+    "GeofenceConfig",
     "InvalidGeometry",
     "InvalidSchedule",
-    "RuleConfig",
     "Schedule",
     "Transition",
     "Transitions",

@@ -135,7 +135,7 @@ class _Grid:
         iy = ((lat - self.lat0) * (1.0 / self.dlat)).astype(np.int64)
         s, e = self.cell_ranges(ix, iy)
         hit = np.flatnonzero(e > s)  # most points lie in empty cells
-        item, z = _expand(s[hit], e[hit], self.zone_list)
+        item, z = expand(s[hit], e[hit], self.zone_list)
         return hit[item], z
 
     def query_segments(
@@ -177,11 +177,11 @@ class _Grid:
         near = ru * ru + rv * rv <= 0.5 + 1e-9
         seg, cx, cy = seg[near], cx[near], cy[near]
         s, e = self.cell_ranges(cx, cy)
-        p, z = _expand(s, e, self.zone_list)
+        p, z = expand(s, e, self.zone_list)
         return seg[p], z, big
 
 
-def _expand(s: I64, e: I64, values: np.ndarray) -> tuple[I64, np.ndarray]:
+def expand(s: I64, e: I64, values: np.ndarray) -> tuple[I64, np.ndarray]:
     """For CSR ranges per item: (item index, value) for every element of every range."""
     cnt = e - s
     total = int(cnt.sum())

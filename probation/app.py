@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -16,27 +15,35 @@ from sqlalchemy import text
 
 from db.engine import get_engine
 from probation import __version__
+from probation.api import install
+from probation.context import AppContext
 from probation.settings import Settings
+from probation.users.bootstrap import bootstrap_admin
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class AppContext:
-    """What every request may need: settings and the resolved server URLs."""
-
-    settings: Settings
-    database_url: str
-    mqtt_url: str
-
-
 def broker_reachable(mqtt_url: str, timeout: float = 1.0) -> bool:
-    u = urlparse(mqtt_url)
+    """Whether the broker accepts an MQTT CONNECT (with the URL's credentials) within
+    `timeout`; the probe then disconnects cleanly. A bare TCP open-and-close would make
+    brokers log an error on every readiness check."""
+    from devices.ingest import broker_address, mqtt_client
+
+    client = mqtt_client(mqtt_url, f"probation-ready-{uuid.uuid4().hex[:12]}")
+    client.connect_timeout = timeout
+    accepted: list[bool] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: accepted.append(not reason.is_failure)
+    deadline = time.monotonic() + timeout
     try:
-        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 1883), timeout=timeout):
-            return True
-    except OSError:
+        client.connect(*broker_address(mqtt_url), keepalive=10)
+    except (OSError, ValueError):
         return False
+    try:
+        while not accepted and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+    finally:
+        client.disconnect()  # sends DISCONNECT and closes the socket
+    return bool(accepted) and accepted[0]
 
 
 def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastAPI:
@@ -45,8 +52,6 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from probation.bootstrap import bootstrap_admin
-
         bootstrap_admin(database_url, settings)
         yield
         publisher = getattr(app.state, "command_publisher", None)  # started by the API on demand
@@ -95,8 +100,6 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    from probation.api import install
 
     install(app)
     from probation.console import install_console

@@ -1,29 +1,26 @@
 """Typed dependencies: the request's session, the caller, role checks and the case scope.
 
-Visibility lives here and only here: `CaseScope` says which cases the caller may
-see (officer: their own; supervisor: their own and their officers'; admin: all)
-as a SQLAlchemy clause or a SQL fragment, and every case-scoped route and
-service filters through it. A case outside the scope is a 404, exactly like a
-case that does not exist.
+The rule of which cases a caller may see is `probation.cases.scope.CaseScope`; here it
+is only resolved per request (`ScopeDep`) and applied to a path's case (`VisibleCase`).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import ColumnElement, or_, true
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from db.engine import get_engine
-from probation.app import AppContext
-from probation.auth import user_id_from_token
+from probation.cases.models import Case
+from probation.cases.scope import CaseScope
+from probation.context import AppContext
 from probation.errors import Forbidden, NotFound, Unauthorized
-from probation.models import Case, Role, User
+from probation.users.auth import user_id_from_token
+from probation.users.models import Role, User
 
 TOKEN_URL = "/api/v1/auth/token"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
@@ -120,64 +117,6 @@ def require_role(*roles: Role) -> Callable[[User], Awaitable[User]]:
 
 AdminUser = Annotated[User, Depends(require_role(Role.ADMIN))]
 SupervisorOrAdmin = Annotated[User, Depends(require_role(Role.SUPERVISOR, Role.ADMIN))]
-
-
-@dataclass(frozen=True)
-class CaseScope:
-    """The cases a user may see."""
-
-    user_id: uuid.UUID
-    role: Role
-
-    @classmethod
-    def of(cls, user: User) -> CaseScope:
-        return cls(user.id, Role(user.role))
-
-    @property
-    def everything(self) -> bool:
-        return self.role == Role.ADMIN
-
-    def officers(self) -> Any:
-        """The officers whose cases are in scope (not meaningful for admins)."""
-        return select(User.id).where(
-            or_(col(User.id) == self.user_id, col(User.supervisor_id) == self.user_id)
-        )
-
-    def where(self, officer_col: Any = None) -> ColumnElement[bool]:
-        """A clause on a case's officer column (default `Case.officer_id`)."""
-        column = col(Case.officer_id) if officer_col is None else officer_col
-        if self.role == Role.ADMIN:
-            return true()
-        if self.role == Role.SUPERVISOR:
-            return column.in_(self.officers())  # type: ignore[no-any-return]
-        return column == self.user_id  # type: ignore[no-any-return]
-
-    def case_ids(self) -> Any:
-        """`SELECT id FROM cases` within scope."""
-        return select(Case.id).where(self.where())
-
-    def sql(self, officer_expr: str = "c.officer_id") -> str:
-        """The same rule as raw SQL over `officer_expr`, with the parameter `:scope_uid`."""
-        if self.role == Role.ADMIN:
-            return "TRUE"
-        if self.role == Role.SUPERVISOR:
-            return (f"({officer_expr} = :scope_uid OR {officer_expr} IN "
-                    "(SELECT id FROM users WHERE supervisor_id = :scope_uid))")
-        return f"{officer_expr} = :scope_uid"
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {"scope_uid": self.user_id}
-
-    def may_assign_to(self, officer: User) -> bool:
-        """Whether a case may be given to `officer` by this user."""
-        if officer.role not in (Role.OFFICER, Role.SUPERVISOR) or not officer.is_active:
-            return False
-        if self.role == Role.ADMIN:
-            return True
-        if self.role == Role.SUPERVISOR:
-            return officer.id == self.user_id or officer.supervisor_id == self.user_id
-        return officer.id == self.user_id
 
 
 async def get_scope(user: CurrentUser) -> CaseScope:

@@ -21,7 +21,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.engine import get_engine
+from probation.deps import jwt_secret
 from probation.errors import DomainError, problem_response
+from probation.users.auth import user_id_from_token
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -83,9 +85,6 @@ class IdempotencyMiddleware:
         self.app = app
 
     def _caller(self, request: Request) -> uuid.UUID | None:
-        from probation.auth import user_id_from_token
-        from probation.deps import jwt_secret
-
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:

@@ -11,20 +11,29 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
+from pydantic import BaseModel
 
 from probation.errors import invalid
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+T = TypeVar("T")
 
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
 CursorQuery = Annotated[
     str | None,
     Query(max_length=512, description="`next_cursor` of the previous page."),
 ]
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass `next_cursor` back as `cursor` for the next one."""
+
+    items: list[T]
+    next_cursor: str | None = None
 
 
 def encode_cursor(kind: str, key: list[Any]) -> str:

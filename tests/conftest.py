@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,32 +32,77 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
-def _choose_postgres(data_dir: Path) -> LocalPostgres:
-    for bin_dir in system_bin_dirs():
+def _postgres_choice() -> tuple[Path, bool]:
+    """The PostgreSQL binaries the session uses and whether they have TimescaleDB."""
+    bins = system_bin_dirs()
+    for bin_dir in bins:
         if timescaledb_available(bin_dir):
-            return LocalPostgres(
-                bin_dir=bin_dir, data_dir=data_dir, timescaledb=True,
-                settings={"timescaledb.max_background_workers": "0", "fsync": "off",
-                          "synchronous_commit": "off", "full_page_writes": "off"},
-            )
+            return bin_dir, True
+    return (bins[0] if bins else embedded_bin_dir()), False
+
+
+def _choose_postgres(data_dir: Path) -> LocalPostgres:
+    bin_dir, timescaledb = _postgres_choice()
+    fast = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    if timescaledb:
+        return LocalPostgres(
+            bin_dir=bin_dir, data_dir=data_dir, timescaledb=True,
+            settings={"timescaledb.max_background_workers": "0", **fast},
+        )
     if _flag("PROBATION_TEST_REQUIRE_TIMESCALE"):
         raise RuntimeError(
             "PROBATION_TEST_REQUIRE_TIMESCALE=1 but no system PostgreSQL with TimescaleDB "
             "is installed (see .ci/install-timescaledb.sh)"
         )
-    bins = system_bin_dirs()
-    return LocalPostgres(
-        bin_dir=bins[0] if bins else embedded_bin_dir(), data_dir=data_dir,
-        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
-    )
+    return LocalPostgres(bin_dir=bin_dir, data_dir=data_dir, settings=fast)
+
+
+def _version_output(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unknown ({e})"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def _timescaledb_version(bin_dir: Path) -> str:
+    sharedir = _version_output([str(bin_dir / "pg_config"), "--sharedir"])
+    control = Path(sharedir) / "extension" / "timescaledb.control"
+    m = re.search(r"default_version\s*=\s*'([^']+)'", control.read_text()) if control.exists() else None
+    return m.group(1) if m else "installed (version unknown)"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which real servers this run uses: a fallback is visible in every test log."""
+    bin_dir, timescaledb = _postgres_choice()
+    postgres = _version_output([str(bin_dir / "postgres"), "--version"])
+    if timescaledb:
+        tsdb = _timescaledb_version(bin_dir)
+    else:
+        tsdb = "not installed: plain PostgreSQL tables"
+        if _flag("PROBATION_TEST_REQUIRE_TIMESCALE"):
+            tsdb += " (PROBATION_TEST_REQUIRE_TIMESCALE=1: the run will fail)"
+    if Mosquitto.available():
+        broker = _version_output(["mosquitto", "-h"])
+    else:
+        broker = "amqtt, embedded (mosquitto is not on PATH)"
+        if _flag("PROBATION_TEST_REQUIRE_MOSQUITTO"):
+            broker += " (PROBATION_TEST_REQUIRE_MOSQUITTO=1: the run will fail)"
+    return [f"PostgreSQL: {postgres} ({bin_dir})", f"TimescaleDB: {tsdb}",
+            f"MQTT broker: {broker}"]
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+def pg_server() -> Iterator[LocalPostgres]:
     """The session's PostgreSQL server, with a migrated template database."""
     from db.migrate import upgrade
 
-    pg = _choose_postgres(tmp_path_factory.mktemp("pg"))
+    # Not under pytest's temp root: every pytest start resets that root to 0700, which takes
+    # the server's own user (postgres, when run as root) off its data directory while it runs
+    # when another pytest starts on the same machine.
+    root = Path(tempfile.mkdtemp(prefix="probation-test-pg-"))
+    pg = _choose_postgres(root / "pg")
     pg.start()
     with psycopg.connect(pg.url(), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
@@ -62,6 +111,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgre
         yield pg
     finally:
         pg.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -96,15 +146,18 @@ def database_url(pg_server: LocalPostgres) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mqtt_url() -> Iterator[str]:
     """The session's MQTT broker."""
     if Mosquitto.available():
-        broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
+        # Outside pytest's temp root for the same reason as the PostgreSQL server's.
+        root = Path(tempfile.mkdtemp(prefix="probation-test-mqtt-"))
+        broker = Mosquitto(data_dir=root / "mosquitto")
         broker.start()
         try:
             yield broker.url
         finally:
             broker.stop()
+            shutil.rmtree(root, ignore_errors=True)
         return
     if _flag("PROBATION_TEST_REQUIRE_MOSQUITTO"):
         raise RuntimeError("PROBATION_TEST_REQUIRE_MOSQUITTO=1 but mosquitto is not on PATH")

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
-#: Resource modules, each exporting `router`; optional ones are mounted when present.
-RESOURCES = ("auth", "users", "subjects", "cases", "devices", "zones", "tracks", "alerts", "audit",
-             "positions")
-OPTIONAL = ("dead_letters",)
+from probation.api import (
+    alerts,
+    audit,
+    auth,
+    cases,
+    dead_letters,
+    devices,
+    positions,
+    subjects,
+    tracks,
+    users,
+    zones,
+)
+from probation.errors import PROBLEM_MEDIA_TYPE, RequestIdMiddleware, install_error_handlers
+from probation.idempotency import IdempotencyMiddleware
+
+#: Every resource's router, in the order of the OpenAPI document.
+ROUTERS: tuple[APIRouter, ...] = (
+    auth.router, users.router, subjects.router, cases.router, devices.router, zones.router,
+    tracks.router, alerts.router, audit.router, dead_letters.router, positions.router,
+)
 
 
 def install(app: FastAPI) -> None:
     """Mount every resource router, the error handlers and the middlewares on `app`."""
-    from fastapi import APIRouter
-
-    from probation.errors import RequestIdMiddleware, install_error_handlers
-    from probation.idempotency import IdempotencyMiddleware
-
     api = APIRouter(prefix="/api/v1")
-    names = list(RESOURCES) + [n for n in OPTIONAL if importlib.util.find_spec(f"{__name__}.{n}")]
-    for name in names:
-        api.include_router(importlib.import_module(f"{__name__}.{name}").router)
+    for router in ROUTERS:
+        api.include_router(router)
     app.include_router(api)
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
@@ -34,8 +43,6 @@ def install(app: FastAPI) -> None:
 
 def _problem_openapi(app: FastAPI) -> None:
     """Serve error responses as `application/problem+json` in the OpenAPI document."""
-    from probation.errors import PROBLEM_MEDIA_TYPE
-
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

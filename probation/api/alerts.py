@@ -16,28 +16,20 @@ from sqlmodel import Session
 
 from alerts.models import AlertStatus, AlertType, Severity
 from db.engine import get_engine
-from probation import alert_lifecycle as service
-from probation import audit
-from probation.deps import (
-    ContextDep,
-    Idempotent,
-    ScopeDep,
-    SessionDep,
-    StreamScopeDep,
-    StreamToken,
-)
-from probation.errors import problem_responses
-from probation.models import (
+from probation.audit import service as audit
+from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, StreamScopeDep, StreamToken
+from probation.desk import lifecycle as service
+from probation.desk.models import (
     AcknowledgeRequest,
     AlertDetail,
     AlertEventPublic,
     AlertPublic,
-    Instant,
     NoteCreate,
-    Page,
     ResolveRequest,
 )
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.errors import problem_responses
+from probation.fields import Instant
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 

@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from probation import audit as service
+from probation.audit import service
+from probation.audit.models import AuditEntryPublic, AuditVerification
 from probation.deps import AdminUser, SessionDep, SupervisorOrAdmin
 from probation.errors import problem_responses
-from probation.models import AuditEntryPublic, AuditVerification, Instant, Page
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.fields import Instant
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 

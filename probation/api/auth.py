@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form
 
-from probation.auth import authenticate, create_access_token
 from probation.deps import ContextDep, CurrentUser, SessionDep
 from probation.errors import invalid, problem_responses
-from probation.models import Token, UserPublic
+from probation.users.auth import authenticate, create_access_token
+from probation.users.models import Token, UserPublic
 
 router = APIRouter(tags=["auth"])
 

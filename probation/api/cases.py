@@ -8,24 +8,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, Query, Request
 
-from probation import cases as service
-from probation import telemetry
-from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, VisibleCase
-from probation.errors import problem_responses
-from probation.models import (
+from probation.cases import service
+from probation.cases.models import (
     CaseClose,
     CaseCreate,
     CaseLive,
     CasePublic,
     CaseStatus,
     CaseUpdate,
-    CheckinRequestCreate,
-    CheckinRequestPublic,
     Compliance,
-    Page,
     RiskLevel,
 )
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, VisibleCase
+from probation.desk import telemetry
+from probation.desk.models import CheckinRequestCreate, CheckinRequestPublic
+from probation.errors import problem_responses
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/cases", tags=["cases"])

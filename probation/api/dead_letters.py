@@ -12,11 +12,18 @@ from sqlmodel import Session
 
 from devices import service
 from devices.protocol import Reason
-from probation import audit
+from probation.audit import service as audit
 from probation.deps import AdminUser, SessionDep
 from probation.errors import NotFound, problem_responses
-from probation.models import Instant, Page
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, decode_cursor, page_of
+from probation.fields import Instant
+from probation.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    page_of,
+)
 
 router = APIRouter(prefix="/dead-letters", tags=["operations"])
 

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from devices.models import DeviceKind
-from probation import device_inventory as service
 from probation.deps import AdminUser, Idempotent, ScopeDep, SessionDep, VisibleCase
+from probation.desk import inventory as service
+from probation.desk.models import AssignmentCreate, AssignmentPublic, DeviceCreate, DevicePublic
 from probation.errors import problem_responses
-from probation.models import AssignmentCreate, AssignmentPublic, DeviceCreate, DevicePublic, Page
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
 router = APIRouter(tags=["devices"])
 

@@ -14,10 +14,11 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlmodel import Session
 
 from db.engine import get_engine
-from probation import audit, positions
+from probation.audit import service as audit
 from probation.deps import ContextDep, StreamScopeDep, StreamToken
 from probation.errors import problem_responses
-from probation.models import LivePosition
+from probation.tracks import live as positions
+from probation.tracks.models import LivePosition
 
 router = APIRouter(prefix="/positions", tags=["cases"])
 

@@ -7,10 +7,10 @@ import uuid
 from fastapi import APIRouter, Request
 
 from devices.biometrics import load_key
-from probation import subjects as service
 from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep
 from probation.errors import problem_responses
-from probation.models import (
+from probation.subjects import service
+from probation.subjects.models import (
     BiometricEnrolment,
     BiometricTemplateStatus,
     SubjectCreate,

@@ -6,11 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from probation import telemetry, tracks
 from probation.deps import ScopeDep, SessionDep, VisibleCase
+from probation.desk import telemetry
+from probation.desk.models import CheckinPublic, DeviceEventPublic
 from probation.errors import problem_responses
-from probation.models import CheckinPublic, DeviceEventPublic, Instant, Page, TrackCollection
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.fields import Instant
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
+from probation.tracks import service as tracks
+from probation.tracks.models import TrackCollection
 
 router = APIRouter(prefix="/cases/{case_id}", tags=["tracks"])
 

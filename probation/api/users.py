@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from probation import users as service
 from probation.deps import AdminUser, Idempotent, SessionDep, SupervisorOrAdmin
 from probation.errors import problem_responses
-from probation.models import Page, Role, UserCreate, UserPublic, UserUpdate
-from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
+from probation.users import service
+from probation.users.models import Role, UserCreate, UserPublic, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -7,16 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from probation import zones as service
-from probation.deps import (
-    Idempotent,
-    ScopeDep,
-    SessionDep,
-    VisibleCase,
-    require_role,
-)
+from probation.deps import Idempotent, ScopeDep, SessionDep, VisibleCase, require_role
 from probation.errors import problem_responses
-from probation.models import Page, Role, User, ZoneCreate, ZonePublic, ZoneUpdate
+from probation.pagination import Page
+from probation.users.models import Role, User
+from probation.zones import service
+from probation.zones.models import ZoneCreate, ZonePublic, ZoneUpdate
 
 router = APIRouter(tags=["zones"])
 

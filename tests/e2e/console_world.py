@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 
 import httpx
 import paho.mqtt.client as mqtt
-
 from probation.iin import make_iin
 
 PASSWORD = "console-password-1"

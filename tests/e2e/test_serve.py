@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROBATION_")}
     env["PROBATION_DATA_DIR"] = str(data_dir)
     env["PROBATION_ADMIN_PASSWORD"] = "admin-password-1"
+    env["PROBATION_NOTIFY_INTERVAL_S"] = "1"  # scheduler runs within the test's lifetime
     return env
 
 
@@ -49,6 +51,33 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(timeout=20)
 
 
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) (\S+): ", re.M)
+
+
+def _wait_for_scheduler_runs(log: Path, job: str, n: int) -> None:
+    """Until the scheduler ran `job` n times (so the log had the chance to fill)."""
+    url = re.findall(r"Database: (postgresql://\S+)", log.read_text())[-1]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with psycopg.connect(url) as c:
+            runs = c.execute("SELECT count(*) FROM scheduler_runs WHERE job_id = %s",
+                             (job,)).fetchone()
+        if runs is not None and runs[0] >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{job} did not run {n} times in 30 s:\n{log.read_text()}")
+
+
+def _assert_quiet(text: str) -> None:
+    """Errors only for errors (`/ready` included), routine runs not at the default level."""
+    lines = _LOG_LINE.findall(text)
+    errors = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
+    assert errors == [], "\n".join(errors)
+    routine = [name for _level, name in lines if name.startswith("apscheduler")]
+    assert routine == [], text
+    assert len(lines) <= 25, text
+
+
 def test_serve_embedded_starts_and_keeps_data_across_restarts(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -66,12 +95,16 @@ def test_serve_embedded_starts_and_keeps_data_across_restarts(tmp_path: Path) ->
             env=_env(data_dir), capture_output=True, text=True, timeout=60,
         )
         assert out.returncode == 0, out.stderr
+        for _ in range(2):
+            assert httpx.get(f"http://127.0.0.1:{port}/ready").json()["broker"] is True
+        _wait_for_scheduler_runs(log, "notify", 3)
     finally:
         assert _stop(proc) == 0, log.read_text()
     text = log.read_text()
     for what in ("API:", "Docs:", "Database:", "Broker:"):
         assert what in text
     assert "serve stopped" in text
+    _assert_quiet(text)
 
     proc, second_start = _start(data_dir, port, log)
     try:
@@ -112,3 +145,23 @@ def test_serve_with_no_configuration_prints_a_working_login(tmp_path: Path) -> N
         assert me.json()["role"] == "admin"
     finally:
         assert _stop(proc) == 0
+
+
+def test_serve_on_a_busy_port_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    """The port is checked before anything starts: one line naming it and --port, exit 1,
+    no embedded server started (no cluster in the data dir)."""
+    data_dir = tmp_path / "data"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        out = subprocess.run([PROBATION, "serve", "--port", str(port)], env=_env(data_dir),
+                             capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+    assert out.returncode == 1, out.stderr
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "--port" in lines[0]
+    assert not (data_dir / "postgres").exists()
+    print(f"serve on a busy port: failed after {took:.2f} s")

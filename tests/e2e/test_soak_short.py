@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from probation.bench_soak import SoakConfig, run_soak, summary_lines
-from probation.simulator.violations import Rates
+from bench.soak import SoakConfig, run_soak, summary_lines
+from simulator.violations import Rates
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from probation.iin import make_iin
+from probation.subjects.iin import make_iin
 
 __all__ = ["PASSWORD", "SQUARE", "World", "auth", "insert_alert", "make_world", "running_server"]
 
@@ -24,7 +24,7 @@ PASSWORD = "correct-horse-battery"
 
 @lru_cache(maxsize=1)
 def password_hash() -> str:
-    from probation.security import hash_password
+    from probation.users.security import hash_password
 
     return hash_password(PASSWORD)
 
@@ -80,8 +80,8 @@ SQUARE = {
 def make_world(database_url: str, settings: Any) -> World:
     """Two teams: sup1 supervises off1 and off2, sup2 supervises off3; an admin. Each officer
     (and sup1) has one active case with a device, a zone, fixes and an open alert."""
-    from probation.auth import create_access_token
-    from probation.models import Role, User
+    from probation.users.auth import create_access_token
+    from probation.users.models import Role, User
 
     w = World()
     roles = {"admin": "admin", "sup1": "supervisor", "sup2": "supervisor", "off1": "officer",

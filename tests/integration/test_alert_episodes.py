@@ -6,8 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from alerts.episodes import EpisodeUpdate, close_episode, open_episode, update_episodes
 from alerts.models import AlertType
+from alerts.service import EpisodeUpdate, close_episode, open_episode, update_episodes
 from db.engine import connect
 from tests.integration.scheduler_world import World
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from probation.audit import GENESIS, canonical
+from probation.audit.service import GENESIS, canonical
 from tests.integration._api import World, running_server
 
 pytest_plugins = ["tests.integration._api_fixtures"]

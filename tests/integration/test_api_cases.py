@@ -13,7 +13,7 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from devices.biometrics import decrypt_template, load_key
-from probation.iin import make_iin
+from probation.subjects.iin import make_iin
 from tests.integration._api import World, insert_alert
 
 pytest_plugins = ["tests.integration._api_fixtures"]
@@ -215,7 +215,7 @@ def test_devices_and_assignments(app_client: TestClient, world: World) -> None:
 def test_events_checkins_and_checkin_requests(
     app_client: TestClient, world: World, database_url: str, mqtt_url: str, settings: Any
 ) -> None:
-    from devices.ingest import broker_address, mqtt_client
+    from devices.mqtt import broker_address, mqtt_client
 
     c = app_client
     w = world

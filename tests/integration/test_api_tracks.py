@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 from fastapi.testclient import TestClient
 
-from probation.tracks import thin
+from probation.tracks.service import thin
 from tests.integration._api import World
 
 WEEK_END = datetime(2026, 11, 23, tzinfo=UTC)

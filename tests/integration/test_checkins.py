@@ -1,7 +1,8 @@
 """Biometric check-ins and check-in requests against the real database.
 
-Check-ins go through the ingest pipeline's `BatchWriter` with the biometric hooks, so the
-stored rows, the verdicts and their side effects are what production does.
+Check-ins go through the ingest pipeline's `BatchWriter` with the biometric judge and the
+check-in outcomes stage, so the stored rows, the verdicts and their side effects are what
+production does.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pytest
 
 from db.engine import connect
 from devices.biometrics import encrypt_template
-from devices.checkins import BiometricCheckins, ChainedHooks, CheckinOutcomes
-from devices.pipeline import BatchWriter, DeviceDirectory, NoGeofence, RawMessage, decode_stage
+from devices.checkins import BiometricCheckins, CheckinOutcomes
+from devices.pipeline import BatchWriter, DeviceDirectory, RawMessage, decode_stage
 from devices.scheduled import (
     CheckinPlanConfig,
     detect_missed_checkins,
@@ -62,8 +63,8 @@ def enrol(conn: psycopg.Connection[Any], subject: uuid.UUID, vector: np.ndarray)
 
 
 def ingest(conn: psycopg.Connection[Any], serial: str, items: list[dict[str, Any]]) -> Any:
-    writer = BatchWriter(prefix=PREFIX, checkin=BiometricCheckins(key=KEY),
-                         geofence=ChainedHooks(NoGeofence(), CheckinOutcomes()))
+    writer = BatchWriter(prefix=PREFIX, checkin_judge=BiometricCheckins(key=KEY),
+                         after_store=[CheckinOutcomes()])
     raw = RawMessage(
         topic=f"{PREFIX}/devices/{serial}/checkins", payload=orjson.dumps({"checkins": items}),
         mid=1, qos=1, retain=False, generation=0, received_at=time.time(),

@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from alerts.episodes import open_episode
 from alerts.models import AlertType
 from alerts.scheduled import curfew_starts
-from devices.ingest import broker_address, mqtt_client
+from alerts.service import open_episode
+from devices.mqtt import broker_address, mqtt_client
+from probation.runtime.workers import Ingestion, build_ingestion
 from probation.settings import Settings
-from probation.workers import Ingestion, build_ingestion
 from tests.integration.scheduler_world import HOME, World
 from tests.integration.scheduler_world import offset as near
 

@@ -8,7 +8,7 @@ import uuid
 
 import psycopg
 
-from devices.ingest import broker_address, mqtt_client
+from devices.mqtt import broker_address, mqtt_client
 
 
 def test_schema_is_migrated(database_url: str) -> None:

@@ -20,11 +20,12 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from devices.bench import Publisher
 from devices.downlink import CommandPublisher
-from devices.ingest import IngestWorker, broker_address, mqtt_client
+from devices.ingest import IngestWorker
+from devices.mqtt import broker_address, mqtt_client
 from devices.pipeline import CheckinVerdict, DeviceBatch
 from devices.protocol import Checkin, Reason
+from simulator.publisher import Publisher
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -365,11 +366,13 @@ def test_events_are_stored_with_or_without_an_active_case(
     add_device(database_url, "EV-2")  # registered, not assigned
     seen: list[DeviceBatch] = []
 
-    class Hook:
+    class Stage:
+        name = "probe"
+
         def on_batch(self, conn: psycopg.Connection[Any], batches: Sequence[DeviceBatch]) -> None:
             seen.extend(batches)
 
-    start_worker(geofence_hook=Hook())
+    start_worker(after_store=[Stage()])
     for serial in ("EV-1", "EV-2"):
         pub.publish(topic(mqtt_prefix, serial, "events"), orjson.dumps({"events": [
             {"seq": 2, "ts": iso(NOW), "type": "strap_closed"},
@@ -385,7 +388,7 @@ def test_events_are_stored_with_or_without_an_active_case(
     assert [e.type for e in by_serial["EV-2"].events] == ["strap_open", "strap_closed"]
 
 
-def test_checkins_use_the_checkin_hook_and_the_enrolled_template_length(
+def test_checkins_use_the_checkin_judge_and_the_enrolled_template_length(
     database_url: str, mqtt_prefix: str, start_worker: Callable[..., IngestWorker], pub: Publisher,
 ) -> None:
     dev = add_device(database_url, "PH-1", kind="phone")
@@ -401,7 +404,7 @@ def test_checkins_use_the_checkin_hook_and_the_enrolled_template_length(
                 return [CheckinVerdict(False, None) for _ in checkins]
             return [CheckinVerdict(c.liveness > 0.8, 0.75) for c in checkins]
 
-    start_worker(checkin_hook=Judge())
+    start_worker(checkin_judge=Judge())
     item = {"seq": 1, "ts": iso(NOW), "method": "face", "embedding": [0.5] * 256,
             "liveness": 0.97, "request_id": "req-1", "lat": 43.2, "lon": 76.9, "acc": 12}
     pub.publish(topic(mqtt_prefix, "PH-1", "checkins"), orjson.dumps({"checkins": [
@@ -422,7 +425,7 @@ def test_checkins_use_the_checkin_hook_and_the_enrolled_template_length(
     assert dead_letters(database_url)[0][:3][0::2] == ("embedding_length", 1)
 
 
-def test_default_checkin_hook_stores_not_passed_without_similarity(
+def test_default_checkin_judge_stores_not_passed_without_similarity(
     database_url: str, mqtt_prefix: str, start_worker: Callable[..., IngestWorker], pub: Publisher,
 ) -> None:
     dev = add_device(database_url, "PH-3", kind="phone")
@@ -521,19 +524,21 @@ def test_commands_are_published_and_acks_stored(
 # --------------------------------------------------------------------------- hooks
 
 
-def test_geofence_hook_gets_new_items_once_sorted_per_device_in_the_transaction(
+def test_after_store_stages_get_new_items_once_sorted_per_device_in_the_transaction(
     database_url: str, mqtt_prefix: str, start_worker: Callable[..., IngestWorker], pub: Publisher,
 ) -> None:
     add_device(database_url, "GF-1")
     calls: list[list[DeviceBatch]] = []
     in_tx: list[bool] = []
 
-    class Hook:
+    class Stage:
+        name = "probe"
+
         def on_batch(self, conn: psycopg.Connection[Any], batches: Sequence[DeviceBatch]) -> None:
             in_tx.append(conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS)
             calls.append(list(batches))
 
-    start_worker(geofence_hook=Hook(), flush_ms=200)
+    start_worker(after_store=[Stage()], flush_ms=200)
     t = topic(mqtt_prefix, "GF-1", "fixes")
     first = fixes_payload(fix(3, ts=NOW - timedelta(seconds=1)), fix(1, ts=NOW - timedelta(seconds=3)))
     pub.publish(t, first)
@@ -555,14 +560,17 @@ def test_geofence_hook_gets_new_items_once_sorted_per_device_in_the_transaction(
     assert all(in_tx)
 
 
-def test_a_failing_hook_is_logged_and_never_stops_ingestion(
+def test_a_failing_after_store_stage_is_counted_and_never_stops_ingestion_or_the_next_stage(
     database_url: str, mqtt_prefix: str, start_worker: Callable[..., IngestWorker], pub: Publisher,
 ) -> None:
     add_device(database_url, "GF-BAD")
     add_device(database_url, "GF-OK")
     evaluated: list[str] = []
+    after: list[str] = []
 
-    class Hook:
+    class Failing:
+        name = "failing_probe"
+
         def on_batch(self, conn: psycopg.Connection[Any], batches: Sequence[DeviceBatch]) -> None:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS hook_probe (x int)")
             for b in batches:
@@ -570,14 +578,21 @@ def test_a_failing_hook_is_logged_and_never_stops_ingestion(
                     conn.execute("SELECT 1/0")  # aborts the (sub)transaction
             evaluated.extend(b.serial for b in batches)
 
-    before = metric("probation_ingest_stage_errors_total", stage="geofence_hook")
-    start_worker(geofence_hook=Hook(), flush_ms=200)
+    class Next:
+        name = "next_probe"
+
+        def on_batch(self, conn: psycopg.Connection[Any], batches: Sequence[DeviceBatch]) -> None:
+            after.extend(b.serial for b in batches)
+
+    before = metric("probation_ingest_stage_errors_total", stage="failing_probe")
+    start_worker(after_store=[Failing(), Next()], flush_ms=200)
     pub.publish(topic(mqtt_prefix, "GF-BAD", "fixes"), fixes_payload(fix(1)))
     pub.publish(topic(mqtt_prefix, "GF-OK", "fixes"), fixes_payload(fix(1)))
     pub.flush()
     wait_for(lambda: scalar(database_url, "SELECT count(*) FROM fixes") == 2, what="both stored")
     assert "GF-OK" in evaluated and "GF-BAD" not in evaluated
-    assert metric("probation_ingest_stage_errors_total", stage="geofence_hook") - before >= 1
+    assert metric("probation_ingest_stage_errors_total", stage="failing_probe") - before >= 1
+    assert {"GF-OK", "GF-BAD"} <= set(after)  # the next stage still saw both devices
 
 
 def test_values_the_database_cannot_store_become_dead_letters(

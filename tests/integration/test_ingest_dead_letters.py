@@ -14,9 +14,9 @@ import orjson
 import psycopg
 from fastapi.testclient import TestClient
 
-from devices.bench import Publisher
 from devices.ingest import IngestWorker
 from devices.pipeline import fingerprint
+from simulator.publisher import Publisher
 from tests.integration._api import World
 from tests.integration.test_ingest import add_device, dead_letters, start_worker, wait_for
 

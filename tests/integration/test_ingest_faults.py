@@ -21,9 +21,9 @@ import psycopg
 import pytest
 
 from db.server import LocalPostgres
-from devices.bench import Publisher
 from devices.broker import Mosquitto
 from devices.ingest import CommitInfo, IngestWorker
+from simulator.publisher import Publisher
 from tests.integration.test_ingest import add_device, metric, scalar, wait_for
 
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)

@@ -66,7 +66,7 @@ def spawn(database_url: str, mqtt_url: str, mqtt_prefix: str,
 
 
 def _subscribe(mqtt_url: str, topic: str, got: list[bytes]) -> Any:
-    from devices.ingest import broker_address, mqtt_client
+    from devices.mqtt import broker_address, mqtt_client
 
     ready = threading.Event()
     c = mqtt_client(mqtt_url, f"t-{uuid.uuid4().hex[:8]}")
@@ -165,7 +165,7 @@ def test_two_schedulers_one_leader_and_takeover(
 
 def test_lost_lock_connection_steps_down(database_url: str) -> None:
     """If the leader's lock session is killed (network loss), it stops running jobs."""
-    from probation.scheduler import LEADER_KEY, SchedulerService
+    from probation.runtime.scheduler import LEADER_KEY, SchedulerService
     from probation.settings import Settings
 
     svc = SchedulerService(

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 
 from alerts.notify import Delivery
+from bench.scheduler import SchedulerBenchConfig, _generate
 from db.engine import connect
-from probation.bench_scheduler import SchedulerBenchConfig, _generate
-from probation.scheduler import SchedulerService
+from probation.runtime.scheduler import SchedulerService
 from probation.settings import Settings
 
 DEVICES = 2_000

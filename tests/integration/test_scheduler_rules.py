@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from alerts.episodes import open_episode
 from alerts.models import AlertType
 from alerts.notify import Delivery, Route, dispatch_notifications
 from alerts.scheduled import EscalationPolicy, PolygonCache, curfew_starts, escalate_overdue
+from alerts.service import open_episode
 from db.engine import connect
 from devices.scheduled import SilenceConfig, evaluate_silence
 from tests.integration.scheduler_world import HOME, World, minutes, offset, utc
@@ -403,8 +403,8 @@ def test_notifications_routed_once_and_retried(
 def test_retention_drops_whole_chunks_and_deletes_the_rest(
     database_url: str, conn: psycopg.Connection[Any], world: World, timescale: bool,
 ) -> None:
-    from probation.audit import verify
-    from probation.scheduler import run_retention
+    from probation.audit.service import verify
+    from probation.runtime.scheduler import run_retention
 
     now = utc(2026, 11, 25, 3, 30)
     old_day = utc(2020, 6, 1, 12)  # > 5 years ago

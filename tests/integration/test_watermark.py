@@ -21,14 +21,14 @@ import psycopg
 import pytest
 
 from db.engine import connect
-from devices.bench import Publisher
-from devices.checkins import ChainedHooks, CheckinOutcomes
+from devices.checkins import CheckinOutcomes
 from devices.ingest import IngestWorker
-from devices.pipeline import CheckinVerdict, NoGeofence
+from devices.pipeline import CheckinVerdict
 from devices.protocol import Checkin
 from devices.scheduled import ingest_watermark
-from probation.scheduler import SchedulerService
+from probation.runtime.scheduler import SchedulerService
 from probation.settings import Settings
+from simulator.publisher import Publisher
 from tests.integration.scheduler_world import World
 
 
@@ -75,8 +75,8 @@ def workers(database_url: str, mqtt_url: str,
 
     def start(client_id: str) -> IngestWorker:
         w = IngestWorker(database_url=database_url, mqtt_url=mqtt_url, prefix=mqtt_prefix,
-                         client_id=client_id, flush_ms=20, checkin_hook=Judge(),
-                         geofence_hook=ChainedHooks(NoGeofence(), CheckinOutcomes()))
+                         client_id=client_id, flush_ms=20, checkin_judge=Judge(),
+                         after_store=[CheckinOutcomes()])
         w.start()
         started.append(w)
         assert w.wait_ready(20), "worker not ready"
@@ -212,7 +212,7 @@ def test_no_live_ingest_defers_silence_and_resumes_with_what_was_queued(
     pub.flush()
     svc = scheduler(database_url, max_age_s=1.5)
     time.sleep(2)  # the stopped worker's last report is now older than max_age
-    with caplog.at_level(logging.ERROR, logger="probation.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="probation.runtime.scheduler"):
         out = run(svc, "silence")
     assert out == {"deferred": "ingest_stalled"}
     assert "INGEST STALLED" in caplog.text

@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from probation.iin import IinError, birth_date_of, check_digit, make_iin, validate_iin
+from probation.subjects.iin import IinError, birth_date_of, check_digit, make_iin, validate_iin
 
 
 def test_first_weight_sequence_worked_example() -> None:

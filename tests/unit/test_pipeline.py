@@ -12,7 +12,8 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from devices.ingest import _install_fast_receive, is_v5, mqtt_client
+from devices.ingest import _install_fast_receive
+from devices.mqtt import is_v5, mqtt_client
 from devices.pipeline import (
     ByteBoundedQueue,
     DeviceDirectory,
@@ -157,7 +158,7 @@ def test_inventory_of_a_device_batch() -> None:
     assert silent.last_seen is None and silent.last_fix_at is None and silent.online is False
 
 
-def test_the_default_checkin_hook_passes_nothing() -> None:
+def test_the_default_checkin_judge_passes_nothing() -> None:
     c = Checkin(1, NOW, "face", [0.1] * 128, 0.99, None, None, None, None)
     verdicts = UndecidedCheckins().evaluate(None, device_id=uuid.uuid4(), case_id=None,  # type: ignore[arg-type]
                                             checkins=[c, c])

@@ -1092,6 +1092,6 @@ def test_timestamp_parser_accepts_only_rfc3339(
 
 
 def test_bench_decode_runs() -> None:
-    from devices.protocol_bench import bench_decode
+    from bench.protocol import bench_decode
 
     assert bench_decode(n_messages=20, fixes_per_message=10) > 0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from probation.simulator.score import Alert, TruthRun, format_table, parse_truth, score
+from simulator.score import Alert, TruthRun, format_table, parse_truth, score
 
 T0 = 1_764_000_000.0  # real start
 SIM0 = T0 - 36_000  # simulated start: 10 h earlier, 10x speed for one hour

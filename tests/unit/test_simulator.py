@@ -13,19 +13,19 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from probation.simulator.geo import CITY, Zone, haversine_m
-from probation.simulator.gps import SRC_CELL, SRC_WIFI, GpsModel
-from probation.simulator.people import (
+from simulator.geo import CITY, Zone, haversine_m
+from simulator.gps import SRC_CELL, SRC_WIFI, GpsModel
+from simulator.people import (
     build_trajectory,
     in_curfew,
     make_people,
     plan_stays,
     routine_polylines,
 )
-from probation.simulator.run import SimConfig, Simulator, TruthWriter, resolve_start
-from probation.simulator.score import Alert, load_truth, score
-from probation.simulator.setup import Registered, serials
-from probation.simulator.violations import (
+from simulator.run import SimConfig, Simulator, TruthWriter, resolve_start
+from simulator.score import Alert, load_truth, score
+from simulator.setup import Registered, serials
+from simulator.violations import (
     C0,
     C1,
     O0,

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from geofence import CaseZones, EngineState, FixBatch, advance, compile_zone
-from probation.simulator.run import SimConfig, Simulator, TruthWriter
-from probation.simulator.score import ts
-from probation.simulator.setup import CURFEW_SCHEDULE, Registered
-from probation.simulator.violations import Rates
+from simulator.run import SimConfig, Simulator, TruthWriter
+from simulator.score import ts
+from simulator.setup import CURFEW_SCHEDULE, Registered
+from simulator.violations import Rates
 
 
 class _Fixes:

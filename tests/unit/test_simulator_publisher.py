@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from probation.simulator.publisher import Publisher
+from simulator.publisher import Publisher
 
 
 @dataclass

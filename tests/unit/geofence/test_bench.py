@@ -27,7 +27,7 @@ def test_bench_geofence_writes_flat_json(tmp_path: Path) -> None:
 
 def test_device_states_equals_device_state_one_by_one() -> None:
     """The batch serialisation the ingest uses gives exactly the per-device states."""
-    from geofence.bench import build_workload
+    from bench.geofence import build_workload
     from geofence.engine import advance
     from geofence.episodes import EngineState
 

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from geofence import CaseZones, EngineState, FixBatch, RuleConfig, ZoneEntry, advance, compile_zone
+from geofence import (
+    CaseZones,
+    EngineState,
+    FixBatch,
+    GeofenceConfig,
+    ZoneEntry,
+    advance,
+    compile_zone,
+)
 
 from .helpers import DAYS, Reference, RefFix, RefZone, canon, circle_zone, ll, ring, star
 
@@ -195,7 +203,7 @@ def test_engine_matches_reference(seed: int) -> None:
         part = fixes[a:b]
         order = rng.permutation(len(part))  # arrival order does not matter
         shuffled = [part[i] for i in order]
-        state, tr = advance(state, to_batch(reg, shuffled), reg, RuleConfig(threads=1))
+        state, tr = advance(state, to_batch(reg, shuffled), reg, GeofenceConfig(threads=1))
         got += tr.records()
         want += ref.run(part)
         if rng.random() < 0.5:

@@ -1,0 +1,1 @@
+"""Cases: court orders under supervision, the caseload, and who may see which case."""

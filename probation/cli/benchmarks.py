@@ -1,0 +1,198 @@
+"""`probation bench …`: the benchmarks (the code is in the top-level `bench` package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from probation.cli.common import emit_result, quiet
+from probation.cli.simulation import RateOpt
+
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+
+
+@bench_app.command("geofence")
+def bench_geofence(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (flat JSON object).")
+    ] = None,
+    cases: Annotated[int, typer.Option(help="Cases (4 own zones each, 200 shared).")] = 10_000,
+    fixes: Annotated[int, typer.Option(help="Fixes per batch.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 1,
+    uniform_mix: Annotated[
+        bool, typer.Option(help="Daytime position mix all day (no one at home at night).")
+    ] = False,
+) -> None:
+    """The numpy geofence engine against a shapely 2 reference, same workload, same run."""
+    from bench.geofence import main
+
+    argv = ["--cases", str(cases), "--fixes", str(fixes), "--seed", str(seed)]
+    if uniform_mix:
+        argv.append("--uniform-mix")
+    if json_path is not None:
+        argv += ["--json", str(json_path)]
+    main(argv)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (flat JSON object).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="A throwaway database to use (its fixes table is truncated!). "
+                     "Default: a private PostgreSQL, with TimescaleDB when installed."),
+    ] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="A broker to use. Default: a private mosquitto.")
+    ] = None,
+    scale: Annotated[
+        float, typer.Option(help="Scale the volumes (1: 1,000,000 batched fixes, 100,000 "
+                            "single-fix messages).")
+    ] = 1.0,
+    latency_seconds: Annotated[
+        float, typer.Option(help="Length of the steady 2,000 fixes/s latency run.")
+    ] = 20.0,
+    durable: Annotated[
+        bool, typer.Option(help="Private PostgreSQL with fsync and synchronous commit (as in "
+                           "production); --no-durable turns them off.")
+    ] = True,
+    geofence: Annotated[
+        bool, typer.Option(help="Instead: the worker of `probation ingest` (geofence, check-in "
+                           "and rapid-mode stages) on the simulator's world, one fix per message.")
+    ] = False,
+    people: Annotated[int, typer.Option(help="--geofence: people (devices).")] = 5_000,
+    fixes_per_device: Annotated[
+        int, typer.Option(help="--geofence: backlog messages per device.")
+    ] = 20,
+    live_rate: Annotated[
+        float, typer.Option(help="--geofence: also publish live at this many msgs/s (0: no).")
+    ] = 10_000.0,
+    live_seconds: Annotated[float, typer.Option(help="--geofence: length of the live run.")] = 30.0,
+) -> None:
+    """Throughput and latency of ingestion through a real broker into the real database."""
+    from bench.ingest import BenchConfig, run_ingest_bench
+
+    quiet()
+    if geofence:
+        from bench.ingest_geofence import GeofenceBenchConfig, run_geofence_bench
+
+        result = run_geofence_bench(
+            GeofenceBenchConfig(people=people, fixes_per_device=fixes_per_device,
+                                live_rate=live_rate, live_seconds=live_seconds, durable=durable),
+            out=typer.echo,
+        )
+        emit_result(result, json_path)
+        return
+    result = run_ingest_bench(
+        BenchConfig(
+            database_url=database_url, mqtt_url=mqtt_url,
+            batched_fixes=max(50_000, int(1_000_000 * scale)),
+            single_messages=max(5_000, int(100_000 * scale)),
+            latency_seconds=latency_seconds, durable=durable,
+        ),
+        out=typer.echo,
+    )
+    emit_result(result, json_path)
+
+
+@bench_app.command("scheduler")
+def bench_scheduler(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (flat JSON object).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="An empty, throwaway database to fill. Default: a private "
+                     "PostgreSQL, with TimescaleDB when installed."),
+    ] = None,
+    devices: Annotated[int, typer.Option(help="Assigned devices (one case and zone each).")] = 100_000,
+    repeat: Annotated[int, typer.Option(help="Runs per pass (the median is reported).")] = 3,
+    violations_pct: Annotated[
+        float, typer.Option(help="Percent of devices that go silent, lose their fixes, or "
+                            "are outside at the curfew start (each opens an alert).")
+    ] = 0.2,
+) -> None:
+    """Time the silence and curfew-start passes over N assigned devices (target <= 1 s)."""
+    from bench.scheduler import SchedulerBenchConfig, run_scheduler_bench
+
+    quiet()
+    result = run_scheduler_bench(
+        SchedulerBenchConfig(devices=devices, repeat=repeat, database_url=database_url,
+                             silent_pct=violations_pct, nofix_pct=violations_pct,
+                             outside_pct=violations_pct),
+        out=typer.echo,
+    )
+    emit_result(result, json_path)
+
+
+@bench_app.command("api")
+def bench_api(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (JSON object).")
+    ] = Path("bench-results/api.json"),
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="An empty, throwaway database to fill (or one an earlier run "
+                     "filled, to reuse). Default: a private PostgreSQL, with TimescaleDB."),
+    ] = None,
+    cases: Annotated[int, typer.Option(help="Active cases (50 per officer).")] = 2000,
+    fixes: Annotated[int, typer.Option(help="Fixes in total, spread over the cases' devices.")] = 5_000_000,
+    requests: Annotated[int, typer.Option(help="Caseload requests measured.")] = 1000,
+    acks: Annotated[int, typer.Option(help="Alert acknowledgements measured.")] = 1000,
+    durable: Annotated[
+        bool, typer.Option(help="Private PostgreSQL with fsync and synchronous commit (as in "
+                           "production); --no-durable turns them off.")
+    ] = True,
+) -> None:
+    """Caseload page (p99 <= 50 ms) and alert acknowledgement (p99 <= 30 ms) under load."""
+    from bench.api import ApiBenchConfig, run_api_bench
+
+    quiet()
+    result = run_api_bench(
+        ApiBenchConfig(cases=cases, fixes=fixes, caseload_requests=requests, acks=acks,
+                       database_url=database_url, durable=durable),
+        out=typer.echo,
+    )
+    emit_result(result, json_path)
+    if not result["pass"]:
+        raise typer.Exit(1)
+
+
+
+@bench_app.command("soak")
+def bench_soak(
+    people: Annotated[int, typer.Option(help="Simulated people.")] = 5000,
+    speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 60.0,
+    minutes: Annotated[float, typer.Option(help="Real minutes of simulation.")] = 30.0,
+    fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    start: Annotated[str, typer.Option(help="Simulated start (see `simulate --start`).")] = "auto",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = Path("bench-results/soak.json"),
+    durable: Annotated[bool, typer.Option(help="PostgreSQL with fsync and synchronous commit "
+                       "(production); --no-durable turns them off.")] = True,
+    keep: Annotated[bool, typer.Option(help="Keep the work directory (logs, truth, data).")] = False,
+    ingest_workers: Annotated[int, typer.Option(help="`probation ingest` processes (a shared "
+                              "subscription when more than one).")] = 1,
+    curfew: Annotated[float, RateOpt(help="Curfew breaks per person per simulated day.")] = 0.2,
+    exclusion: Annotated[float, RateOpt(help="Exclusion-zone entries per person per day.")] = 0.1,
+    checkins: Annotated[float, RateOpt(help="Officer check-in requests per person per day.")] = 0.5,
+) -> None:
+    """Soak: api, ingest and scheduler processes, TimescaleDB, mosquitto, N simulated people."""
+    from bench.soak import SoakConfig, run_soak, summary_lines
+    from simulator.violations import Rates
+
+    quiet()
+    cfg = SoakConfig(people=people, speed=speed, minutes=minutes, fix_interval_s=fix_interval,
+                     seed=seed, start=start, durable=durable, keep=keep,
+                     ingest_workers=ingest_workers,
+                     rates=Rates(curfew=curfew, exclusion=exclusion, checkin_requests=checkins))
+    result = run_soak(cfg, out=lambda m: typer.echo(m, err=True))
+    for line in summary_lines(result):
+        typer.echo(line)
+    emit_result(result, json_path, echo=False)
+    if not (result.get("score", {}).get("bar", {}).get("passed") and result.get("memory_flat")):
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""The alert desk: alert lifecycle, device inventory and assignments, telemetry views."""

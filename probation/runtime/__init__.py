@@ -1,0 +1,1 @@
+"""Process composition: embedded servers, ingestion workers and the scheduler."""

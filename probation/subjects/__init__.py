@@ -1,0 +1,1 @@
+"""Subjects: the people supervised, their IIN and biometric templates."""

@@ -1,0 +1,1 @@
+"""Tracks: a case's fixes over a period, thinned, as GeoJSON."""

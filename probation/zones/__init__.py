@@ -1,0 +1,1 @@
+"""Zones: inclusion and exclusion areas, their schedules and exceptions, and case links."""
