@@ -59,16 +59,15 @@ export function fmtNumber(n, opts = {}) {
   return new Intl.NumberFormat(current, opts).format(n);
 }
 
-/** "5 minutes ago" in the current language. */
+/** "5 min ago" in the current language (the catalogue's words: Intl's short forms are not
+ * translated for every language). */
 export function fmtAge(value, now = Date.now()) {
   if (!value) return '—';
-  const s = Math.round((new Date(value).getTime() - now) / 1000);
-  const rtf = new Intl.RelativeTimeFormat(current, { numeric: 'auto', style: 'short' });
-  const a = Math.abs(s);
-  if (a < 60) return rtf.format(s, 'second');
-  if (a < 3600) return rtf.format(Math.round(s / 60), 'minute');
-  if (a < 86400) return rtf.format(Math.round(s / 3600), 'hour');
-  return rtf.format(Math.round(s / 86400), 'day');
+  const s = Math.max(0, Math.round((now - new Date(value).getTime()) / 1000));
+  if (s < 60) return t('age.seconds', { n: fmtNumber(s) });
+  if (s < 3600) return t('age.minutes', { n: fmtNumber(Math.floor(s / 60)) });
+  if (s < 86400) return t('age.hours', { n: fmtNumber(Math.floor(s / 3600)) });
+  return t('age.days', { n: fmtNumber(Math.floor(s / 86400)) });
 }
 
 export function fmtDuration(seconds) {
