@@ -91,13 +91,15 @@ export async function api(path, { method = 'GET', body } = {}) {
   }
 }
 
-/** Every item of a paginated list. */
-export async function all(path, onPage) {
+/** Every item of a paginated list; `first`: the size of the first page (a small one shows
+ * something sooner), then pages of 500. */
+export async function all(path, onPage, first = 500) {
   const items = [];
   let cursor = null;
   const sep = path.includes('?') ? '&' : '?';
   do {
-    const url = `${path}${sep}limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+    const limit = items.length ? 500 : first;
+    const url = `${path}${sep}limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
     const page = await api(url);
     items.push(...page.items);
     if (onPage) onPage(items, page.next_cursor !== null);

@@ -33,7 +33,7 @@ export function loadCaseload(onPage) {
       for (const c of items) store.cases.set(c.id, c);
       if (onPage) onPage();
       changed(null, true);
-    });
+    }, 50);
     for (const u of await usersP) store.users.set(u.id, u);
     store.loaded = true;
     changed(null, true);

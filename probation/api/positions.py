@@ -44,19 +44,21 @@ async def stream(
     engine = get_engine(ctx.database_url)
     expires = float(jwt.decode(token or "", options={"verify_signature": False})["exp"])
 
-    def start() -> datetime:
+    def start() -> tuple[datetime, list[LivePosition]]:
         with Session(engine) as s:
             audit.record(s, user_id=scope.user_id, action="position.stream", resource="case")
             now = positions.db_now(s)
+            # what the lookback of the first poll would see again: known, not news
+            known = positions.positions_since(s, scope=scope, since=now - LOOKBACK)
             s.commit()
-            return now
+            return now, known
 
     def poll(since: datetime) -> tuple[datetime, list[LivePosition]]:
         with Session(engine) as s:
             return positions.db_now(s), positions.positions_since(s, scope=scope, since=since)
 
-    since = await anyio.to_thread.run_sync(start)
-    sent: dict[uuid.UUID, datetime] = {}
+    since, known = await anyio.to_thread.run_sync(start)
+    sent: dict[uuid.UUID, datetime] = {p.case_id: p.ts for p in known}
     last_sent = time.monotonic()
     yield ServerSentEvent(comment="connected", retry=2000)
     while not await request.is_disconnected() and time.time() < expires:

@@ -89,7 +89,11 @@ ${showOfficer ? '<th data-i18n="caseload.officer"></th>' : ''}
   const form = main.querySelector('form');
   const count = main.querySelector('#count');
 
-  const draw = () => {
+  let frame = 0;
+  const draw = () => { // at most once a frame, however many changes arrive
+    if (!frame) frame = requestAnimationFrame(() => { frame = 0; drawNow(); });
+  };
+  const drawNow = () => {
     const rows = visible();
     tbody.innerHTML = rows.map((c) => row(c, showOfficer)).join('');
     count.textContent = t('caseload.count', { n: fmtNumber(rows.length), total: fmtNumber(store.cases.size) });
@@ -109,7 +113,7 @@ ${showOfficer ? '<th data-i18n="caseload.officer"></th>' : ''}
   form.addEventListener('input', () => {
     const fd = new FormData(form);
     for (const k of ['q', 'status', 'risk', 'compliance', 'officer']) state[k] = fd.get(k) ?? '';
-    draw();
+    drawNow();
   });
   form.addEventListener('submit', (e) => e.preventDefault());
   main.querySelector('thead').addEventListener('click', (e) => {
@@ -117,7 +121,7 @@ ${showOfficer ? '<th data-i18n="caseload.officer"></th>' : ''}
     if (!key) return;
     state.dir = state.sort === key ? -state.dir : 1;
     state.sort = key;
-    draw();
+    drawNow();
   });
 
   const unwatch = watch((ids, full) => {
@@ -133,9 +137,9 @@ ${showOfficer ? '<th data-i18n="caseload.officer"></th>' : ''}
       if (td.dataset.ts) td.textContent = fmtAge(td.dataset.ts);
     });
   }, 30000);
-  draw();
+  drawNow();
   fillOfficers();
   await loadCaseload();
   main.dataset.loaded = '1';
-  return () => { unwatch(); clearInterval(tick); };
+  return () => { unwatch(); clearInterval(tick); cancelAnimationFrame(frame); };
 }

@@ -88,6 +88,7 @@ export async function render(main) {
     for (const id of ids) { const c = store.cases.get(id); if (c) place(c); }
     el.dataset.markers = String(markers.size);
     el.dataset.updated = String(Date.now());
+    el.dataset.lastCase = ids[ids.length - 1]; // which marker changed last (tests, bench)
   });
   placeAll();
   await loadCaseload();
