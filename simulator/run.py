@@ -113,6 +113,7 @@ class SimConfig:
     comm_lost_min_s: float = 600.0
     backend_upload_s: dict[str, float] = field(default_factory=lambda: dict(BACKEND_UPLOAD_S))
     tag: str | None = None
+    supervisor_id: str | None = None  # the simulated officers' supervisor
 
 
 class Sink(Protocol):
@@ -1000,7 +1001,8 @@ class _Helpers:
 
 def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | None = None,
                    on_phase: Callable[[str], None] | None = None,
-                   stop: threading.Event | None = None) -> RunResult:
+                   stop: threading.Event | None = None,
+                   on_officers: Callable[[dict[str, str]], None] | None = None) -> RunResult:
     """Plan, connect, register (or load the setup), run, and close. See the module doc."""
     from simulator.publisher import Publisher
     from simulator.setup import ApiClient, SetupState, new_tag, register
@@ -1067,7 +1069,8 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
                 state = register(api, world.people, tag=cfg.tag, seed=cfg.seed,
                                  case_start=case_start, phones=cfg.phones,
                                  workers=cfg.setup_workers, timezone=cfg.timezone,
-                                 on_person=on_person)
+                                 on_person=on_person, supervisor_id=cfg.supervisor_id,
+                                 on_officers=on_officers)
             finally:
                 beat_stop.set()
             state.save(setup_file)
