@@ -4,6 +4,7 @@ import { fmtAge, fmtNumber, t, tv } from '../i18n.js';
 import { loadCaseload, officerName, store, watch } from '../store.js';
 import { esc, html } from '../util.js';
 
+const PAGE = 200; // rows drawn at first, and per "show more"
 const RISK = { high: 3, medium: 2, low: 1 };
 const COMPLIANCE = { violation: 3, unknown: 2, compliant: 1 };
 const SORTS = {
@@ -84,8 +85,12 @@ export async function render(main) {
 <th data-i18n="caseload.device"></th>
 ${showOfficer ? '<th data-i18n="caseload.officer"></th>' : ''}
 </tr></thead>
-<tbody></tbody></table></section>`);
+<tbody></tbody></table>
+<p><button type="button" id="more" hidden></button></p></section>`);
   const tbody = main.querySelector('tbody');
+  const more = main.querySelector('#more');
+  let shown = PAGE;
+  more.addEventListener('click', () => { shown += PAGE; drawNow(); });
   const form = main.querySelector('form');
   const count = main.querySelector('#count');
 
@@ -95,7 +100,10 @@ ${showOfficer ? '<th data-i18n="caseload.officer"></th>' : ''}
   };
   const drawNow = () => {
     const rows = visible();
-    tbody.innerHTML = rows.map((c) => row(c, showOfficer)).join('');
+    // the first PAGE rows, more on demand: a redraw stays cheap with thousands of cases
+    tbody.innerHTML = rows.slice(0, shown).map((c) => row(c, showOfficer)).join('');
+    more.hidden = rows.length <= shown;
+    more.textContent = t('caseload.show_more', { n: fmtNumber(Math.min(PAGE, rows.length - shown)) });
     count.textContent = t('caseload.count', { n: fmtNumber(rows.length), total: fmtNumber(store.cases.size) });
     main.querySelectorAll('th button').forEach((b) => {
       const th = b.parentElement;

@@ -26,6 +26,7 @@ export async function render(main) {
   const cluster = L.markerClusterGroup({ chunkedLoading: true, disableClusteringAtZoom: 16, maxClusterRadius: 50 });
   map.addLayer(cluster);
   const markers = new Map();
+  let recent = [];
   const zones = L.layerGroup().addTo(map);
   const zonesOf = new Map();
 
@@ -88,7 +89,10 @@ export async function render(main) {
     for (const id of ids) { const c = store.cases.get(id); if (c) place(c); }
     el.dataset.markers = String(markers.size);
     el.dataset.updated = String(Date.now());
-    el.dataset.lastCase = ids[ids.length - 1]; // which marker changed last (tests, bench)
+    // the people whose markers changed lately, and how many are red (tests, bench)
+    recent = [...ids, ...recent].slice(0, 50);
+    el.dataset.recent = recent.join(' ');
+    el.dataset.violations = String([...markers.values()].filter((m) => m.compliance === 'violation').length);
   });
   placeAll();
   await loadCaseload();
