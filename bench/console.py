@@ -44,7 +44,11 @@ from db.engine import libpq_url
 TARGETS = {"first_useful_paint_ms": 1500.0, "alert_visible_ms": 1000.0}
 CHROMIUM = os.environ.get("PROBATION_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 # the map and the queue are two pages open at once, as an officer has them;
+                 # Chromium would throttle the timers of the one behind to once a second
+                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows"]
 PASSWORD = "bench-console-password"
 
 
@@ -154,6 +158,24 @@ def _since_commit(page: Any, condition: str, committed: float) -> float:
     return float(handle.json_value()) - committed * 1000
 
 
+def _api_reference(base: str, rounds: int) -> list[float]:
+    """The same requests the first paint needs (sign-in, /me, the first 50 cases), from
+    Python: what the server alone costs on this machine now."""
+    import httpx
+
+    times: list[float] = []
+    with httpx.Client(base_url=f"{base}/api/v1", timeout=60) as http:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            token = http.post("/auth/token", data={"username": "bench-admin",
+                                                   "password": PASSWORD}).json()["access_token"]
+            h = {"Authorization": f"Bearer {token}"}
+            http.get("/me", headers=h).raise_for_status()
+            http.get("/cases", params={"limit": 50}, headers=h).raise_for_status()
+            times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
 def _measure(base: str, url: str, cfg: ConsoleBenchConfig, out: Callable[[str], None]) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
@@ -165,6 +187,9 @@ def _measure(base: str, url: str, cfg: ConsoleBenchConfig, out: Callable[[str], 
     alert_queue: list[float] = []
     alert_map: list[float] = []
     n = cfg.cases
+    reference = _api_reference(base, cfg.rounds)
+    out(f"  reference: sign-in, /me and the first 50 cases from Python: p50 "
+        f"{statistics.median(reference):.0f} ms")
     with sync_playwright() as p, psycopg.connect(libpq_url(url), autocommit=True) as db:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -231,7 +256,8 @@ def _measure(base: str, url: str, cfg: ConsoleBenchConfig, out: Callable[[str], 
             ctx.close()
         finally:
             browser.close()
-    return {"caseload_first_rows_ms": _summary(first), "caseload_all_rows_ms": _summary(every),
+    return {"reference_api_first_page_ms": _summary(reference),
+            "caseload_first_rows_ms": _summary(first), "caseload_all_rows_ms": _summary(every),
             "sort_ms": _summary(sorts),
             "map_markers_ms": _summary(markers), "position_update_ms": _summary(moves),
             "alert_visible_ms": _summary(alert_queue), "alert_on_map_ms": _summary(alert_map)}

@@ -49,13 +49,13 @@ function visible() {
     out.push(c);
   }
   const key = SORTS[state.sort];
-  out.sort((a, b) => {
-    const ka = key(a); const kb = key(b);
-    if (ka < kb) return -state.dir;
-    if (ka > kb) return state.dir;
-    return a.subject_name.localeCompare(b.subject_name);
+  const keyed = out.map((c) => [key(c), c.subject_name, c]); // each key computed once
+  keyed.sort((a, b) => {
+    if (a[0] < b[0]) return -state.dir;
+    if (a[0] > b[0]) return state.dir;
+    return a[1] < b[1] ? -1 : (a[1] > b[1] ? 1 : 0);
   });
-  return out;
+  return keyed.map((k) => k[2]);
 }
 
 function options(group, values, selected) {
