@@ -50,7 +50,8 @@ export function fmtDateTime(value, timeZone) {
 
 export function fmtDate(value) {
   if (!value) return '—';
-  return new Intl.DateTimeFormat(current, { dateStyle: 'medium', timeZone: 'UTC' })
+  // numeric: the browser's Kazakh data lacks month names in the medium style ("M01")
+  return new Intl.DateTimeFormat(current, { year: 'numeric', month: '2-digit', day: '2-digit', timeZone: 'UTC' })
     .format(new Date(`${value}T00:00:00Z`));
 }
 

@@ -13,7 +13,8 @@ from urllib.parse import urlparse
 
 import httpx
 import paho.mqtt.client as mqtt
-from probation.iin import make_iin
+
+from probation.subjects.iin import make_iin
 
 PASSWORD = "console-password-1"
 #: Where the people live (Almaty) and where their exclusion zone is.
