@@ -37,6 +37,8 @@ class Device(SQLModel, table=True):
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_fix_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_good_fix_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    mqtt_password_hash: str | None = None  # devices/mqtt_auth.py; never the password
+    mqtt_password_set_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

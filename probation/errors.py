@@ -83,6 +83,11 @@ class Conflict(DomainError):
     default_code = "conflict"
 
 
+class TooManyRequests(DomainError):
+    status = 429
+    default_code = "rate_limited"
+
+
 class ServiceUnavailable(DomainError):
     status = 503
     default_code = "service_unavailable"
@@ -145,6 +150,7 @@ _DESCRIPTIONS: dict[int, str] = {
     409: "Conflict with the resource's current state",
     422: "Validation failed: `errors` names each bad field",
     423: "Locked",
+    429: "Too many requests: try again after `Retry-After` seconds",
     503: "A backend service is unavailable",
 }
 

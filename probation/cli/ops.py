@@ -23,7 +23,9 @@ def db_upgrade(revision: str = "head") -> None:
     rt = start_embedded(settings, need_broker=False)
     try:
         upgrade(rt.database_url, revision)
-        typer.echo(f"database at revision {revision}: {rt.database_url}")
+        from probation.runtime.embedded import redact
+
+        typer.echo(f"database at revision {revision}: {redact(rt.database_url)}")
     finally:
         rt.stop()
 
@@ -31,7 +33,7 @@ def db_upgrade(revision: str = "head") -> None:
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Option(help="Login name.")],
-    role: Annotated[str, typer.Option(help="officer, supervisor or admin.")],
+    role: Annotated[str, typer.Option(help="officer, supervisor, admin or investigator.")],
     password: Annotated[str | None, typer.Option(help="Password (prompted if not given).")] = None,
     supervisor: Annotated[str | None, typer.Option(help="Username of the officer's supervisor.")] = None,
     full_name: Annotated[str, typer.Option(help="Full name.")] = "",

@@ -228,14 +228,17 @@ def test_zone_changes_reach_the_running_engine(settings: Settings, ingestion: In
         c.execute("UPDATE zones SET circle = %s WHERE id = %s",
                   (Jsonb({"center": [CENTER[0] + 1000 / (M_PER_DEG_LAT * math.cos(math.radians(CENTER[1]))), CENTER[1]],
                           "radius_m": 150}), zone))
-    gw.fixes([(now - timedelta(minutes=19), *offset(1000), 8.0)])
+    # (two fixes spanning 30 s: no single fix opens a violation)
+    gw.fixes([(now - timedelta(minutes=19), *offset(1000), 8.0),
+              (now - timedelta(minutes=19) + timedelta(seconds=30), *offset(1005), 8.0)])
     got = wait_alerts(url, case, 1)
     assert got[0]["type"] == "exclusion_zone_entered"
     gw.close()
 
 
 def test_publish_to_alert_latency_p99(settings: Settings, ingestion: Ingestion) -> None:
-    """100 repetitions at idle: publish of a deep entry fix → committed alert."""
+    """100 repetitions at idle: publish of the confirming fix (the second inside, 30 s
+    after the first) → committed alert."""
     url = settings.database_url
     assert url
     lat_ms = []
@@ -245,9 +248,9 @@ def test_publish_to_alert_latency_p99(settings: Settings, ingestion: Ingestion) 
         case, _, _ = setup_case(url, serial)
         gw = Gateway(settings, serial)
         t = base + timedelta(minutes=i)
-        gw.fixes([(t, *offset(800), 8.0)])
+        gw.fixes([(t, *offset(300), 8.0), (t + timedelta(seconds=30), *offset(100), 8.0)])
         time.sleep(0.05)
-        t0 = gw.fixes([(t + timedelta(seconds=30), *offset(0), 8.0)])  # 150 m deep: one fix opens
+        t0 = gw.fixes([(t + timedelta(seconds=60), *offset(0), 8.0)])  # confirms the opening
         wait_alerts(url, case, 1)
         lat_ms.append((time.monotonic() - t0) * 1000)
         gw.close()
