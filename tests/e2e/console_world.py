@@ -17,9 +17,12 @@ import paho.mqtt.client as mqtt
 from probation.subjects.iin import make_iin
 
 PASSWORD = "console-password-1"
-#: Where the people live (Almaty) and where their exclusion zone is.
+#: Where the people live (Almaty) and where the first one's exclusion zone is: a 150 m
+#: circle 200 m east of home, a short walk away.
 HOME = (43.2389, 76.8897)
-ZONE_CENTER = (43.2450, 76.9050)
+ZONE_CENTER = (43.2389, 76.8922)
+#: A violation opens on the 2nd of 2 fixes on the wrong side at least 30 s apart.
+CONFIRM_S = 31
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Person:
     serial: str
     officer: str
     seq: int = 0
+    last_ts: datetime | None = None
 
 
 @dataclass
@@ -51,9 +55,24 @@ class World:
                     ts: datetime | None = None) -> None:
         p = self.people[who]
         p.seq += 1
-        fix = {"seq": p.seq, "ts": (ts or datetime.now(UTC)).isoformat(), "lat": lat, "lon": lon,
-               "acc": acc, "bat": 80}
+        ts = ts or datetime.now(UTC)
+        p.last_ts = max(ts, p.last_ts or ts)
+        fix = {"seq": p.seq, "ts": ts.isoformat(), "lat": lat, "lon": lon, "acc": acc, "bat": 80}
         publish(self.mqtt_url, f"{self.prefix}/devices/{p.serial}/fixes", {"fixes": [fix]})
+
+
+    def first_fix_inside(self, who: str, lat: float, lon: float) -> None:
+        """The first of the two fixes that open a violation: after every earlier fix, and
+        early enough that the second (`fix_inside_now`) can be stamped now."""
+        p = self.people[who]
+        now = datetime.now(UTC)
+        ts = now - timedelta(seconds=CONFIRM_S)
+        if p.last_ts is not None and ts < p.last_ts + timedelta(seconds=CONFIRM_S):
+            ts = p.last_ts + timedelta(seconds=CONFIRM_S)  # a walking pace from the last fix
+        self.publish_fix(who, lat, lon, ts=ts)
+        wait = (ts + timedelta(seconds=CONFIRM_S) - datetime.now(UTC)).total_seconds()
+        if wait > 0:  # the second must not be stamped ahead of the backend's clock
+            time.sleep(wait)
 
 
 def publish(mqtt_url: str, topic: str, payload: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ export async function render(main) {
 </section>`);
   const el = main.querySelector('#live-map');
   const map = makeMap(el, { zoom: 11 });
-  const cluster = L.markerClusterGroup({ chunkedLoading: true, disableClusteringAtZoom: 16, maxClusterRadius: 50 });
+  const cluster = L.markerClusterGroup({ chunkedLoading: true, disableClusteringAtZoom: 15, maxClusterRadius: 50 });
   map.addLayer(cluster);
   const markers = new Map();
   let recent = [];
