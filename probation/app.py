@@ -85,6 +85,8 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
         version=__version__,
         description="Supervision API, version 1: caseloads, devices, zones, tracks, alerts, audit.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: probation.console, from local assets
+        redoc_url=None,
     )
     app.state.ctx = ctx
 
@@ -122,4 +124,7 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     install(app)
+    from probation.console import install_console
+
+    install_console(app, settings)
     return app

@@ -14,6 +14,7 @@ Templates use `str.format` named fields; a missing parameter never raises.
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Any, Final, NamedTuple
 
@@ -232,6 +233,7 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "invalid_supervisor": "Only officers have a supervisor.",
         "nul_character": "Must not contain NUL characters.",
         "idempotency_key": "Must be 1 to 255 printable ASCII characters.",
+        "invalid": "Is invalid.",
     },
     "ru": {
         "no_face": "На фото не найдено лицо.",
@@ -309,6 +311,7 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "invalid_supervisor": "Руководитель указывается только для инспекторов.",
         "nul_character": "Не должно содержать символов NUL.",
         "idempotency_key": "От 1 до 255 печатных символов ASCII.",
+        "invalid": "Некорректное значение.",
     },
     "kk": {
         "no_face": "Суретте бет табылмады.",
@@ -386,8 +389,88 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "invalid_supervisor": "Басшы тек инспекторлар үшін көрсетіледі.",
         "nul_character": "NUL таңбалары болмауы керек.",
         "idempotency_key": "1-ден 255-ке дейін басылатын ASCII таңбасы.",
+        "invalid": "Жарамсыз мән.",
     },
 }
+
+
+#: The reasons the geometry and schedule checks give (`{reason}` of geometry_invalid,
+#: schedule_invalid and value_error), English as they are raised → ru, kk. `{x}` stands for
+#: a part that varies (a field path, a number, a name) and is carried over as it is.
+REASONS: Final[dict[str, tuple[str, str]]] = {
+    "coordinate must be a number": ("координата должна быть числом", "координата сан болуы керек"),
+    "coordinate must be finite": ("координата должна быть конечной", "координата шектеулі болуы керек"),
+    "position must be [lon, lat]": ("точка должна быть [долгота, широта]", "нүкте [бойлық, ендік] болуы керек"),
+    "longitude out of range [-180, 180]": ("долгота вне диапазона [-180, 180]", "бойлық [-180, 180] аралығынан тыс"),
+    "latitude out of range [-90, 90]": ("широта вне диапазона [-90, 90]", "ендік [-90, 90] аралығынан тыс"),
+    "ring must be an array of positions": ("контур должен быть массивом точек", "контур нүктелер жиымы болуы керек"),
+    "ring needs at least 4 positions": ("в контуре нужно не менее 4 точек", "контурда кемінде 4 нүкте болуы керек"),
+    "ring is not closed (first and last positions differ)": ("контур не замкнут (первая и последняя точки различаются)", "контур тұйықталмаған (бірінші және соңғы нүктелер әртүрлі)"),
+    "ring needs at least 3 distinct vertices": ("в контуре нужно не менее 3 разных вершин", "контурда кемінде 3 түрлі төбе болуы керек"),
+    "polygon must be a non-empty array of rings": ("многоугольник должен быть непустым массивом контуров", "көпбұрыш контурлардың бос емес жиымы болуы керек"),
+    "must be 'inclusion' or 'exclusion'": ("допустимо «inclusion» или «exclusion»", "«inclusion» немесе «exclusion» болуы керек"),
+    "must be a number": ("должно быть числом", "сан болуы керек"),
+    "must be a finite number >= 0": ("должно быть конечным числом не меньше 0", "0-ден кем емес шектеулі сан болуы керек"),
+    "exactly one of geometry and circle is required": ("нужно ровно одно из: geometry или circle", "geometry немесе circle өрістерінің дәл біреуі қажет"),
+    "must be an object with center and radius_m": ("должно быть объектом с center и radius_m", "center және radius_m бар нысан болуы керек"),
+    "is required": ("обязательно", "міндетті"),
+    "must be a finite number": ("должно быть конечным числом", "шектеулі сан болуы керек"),
+    "must be > 0": ("должно быть больше 0", "0-ден үлкен болуы керек"),
+    "latitude too close to a pole": ("широта слишком близко к полюсу", "ендік полюске тым жақын"),
+    "must be a GeoJSON object": ("должно быть объектом GeoJSON", "GeoJSON нысаны болуы керек"),
+    "must be a non-empty array of polygons": ("должно быть непустым массивом многоугольников", "көпбұрыштардың бос емес жиымы болуы керек"),
+    "must be 'Polygon' or 'MultiPolygon'": ("допустимо «Polygon» или «MultiPolygon»", "«Polygon» немесе «MultiPolygon» болуы керек"),
+    "zone spans more than 180 degrees of longitude": ("зона шире 180 градусов долготы", "аймақ бойлық бойынша 180 градустан кең"),
+    "zone too close to a pole": ("зона слишком близко к полюсу", "аймақ полюске тым жақын"),
+    "ring is self-intersecting": ("контур самопересекается", "контур өзін-өзі қиып өтеді"),
+    "ring crosses {x}": ("контур пересекает {x}", "контур {x} қиып өтеді"),
+    "ring has zero area": ("у контура нулевая площадь", "контурдың ауданы нөлге тең"),
+    "hole lies outside its shell": ("отверстие лежит вне внешнего контура", "тесік сыртқы контурдан тыс жатыр"),
+    "polygon overlaps polygon {x}": ("многоугольник перекрывает многоугольник {x}", "көпбұрыш {x} көпбұрышымен қабаттасады"),
+    "must be a time 'HH:MM'": ("должно быть временем «ЧЧ:ММ»", "«СС:ММ» уақыты болуы керек"),
+    "time out of range 00:00-23:59": ("время вне диапазона 00:00-23:59", "уақыт 00:00-23:59 аралығынан тыс"),
+    "must be an object or null": ("должно быть объектом или null", "нысан немесе null болуы керек"),
+    "unknown field": ("неизвестное поле", "белгісіз өріс"),
+    "must be a non-empty array (null schedule = always active)": ("должно быть непустым массивом (расписание null = действует всегда)", "бос емес жиым болуы керек (null кесте = әрқашан белсенді)"),
+    "must be an object": ("должно быть объектом", "нысан болуы керек"),
+    "must be a non-empty array of day names": ("должно быть непустым массивом дней недели", "апта күндерінің бос емес жиымы болуы керек"),
+    "must be one of {x}": ("допустимые значения: {x}", "рұқсат етілген мәндер: {x}"),
+    "duplicate day": ("день повторяется", "күн қайталанады"),
+    "must be an RFC 3339 time": ("должно быть временем RFC 3339", "RFC 3339 уақыты болуы керек"),
+    "must carry a UTC offset": ("должно содержать смещение от UTC", "UTC ығысуы көрсетілуі керек"),
+    "must be an array": ("должно быть массивом", "жиым болуы керек"),
+    "needs 'from' and 'to'": ("нужны «from» и «to»", "«from» және «to» қажет"),
+    "must be a string": ("должно быть строкой", "жол болуы керек"),
+    "must be an object with 'from' and 'to'": ("должно быть объектом с «from» и «to»", "«from» және «to» бар нысан болуы керек"),
+    "must be after 'from'": ("должно быть позже «from»", "«from» мәнінен кейін болуы керек"),
+    "unknown IANA timezone {x}": ("неизвестный часовой пояс IANA {x}", "белгісіз IANA уақыт белдеуі {x}"),
+    "out of range": ("вне допустимого диапазона", "рұқсат етілген аралықтан тыс"),
+}
+
+
+def _reason_pattern(template: str) -> re.Pattern[str]:
+    head, _, tail = template.partition("{x}")
+    if not _:
+        return re.compile(re.escape(template) + r"\Z")
+    return re.compile(re.escape(head) + r"(?P<x>.+?)" + re.escape(tail) + r"\Z")
+
+
+_REASON_PATTERNS: Final = [(_reason_pattern(en), texts) for en, texts in REASONS.items()]
+
+
+OR_WORD: Final = {"ru": "или", "kk": "немесе"}
+
+
+def reason_text(reason: str, lang: str) -> str | None:
+    """A check's English reason in `lang` (None when the catalogue does not know it)."""
+    if lang not in ("ru", "kk"):
+        return reason
+    index = 0 if lang == "ru" else 1
+    for pattern, texts in _REASON_PATTERNS:
+        m = pattern.match(reason)
+        if m:
+            return texts[index].replace("{x}", m.groupdict().get("x") or "")
+    return None
 
 
 #: Words that appear as parameter values (alert states), per language; English is as is.
@@ -407,9 +490,18 @@ def problem_text(code: str, lang: str, params: dict[str, Any] | None = None) -> 
 
 
 def field_text(kind: str, lang: str, params: dict[str, Any] | None = None, fallback: str = "") -> str:
-    """Message for one invalid field; `fallback` (pydantic's English) for unknown types."""
+    """Message for one invalid field; for unknown types `fallback` (pydantic's English) in
+    English and the generic "is invalid" in Kazakh and Russian."""
     catalogue = FIELDS.get(lang, FIELDS[DEFAULT_LANGUAGE])
-    template = catalogue.get(kind) or FIELDS[DEFAULT_LANGUAGE].get(kind)
+    template = catalogue.get(kind)
     if template is None:
-        return fallback or kind
-    return _fill(template, params or {})
+        return fallback or kind if lang == DEFAULT_LANGUAGE or lang not in FIELDS else catalogue["invalid"]
+    p = dict(params or {})
+    if "reason" in p:
+        reason = reason_text(str(p["reason"]), lang)
+        if reason is None:  # never English in a ru/kk answer: the generic message instead
+            return catalogue["invalid"]
+        p["reason"] = reason
+    if lang in OR_WORD and isinstance(p.get("expected"), str):  # pydantic's "'a' or 'b'"
+        p["expected"] = p["expected"].replace(" or ", f" {OR_WORD[lang]} ")
+    return _fill(template, p)

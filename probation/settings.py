@@ -182,6 +182,17 @@ class Settings(BaseSettings):
         default=90, description="Dead letters are kept this many days.",
     )
 
+    map_tiles: str = Field(
+        default="https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        description="The console's map tiles: an XYZ URL template ({z}, {x}, {y}; {s} for "
+        "subdomains). A self-hosted tile server on a closed network; empty: no tiles (zones, "
+        "tracks and positions on a plain background with a scale).",
+    )
+    map_attribution: str = Field(
+        default="© OpenStreetMap contributors",
+        description="Attribution shown with the map tiles (the tile provider's terms).",
+    )
+
     def secret_file(self, name: str) -> Path:
         return self.data_dir / "secrets" / name
 

@@ -118,6 +118,7 @@ class SimConfig:
     # check-ins as camera frames of real photos (v1.1) instead of app embeddings from
     # phones marked trusted (`simulator.faces`)
     checkin_frames: bool = False
+    supervisor_id: str | None = None  # the simulated officers' supervisor
 
 
 class Sink(Protocol):
@@ -1056,7 +1057,8 @@ class _Helpers:
 
 def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | None = None,
                    on_phase: Callable[[str], None] | None = None,
-                   stop: threading.Event | None = None) -> RunResult:
+                   stop: threading.Event | None = None,
+                   on_officers: Callable[[dict[str, str]], None] | None = None) -> RunResult:
     """Plan, connect, register (or load the setup), run, and close. See the module doc."""
     from simulator.publisher import Publisher
     from simulator.setup import ApiClient, SetupState, new_tag, register
@@ -1123,7 +1125,8 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
                 state = register(api, world.people, tag=cfg.tag, seed=cfg.seed,
                                  case_start=case_start, phones=cfg.phones,
                                  workers=cfg.setup_workers, timezone=cfg.timezone,
-                                 on_person=on_person, frames=cfg.checkin_frames)
+                                 on_person=on_person, frames=cfg.checkin_frames,
+                                 supervisor_id=cfg.supervisor_id, on_officers=on_officers)
             finally:
                 beat_stop.set()
             state.save(setup_file)

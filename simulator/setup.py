@@ -233,8 +233,11 @@ def register(
     api: ApiClient, people: Sequence[Person], *, tag: str, seed: int, case_start: date,
     phones: bool = True, workers: int = 8, timezone: str = "Asia/Almaty",
     on_person: Callable[[Registered], None] | None = None, frames: bool = False,
+    supervisor_id: str | None = None,
+    on_officers: Callable[[dict[str, str]], None] | None = None,
 ) -> SetupState:
-    """Create officers, then every person's subject, case, devices and zones (in parallel)."""
+    """Create officers (under `supervisor_id`, if given; `on_officers` gets their logins at
+    once), then every person's subject, case, devices and zones (in parallel)."""
     state = SetupState(tag=tag, seed=seed, people=len(people), api=api.base)
     me = api.get("/me")
     if me.get("role") != "admin":
@@ -244,10 +247,15 @@ def register(
     for k in range(max(1, math.ceil(len(people) / PEOPLE_PER_OFFICER))):
         username = f"sim-{tag}-officer-{k}"
         password = secrets.token_urlsafe(12)
-        u = api.post("/users", {"username": username, "password": password, "role": "officer",
-                                "full_name": f"Simulated officer {k}"}, key=f"sim-{tag}-user-{k}")
+        body = {"username": username, "password": password, "role": "officer",
+                "full_name": f"Simulated officer {k}"}
+        if supervisor_id:
+            body["supervisor_id"] = supervisor_id
+        u = api.post("/users", body, key=f"sim-{tag}-user-{k}")
         state.officers[username] = password
         officer_ids.append((username, str(u["id"])))
+    if on_officers is not None:
+        on_officers(dict(state.officers))
 
     def one(p: Person) -> Registered:
         officer, officer_id = officer_ids[p.index // PEOPLE_PER_OFFICER % len(officer_ids)]

@@ -56,7 +56,7 @@ STALE_FIX_MINUTES = 30
 LIVE_SQL = """
 SELECT c.id, c.subject_id, c.officer_id, c.court_order_ref, c.starts_on, c.ends_on,
        c.risk_level, c.timezone, c.checkin_policy, c.status, c.closed_at, c.created_at,
-       c.updated_at, s.full_name AS subject_name,
+       c.updated_at, s.full_name AS subject_name, s.iin AS subject_iin,
        d.id AS device_id, d.serial, d.kind, d.battery, d.online, d.last_seen,
        f.ts AS fix_ts, f.lat, f.lon, f.acc,
        coalesce(al.open_alerts, 0) AS open_alerts, cc.compliance
@@ -134,7 +134,7 @@ def _to_live(r: Any) -> CaseLive:
         court_order_ref=r["court_order_ref"], starts_on=r["starts_on"], ends_on=r["ends_on"],
         risk_level=r["risk_level"], timezone=r["timezone"], checkin_policy=r["checkin_policy"],
         status=r["status"], closed_at=r["closed_at"], created_at=r["created_at"],
-        updated_at=r["updated_at"], subject_name=r["subject_name"],
+        updated_at=r["updated_at"], subject_name=r["subject_name"], subject_iin=r["subject_iin"],
         compliance=r["compliance"], last_fix=last_fix, device=device,
         open_alerts=r["open_alerts"],
     )

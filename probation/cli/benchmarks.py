@@ -202,6 +202,27 @@ def bench_api(
 
 
 
+@bench_app.command("console")
+def bench_console(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (JSON object).")
+    ] = Path("bench-results/console.json"),
+    cases: Annotated[int, typer.Option(help="Active cases, each with a live marker.")] = 2000,
+    rounds: Annotated[int, typer.Option(help="Sign-ins measured (a fresh browser context each).")] = 5,
+    updates: Annotated[int, typer.Option(help="Position and alert updates measured.")] = 10,
+) -> None:
+    """The console in headless Chromium: caseload first paint (<= 1.5 s) and alert visible
+    after commit (<= 1 s), with 2,000 cases and markers."""
+    from bench.console import ConsoleBenchConfig, run_console_bench
+
+    quiet()
+    result = run_console_bench(ConsoleBenchConfig(cases=cases, rounds=rounds, updates=updates),
+                               out=typer.echo)
+    emit_result(result, json_path)
+    if not result["pass"]:
+        raise typer.Exit(1)
+
+
 @bench_app.command("soak")
 def bench_soak(
     people: Annotated[int, typer.Option(help="Simulated people.")] = 5000,

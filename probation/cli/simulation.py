@@ -115,7 +115,7 @@ def score(
 def demo(
     people: Annotated[int, typer.Option(help="Simulated people.")] = 200,
     speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 10.0,
-    duration: Annotated[float, typer.Option(help="Real seconds of simulation.")] = 3600.0,
+    duration: Annotated[float, typer.Option(help="Real seconds of simulation.")] = 300.0,
     fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     host: HostOpt = "127.0.0.1",
