@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -16,7 +17,10 @@ from sqlalchemy import text
 from db.engine import get_engine
 from probation import __version__
 from probation.api import install
+from probation.audit import service as audit
 from probation.context import AppContext
+from probation.errors import Unauthorized
+from probation.headers import DEFAULT_TILES, SecurityHeadersMiddleware
 from probation.settings import Settings
 from probation.users.bootstrap import bootstrap_admin
 
@@ -53,6 +57,7 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap_admin(database_url, settings)
+        audit.ensure_keyed(database_url, settings)
         yield
         publisher = getattr(app.state, "command_publisher", None)  # started by the API on demand
         if publisher is not None:
@@ -96,8 +101,35 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastA
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        _metrics_allowed(request, settings, database_url)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    def on_refused(request: Request, status: int) -> None:
+        audit.record_refusal(database_url, request=request, status=status)
+
+    app.state.on_refused = on_refused
     install(app)
+    app.add_middleware(SecurityHeadersMiddleware,
+                       tiles=getattr(settings, "map_tiles", DEFAULT_TILES))
     return app
+
+
+def _metrics_allowed(request: Request, settings: Settings, database_url: str) -> None:
+    """`/metrics` answers the configured metrics token or an admin's access token."""
+    from sqlmodel import Session
+
+    from probation.deps import _user_for_token
+    from probation.users.models import Role
+
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized()
+    if settings.metrics_token and hmac.compare_digest(token.encode(),
+                                                      settings.metrics_token.encode()):
+        return
+    with Session(get_engine(database_url)) as session:
+        user = _user_for_token(request, session, token)
+        if user.role != Role.ADMIN:
+            raise Unauthorized("invalid_token")

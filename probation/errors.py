@@ -83,6 +83,15 @@ class Conflict(DomainError):
     default_code = "conflict"
 
 
+class TooManyRequests(DomainError):
+    status = 429
+    default_code = "too_many_attempts"
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(headers={"Retry-After": str(max(1, retry_after))},
+                         retry_after=max(1, retry_after))
+
+
 class ServiceUnavailable(DomainError):
     status = 503
     default_code = "service_unavailable"
@@ -145,6 +154,7 @@ _DESCRIPTIONS: dict[int, str] = {
     409: "Conflict with the resource's current state",
     422: "Validation failed: `errors` names each bad field",
     423: "Locked",
+    429: "Too many failed attempts: wait `Retry-After` seconds",
     503: "A backend service is unavailable",
 }
 
@@ -241,6 +251,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_domain(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
         errors = exc.errors if isinstance(exc, Invalid) else ()
+        hook = getattr(request.app.state, "on_refused", None)
+        if exc.status in (403, 404) and hook is not None and request.url.path.startswith("/api/"):
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(hook, request, exc.status)
         return problem_response(
             request, exc.status, exc.code, params=exc.params, errors=errors, headers=exc.headers
         )
