@@ -56,9 +56,10 @@ def redact_payload(topic: str, payload: bytes) -> bytes:
     return orjson.dumps(clean) if hit else payload
 
 
+_KEYS_RE = "|".join(sorted(BIOMETRIC_KEYS))
 _KEYED = re.compile(
-    r"""(['"]?(?:%s)['"]?\s*[:=]\s*)(\[[^\]]{40,}\]|['"][A-Za-z0-9+/=_-]{40,}['"])"""
-    % "|".join(sorted(BIOMETRIC_KEYS)),
+    r"""(['"]?(?:""" + _KEYS_RE + r""")['"]?\s*[:=]\s*)"""
+    r"""(\[[^\]]{40,}\]|['"][A-Za-z0-9+/=_-]{40,}['"])""",
     re.IGNORECASE,
 )
 _FLOATS = re.compile(r"\[(?:\s*-?\d+\.\d+(?:[eE]-?\d+)?\s*,){15,}[^\]]*\]")
