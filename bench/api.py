@@ -221,7 +221,8 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
             generate_s = time.monotonic() - t0
             fixes = conn.execute("SELECT count(*) FROM fixes").fetchone()
             n_fixes = int(fixes[0]) if fixes else 0
-            generations = dict(conn.execute("SELECT id, tokens_valid_after FROM users").fetchall())
+            generations: dict[uuid.UUID, Any] = dict(
+                conn.execute("SELECT id, tokens_valid_after FROM users").fetchall())
             officers = [r[0] for r in conn.execute(
                 "SELECT id FROM users WHERE role = 'officer' ORDER BY username")]
             sups = [r[0] for r in conn.execute(
