@@ -1,7 +1,7 @@
 """Where an alert is born: `open_episode` is the only product code that inserts an alert.
 
 Open, update and close the alert of a violation episode (one alert per episode). The
-callers: ingest's after-store stages (`probation.workers.build_ingestion` lists them:
+callers: ingest's after-store stages (`probation.runtime.workers.build_ingestion` lists them:
 zone episodes in `devices.geofencing`, device events in `devices.event_alerts`, failed
 check-ins in `devices.checkins`, short silences in `devices.scheduled.SilenceGaps`) and
 the scheduler's rules (`devices.scheduled`, `alerts.scheduled`).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -83,6 +83,11 @@ def open_episode(
         if row is not None:
             update_episode(conn, alert_id=row[0], evidence=evidence)
             return EpisodeResult(row[0], False)
+    if zone_id is not None:
+        again = _reopen(conn, case_id=case_id, type=type, zone_id=zone_id, device_id=device_id,
+                        started_at=started_at, evidence=evidence, ended_at=ended_at)
+        if again is not None:
+            return EpisodeResult(again, False)
     alert_id = uuid.uuid4()
     inserted = conn.execute(
         "INSERT INTO alerts (id, case_id, device_id, zone_id, type, severity, episode_key,"
@@ -111,6 +116,43 @@ def open_episode(
         _timeline(conn, alert_id, "episode_closed", {"ended_at": ended_at})
     conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
     return EpisodeResult(alert_id, True)
+
+
+#: A re-violation of the same zone this soon after the close reopens the alert.
+REOPEN_WITHIN = timedelta(minutes=10)
+
+
+def _reopen(
+    conn: psycopg.Connection[Any], *, case_id: uuid.UUID, type: AlertType, zone_id: uuid.UUID,
+    device_id: uuid.UUID | None, started_at: datetime, evidence: dict[str, Any],
+    ended_at: datetime | None,
+) -> uuid.UUID | None:
+    """One visit = one alert: the same zone violated again within `REOPEN_WITHIN` of the
+    close of its last (unresolved) alert reopens that alert with a timeline entry."""
+    row = conn.execute(
+        "SELECT id, ended_at FROM alerts WHERE case_id = %s AND type = %s AND zone_id = %s"
+        " AND coalesce(device_id, %s) = %s AND NOT episode_open AND status <> 'resolved'"
+        " AND ended_at >= %s AND started_at <= %s ORDER BY ended_at DESC LIMIT 1 FOR UPDATE",
+        (case_id, type.value, zone_id, NIL, device_id or NIL, started_at - REOPEN_WITHIN,
+         started_at),
+    ).fetchone()
+    if row is None:
+        return None
+    alert_id, prev_end = row
+    kept = {k: v for k, v in evidence.items() if k != "raised_by"}
+    conn.execute(
+        "UPDATE alerts SET episode_open = %s, ended_at = %s, evidence = evidence || %s"
+        " WHERE id = %s",
+        (ended_at is None, ended_at, _dumps(kept), alert_id),
+    )
+    data: dict[str, Any] = {"started_at": started_at, "previous_ended_at": prev_end}
+    if "raised_by" in evidence:
+        data["raised_by"] = evidence["raised_by"]
+    _timeline(conn, alert_id, "reopened", data)
+    if ended_at is not None:
+        _timeline(conn, alert_id, "episode_closed", {"ended_at": ended_at})
+    conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+    return alert_id  # type: ignore[no-any-return]
 
 
 def update_episode(
@@ -180,6 +222,24 @@ def find_open_episode(
         (case_id, type.value, NIL, zone_id or NIL, NIL, device_id or NIL),
     ).fetchone()
     return row[0] if row else None
+
+
+ZONE_ALERT_TYPES = (
+    AlertType.EXCLUSION_ZONE_ENTERED, AlertType.EXCLUSION_ZONE_APPROACH,
+    AlertType.INCLUSION_ZONE_LEFT,
+)
+
+
+def zone_episode_open(
+    conn: psycopg.Connection[Any], *, case_id: uuid.UUID, device_id: uuid.UUID
+) -> bool:
+    """Whether any zone episode of the case's device is still open (rapid mode stays on)."""
+    row = conn.execute(
+        "SELECT 1 FROM alerts WHERE case_id = %s AND device_id = %s AND episode_open"
+        " AND type = ANY(%s) LIMIT 1",
+        (case_id, device_id, [t.value for t in ZONE_ALERT_TYPES]),
+    ).fetchone()
+    return row is not None
 
 
 def close_episode(

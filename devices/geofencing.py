@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -25,7 +25,13 @@ import numpy as np
 import orjson
 
 from alerts.models import AlertType
-from alerts.service import EpisodeUpdate, close_episode, open_episode, update_episodes
+from alerts.service import (
+    EpisodeUpdate,
+    close_episode,
+    open_episode,
+    update_episodes,
+    zone_episode_open,
+)
 from devices.pipeline import Conn, DeviceBatch
 from devices.protocol import CommandType
 from geofence import (
@@ -35,10 +41,10 @@ from geofence import (
     InvalidGeometry,
     InvalidSchedule,
     ZoneEntry,
-    advance,
     compile_zone,
     open_at_window_start,
 )
+from geofence.engine import advance_ex
 from geofence.episodes import AT_LEFT, STATUS_NAMES, Transition
 from geofence.episodes import Fix as EngineFix
 
@@ -100,10 +106,15 @@ class GeofenceEvaluator:
         return reg
 
     def _load(self, conn: Conn, version: int) -> _Registry:
-        cases = {
-            str(cid): tz
-            for cid, tz in conn.execute("SELECT id, timezone FROM cases WHERE status = 'active'")
-        }
+        cases: dict[str, str] = {}
+        confirm: dict[str, tuple[int | None, float | None]] = {}
+        for cid, tz, pts, sec in conn.execute(
+            "SELECT id, timezone, confirm_points, confirm_seconds FROM cases"
+            " WHERE status = 'active'"
+        ):
+            cases[str(cid)] = tz
+            if pts is not None or sec is not None:
+                confirm[str(cid)] = (pts, sec)
         risk = {
             str(cid): r
             for cid, r in conn.execute("SELECT id, risk_level FROM cases WHERE status = 'active'")
@@ -132,7 +143,7 @@ class GeofenceEvaluator:
         attach = {z: attachments[z] for z in zones}
         log.info("geofence registry: %d active cases, %d zones (version %d)",
                  len(cases), len(zones), version)
-        return _Registry(version, CaseZones(cases, zones, attach), risk)
+        return _Registry(version, CaseZones(cases, zones, attach, confirm=confirm), risk)
 
     # ------------------------------------------------------------------ stage
     def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
@@ -144,6 +155,13 @@ class GeofenceEvaluator:
         reg = self.registry(conn)
         zones = reg.zones
         devices = [b for b in batches if str(b.case_id) in zones.case_index]
+        if not devices:
+            return
+        # A fix counts for a case only from its device's assignment to it: a late upload
+        # of a previous wearer's fixes is stored, never evaluated against the new case.
+        since = assigned_since(conn, devices)
+        devices = [_since(b, since.get(b.device_id)) for b in devices]
+        devices = [b for b in devices if b.fixes]
         if not devices:
             return
         ids = [b.device_id for b in devices]
@@ -164,7 +182,8 @@ class GeofenceEvaluator:
             fixes: list[tuple[int, float, float, float]]
             if last_ts is not None and first < last_ts:
                 # A late upload: replay this device from a snapshot before its oldest fix.
-                state, fixes = self._replay_window(conn, b.device_id, first)
+                state, fixes = self._replay_window(conn, b.device_id, first,
+                                                   since.get(b.device_id))
                 late_since[b.device_id] = _ms(last_ts)
             else:
                 fixes = [(_ms(f.ts), f.lat, f.lon, f.acc) for f in b.fixes]
@@ -184,7 +203,8 @@ class GeofenceEvaluator:
         start_state = self._with_window_start_episodes(
             conn, EngineState.from_device_states(states), devices, zones
         )
-        new_state, transitions = advance(start_state, batch, zones)
+        new_state, transitions, outliers = advance_ex(start_state, batch, zones)
+        mark_outliers(conn, outliers)
         by_device = {str(b.device_id): b for b in devices}
         # Updates only merge evidence into an open alert: batched after the opens and
         # closes (an update followed by a close of the same episode is dropped: the
@@ -291,7 +311,7 @@ class GeofenceEvaluator:
         return state
 
     def _replay_window(
-        self, conn: Conn, device_id: uuid.UUID, first: datetime
+        self, conn: Conn, device_id: uuid.UUID, first: datetime, assigned: datetime | None
     ) -> tuple[dict[str, Any] | None, list[tuple[int, float, float, float]]]:
         snap = conn.execute(
             "SELECT ts, state FROM geofence_snapshots WHERE device_id = %s AND ts < %s"
@@ -308,6 +328,8 @@ class GeofenceEvaluator:
             )
         else:
             conn.execute("DELETE FROM geofence_snapshots WHERE device_id = %s", (device_id,))
+        if assigned is not None:
+            since = max(since, assigned - timedelta(microseconds=1))
         rows = conn.execute(
             "SELECT ts, lat, lon, acc FROM fixes WHERE device_id = %s AND ts > %s ORDER BY ts",
             (device_id, since),
@@ -323,6 +345,8 @@ class GeofenceEvaluator:
         atype = AlertType(t.alert_type)
         evidence = self._evidence(t)
         if t.kind == "open":
+            # the fix that raised it (its data time): kept by later evidence merges
+            evidence["raised_by"] = _fix_json(t.last_fix)
             started = _dt(t.started_at)
             late = late_since_ms is not None and t.started_at < late_since_ms
             delay = (b.received_at - started).total_seconds() if late else None
@@ -343,7 +367,11 @@ class GeofenceEvaluator:
                 conn, case_id=case_id, type=atype, ended_at=ended, zone_id=zone_id,
                 device_id=b.device_id, evidence=evidence,
             )
-            if closed is not None and atype != AlertType.EXCLUSION_ZONE_APPROACH:
+            # Back to the case's interval once no zone episode of the device is open
+            # (an approach that turned into an entry keeps rapid mode on).
+            if closed is not None and not zone_episode_open(
+                conn, case_id=case_id, device_id=b.device_id
+            ):
                 normal = NORMAL_FIX_INTERVAL_S.get(reg.risk.get(t.case_id, "medium"), 60)
                 self._rapid(conn, b.device_id, normal)
 
@@ -377,3 +405,39 @@ class GeofenceEvaluator:
         with self._lock:
             out, self.pending_commands = self.pending_commands, []
         return out
+
+
+def assigned_since(conn: Conn, batches: Sequence[DeviceBatch]) -> dict[uuid.UUID, datetime]:
+    """When the current assignment of each device that served an earlier case began.
+
+    Fixes before it were recorded on a previous wearer (or between wearers) and never
+    count for the current case. A device on its first assignment has no such bound: the
+    simulator and the tests register people before replaying clocks that run behind the
+    wall clock."""
+    rows = conn.execute(
+        "SELECT a.device_id, a.assigned_at FROM device_assignments a"
+        " WHERE a.device_id = ANY(%s) AND a.unassigned_at IS NULL AND EXISTS ("
+        "  SELECT 1 FROM device_assignments p WHERE p.device_id = a.device_id"
+        "  AND p.unassigned_at IS NOT NULL)",
+        ([b.device_id for b in batches],),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _since(b: DeviceBatch, assigned: datetime | None) -> DeviceBatch:
+    if assigned is None or all(f.ts >= assigned for f in b.fixes):
+        return b
+    return replace(b, fixes=[f for f in b.fixes if f.ts >= assigned])
+
+
+def mark_outliers(conn: Conn, ranges: Sequence[tuple[str, int, int]]) -> None:
+    """Flag the fixes the kinematic rule found to be outliers (shown in the track)."""
+    if not ranges:
+        return
+    conn.execute(
+        "UPDATE fixes f SET outlier = true FROM unnest(%s::uuid[], %s::timestamptz[],"
+        " %s::timestamptz[]) r(device_id, t0, t1)"
+        " WHERE f.device_id = r.device_id AND f.ts >= r.t0 AND f.ts < r.t1",
+        ([uuid.UUID(d) for d, _, _ in ranges], [_dt(a) for _, a, _ in ranges],
+         [_dt(b) for _, _, b in ranges]),
+    )

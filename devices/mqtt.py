@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -39,7 +39,9 @@ def mqtt_client(
     if u.username:
         client.username_pw_set(u.username, u.password)
     if u.scheme in ("mqtts", "ssl"):
-        client.tls_set()
+        # `?cafile=/path/ca.crt`: a private CA (a pilot's, see scripts/make-local-ca.sh)
+        cafile = parse_qs(u.query).get("cafile", [None])[0]
+        client.tls_set(ca_certs=cafile)
     return client
 
 

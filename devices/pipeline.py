@@ -5,7 +5,7 @@
       resolve devices → accumulate per device → find cases → judge check-ins
       → build rows → store (COPY + dedup) → lock devices → after-store stages
       (`BatchWriter.after_store`: geofence, check-in outcomes, silence gaps; wired
-      in `probation.workers.build_ingestion`) → inventory → acks → dead letters
+      in `probation.runtime.workers.build_ingestion`) → inventory → acks → dead letters
     → commit → acknowledge to the broker
 
 `devices.ingest.IngestWorker` runs the threads; this module holds the pieces
@@ -467,7 +467,7 @@ class BatchWriter:
 
     `write` runs `self.stages` in order: that list is the whole path of a batch.
     `after_store` are the stages that act on what was newly stored (in the service:
-    `probation.workers.build_ingestion`); `checkin_judge` decides each check-in before
+    `probation.runtime.workers.build_ingestion`); `checkin_judge` decides each check-in before
     it is stored.
     """
 

@@ -211,7 +211,7 @@ class SilenceGaps:
     """The `silence_gaps` after-store stage of ingest: `communication_lost` for a silence
     that ended between two silence passes.
 
-    The scheduler finds silences every `scheduler_period_s`; a device that talks again
+    The scheduler finds silences every `scheduler_interval_s`; a device that talks again
     less than a period after its threshold would never be alerted. When a device's first
     uplink after such a silence arrives (before `last_seen` moves), its episode is
     recorded at once, already closed and `late`: it started at last_seen + threshold,
@@ -584,12 +584,3 @@ def ingest_watermark(conn: Conn, *, max_age: timedelta = timedelta(seconds=60)) 
     ).fetchone()
     at, live, total, newest = row if row is not None else (None, 0, 0, None)
     return IngestWatermark(at, int(live or 0), int(total or 0) - int(live or 0), newest)
-
-
-def open_requests(conn: Conn, *, case_id: uuid.UUID) -> Sequence[tuple[Any, ...]]:
-    """The case's requests still waiting for a check-in (id, status, due_at, deadline)."""
-    return conn.execute(
-        "SELECT id, status, due_at, deadline FROM checkin_requests"
-        " WHERE case_id = %s AND status IN ('scheduled', 'sent') ORDER BY due_at",
-        (case_id,),
-    ).fetchall()

@@ -27,6 +27,14 @@ def load_devices(conn: Conn) -> dict[str, uuid.UUID]:
     return {r[0]: r[1] for r in conn.execute("SELECT serial, id FROM devices")}
 
 
+def broker_accounts(conn: Conn) -> list[tuple[str, str]]:
+    """(serial, password hash) of every device that has broker credentials."""
+    rows = conn.execute(
+        "SELECT serial, mqtt_password_hash FROM devices WHERE mqtt_password_hash IS NOT NULL"
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
 def lookup_devices(conn: Conn, *, serials: Collection[str]) -> dict[str, uuid.UUID]:
     """The registered devices among `serials`: serial → id."""
     if not serials:

@@ -9,13 +9,17 @@ Per (device, case, zone, alert type) an episode is in one of four states::
 
 Each evaluated fix is a symbol (see `SYM_*`):
 
-    W  definite wrong side, acc <= 500        C0->C1, C1->O0, O*->O0
-    D  W and deeper than max(3m, 100 m)        C*->O0, O*->O0
+    W  definite wrong side, acc <= 500        C0->C1, C1->C1, O*->O0
+    D  W that confirms (its run holds N fixes   C*->O0, O*->O0
+       spanning T seconds, `geofence.confirm`)
     X  definite wrong side, acc > 500          no-op when closed, O*->O0 when open
-    R  definite right side                     C*->C0, O0->O1, O1->C0 (close)
-    U  uncertain (or zone inactive)            no-op
+    R  definite right side                     C*->C0, O0->O1, O1->O1
+    RC R that confirms a closing (2 fixes       C*->C0, O*->C0 (close)
+       spanning 60 s by default)
+    U  uncertain, outlier (or zone inactive)   no-op
     I  the zone became inactive                everything -> C0 (closes)
 
+No single fix opens an episode, however deep (monitoring-rules.md, "Episodes").
 Uncertain fixes neither count nor break a run ("2 consecutive definite fixes"
 means consecutive among definite fixes). A sequence is evaluated as a segmented
 prefix composition of the symbols' state maps (4-state maps packed in one byte,
@@ -38,7 +42,7 @@ U8 = npt.NDArray[np.uint8]
 BoolA = npt.NDArray[np.bool_]
 ObjA = npt.NDArray[np.object_]
 
-SYM_U, SYM_W, SYM_D, SYM_X, SYM_R, SYM_I = 0, 1, 2, 3, 4, 5
+SYM_U, SYM_W, SYM_D, SYM_X, SYM_R, SYM_I, SYM_RC = 0, 1, 2, 3, 4, 5, 6
 C0, C1, O0, O1 = 0, 1, 2, 3
 STATUS_NAMES = {C1: "pending", O0: "open", O1: "closing"}
 STATUS_CODES = {v: k for k, v in STATUS_NAMES.items()}
@@ -56,11 +60,12 @@ K_OPEN, K_UPDATE, K_CLOSE = 0, 1, 2
 
 _MAPS = {
     SYM_U: (0, 1, 2, 3),
-    SYM_W: (1, 2, 2, 2),
+    SYM_W: (1, 1, 2, 2),
     SYM_D: (2, 2, 2, 2),
     SYM_X: (0, 1, 2, 2),
-    SYM_R: (0, 0, 3, 0),
+    SYM_R: (0, 0, 3, 3),
     SYM_I: (0, 0, 0, 0),
+    SYM_RC: (0, 0, 0, 0),
 }
 
 
@@ -68,7 +73,7 @@ def _encode(m: tuple[int, ...]) -> int:
     return m[0] | m[1] << 2 | m[2] << 4 | m[3] << 6
 
 
-SYM_MAP: U8 = np.array([_encode(_MAPS[s]) for s in range(6)], dtype=np.uint8)
+SYM_MAP: U8 = np.array([_encode(_MAPS[s]) for s in range(7)], dtype=np.uint8)
 _codes = np.arange(256)
 # COMPOSE[a, b] = "apply map a, then map b".
 COMPOSE: U8 = np.zeros((256, 256), dtype=np.uint8)
@@ -153,6 +158,11 @@ _EP_COLS: dict[str, Any] = {
     "started": np.int64,
     "right_ts": np.int64,
     "last_ts": np.int64,
+    "pend_n": np.int64,
+    "b_ts": np.int64,
+    "b_lat": np.float64,
+    "b_lon": np.float64,
+    "b_acc": np.float64,
 }
 _DEV_COLS: dict[str, Any] = {
     "d_id": object,
@@ -162,6 +172,15 @@ _DEV_COLS: dict[str, Any] = {
     "d_lon": np.float64,
     "d_acc": np.float64,
 }
+#: The outlier detector's per-device carry (`geofence.outliers.Carry`), keyed by o_id.
+OUT_FIELDS: dict[str, Any] = {
+    "has_prev": np.bool_, "prev_ts": np.int64, "prev_lat": np.float64, "prev_lon": np.float64,
+    "prev_m": np.float64, "prev_v": np.float64, "since": np.int64, "has_pp": np.bool_,
+    "pp_ts": np.int64, "pp_lat": np.float64, "pp_lon": np.float64, "pp_m": np.float64,
+    "anc_ts": np.int64, "anc_lat": np.float64, "anc_lon": np.float64, "anc_m": np.float64,
+    "anc_v": np.float64,
+}
+_OUT_COLS: dict[str, Any] = {"o_id": object, **{f"o_{k}": v for k, v in OUT_FIELDS.items()}}
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,8 @@ class EpisodeState:
     started_at: int
     right_since: int | None  # ts of the first right-side fix while closing
     last_ts: int
+    pending_count: int = 1  # wrong-side fixes of the pending run (status "pending")
+    before_fix: Fix | None = None  # the device's fix before the pending run
 
 
 class EngineState:
@@ -190,14 +211,15 @@ class EngineState:
     `from_device_states`.
     """
 
-    __slots__ = ("_cols", "_dev_index", "_ix")
+    __slots__ = ("_cols", "_dev_index", "_ix", "_oix")
 
     def __init__(self, cols: Mapping[str, np.ndarray]) -> None:
         self._cols: dict[str, np.ndarray] = dict(cols)
-        for name, dt in {**_EP_COLS, **_DEV_COLS}.items():
+        for name, dt in {**_EP_COLS, **_DEV_COLS, **_OUT_COLS}.items():
             if name not in self._cols:
                 self._cols[name] = np.zeros(0, dtype=dt)
         self._dev_index: dict[str, int] | None = None
+        self._oix: dict[str, int] | None = None
         self._ix: tuple[object, np.ndarray, np.ndarray] | None = None
 
     def __getattr__(self, name: str) -> np.ndarray:
@@ -214,6 +236,10 @@ class EngineState:
     @property
     def n_episodes(self) -> int:
         return int(self._cols["dev"].shape[0])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column (a shallow copy of the mapping)."""
+        return dict(self._cols)
 
     def col(self, name: str) -> np.ndarray:
         return self._cols[name]
@@ -247,6 +273,9 @@ class EngineState:
                     started_at=c["started"][i],
                     right_since=c["right_ts"][i] if st == O1 else None,
                     last_ts=c["last_ts"][i],
+                    pending_count=c["pend_n"][i],
+                    before_fix=Fix(c["b_ts"][i], c["b_lat"][i], c["b_lon"][i], c["b_acc"][i])
+                    if st == C1 and c["b_ts"][i] >= 0 else None,
                 )
             )
         return out
@@ -257,7 +286,8 @@ class EngineState:
     # ------------------------------------------------------------------ serialisation
 
     def device_ids(self) -> list[str]:
-        ids = set(self._cols["d_id"].tolist()) | set(self._cols["dev"].tolist())
+        ids = (set(self._cols["d_id"].tolist()) | set(self._cols["dev"].tolist())
+               | set(self._cols["o_id"].tolist()))
         return sorted(ids)
 
     @staticmethod
@@ -273,6 +303,8 @@ class EngineState:
             "started_at": e.started_at,
             "right_since": e.right_since,
             "last_ts": e.last_ts,
+            "pending_count": e.pending_count,
+            "before_fix": e.before_fix.to_dict() if e.before_fix else None,
         }
 
     def _device_dict(self, device_id: str, eps: list[EpisodeState]) -> dict[str, Any]:
@@ -288,12 +320,22 @@ class EngineState:
                 float(c["d_acc"][di]),
             ).to_dict()
             case_id = c["d_case"][di]
-        return {
+        out: dict[str, Any] = {
             "version": 1,
             "case_id": case_id,
             "last_fix": last_fix,
             "episodes": [self._episode_dict(e) for e in eps],
         }
+        oi = self.out_index().get(device_id)
+        if oi is not None:
+            out["outliers"] = {k: c[f"o_{k}"][oi].item() for k in OUT_FIELDS}
+        return out
+
+    def out_index(self) -> dict[str, int]:
+        """device_id -> row of the outlier carry table."""
+        if self._oix is None:
+            self._oix = {d: i for i, d in enumerate(self._cols["o_id"].tolist())}
+        return self._oix
 
     def device_state(self, device_id: str) -> dict[str, Any]:
         """JSON-able state of one device (its last fix and all its episodes).
@@ -333,8 +375,14 @@ class EngineState:
         """Rebuild from ``device_id -> device_state(device_id)`` dicts."""
         ep: dict[str, list[Any]] = {k: [] for k in _EP_COLS}
         dv: dict[str, list[Any]] = {k: [] for k in _DEV_COLS}
+        ov: dict[str, list[Any]] = {k: [] for k in _OUT_COLS}
         for dev in sorted(states):
             s = states[dev]
+            oc = s.get("outliers")
+            if oc:
+                ov["o_id"].append(dev)
+                for k in OUT_FIELDS:
+                    ov[f"o_{k}"].append(oc[k])
             lf = s.get("last_fix")
             if lf is not None:
                 f = Fix.from_dict(lf)
@@ -365,11 +413,19 @@ class EngineState:
                 rs = e.get("right_since")
                 ep["right_ts"].append(-1 if rs is None else int(rs))
                 ep["last_ts"].append(int(e["last_ts"]))
+                ep["pend_n"].append(int(e.get("pending_count", 1)))
+                bf = Fix.from_dict(e["before_fix"]) if e.get("before_fix") else None
+                ep["b_ts"].append(bf.ts if bf else -1)
+                ep["b_lat"].append(bf.lat if bf else 0.0)
+                ep["b_lon"].append(bf.lon if bf else 0.0)
+                ep["b_acc"].append(bf.acc if bf else 0.0)
         cols: dict[str, np.ndarray] = {}
         for k, dt in _EP_COLS.items():
             cols[k] = _arr(ep[k], dt)
         for k, dt in _DEV_COLS.items():
             cols[k] = _arr(dv[k], dt)
+        for k, dt in _OUT_COLS.items():
+            cols[k] = _arr(ov[k], dt)
         return cls(cols)
 
     def replace_devices(
@@ -381,7 +437,11 @@ class EngineState:
         keep_dv = np.array([d not in ids for d in self._cols["d_id"].tolist()], dtype=bool)
         o_ep = np.array([d in ids for d in other._cols["dev"].tolist()], dtype=bool)
         o_dv = np.array([d in ids for d in other._cols["d_id"].tolist()], dtype=bool)
+        keep_o = np.array([d not in ids for d in self._cols["o_id"].tolist()], dtype=bool)
+        o_o = np.array([d in ids for d in other._cols["o_id"].tolist()], dtype=bool)
         cols = {}
+        for k in _OUT_COLS:
+            cols[k] = np.concatenate((self._cols[k][keep_o], other._cols[k][o_o]))
         for k in _EP_COLS:
             cols[k] = np.concatenate((self._cols[k][keep_ep], other._cols[k][o_ep]))
         for k in _DEV_COLS:
@@ -513,9 +573,6 @@ class Transitions:
                 ended_at=None if c["ended"][i] < 0 else c["ended"][i],
                 inferred=inf,
             )
-
-    def to_list(self) -> list[Transition]:
-        return list(self)
 
     def records(self) -> list[dict[str, Any]]:
         """JSON-able dicts (see `Transition.to_dict`)."""

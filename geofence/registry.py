@@ -206,14 +206,28 @@ class CaseZones:
         near_m: float = 100.0,
         shared_min_cases: int = 8,
         grid_cell_m: float = 250.0,
+        confirm: Mapping[str, tuple[int | None, float | None]] | None = None,
     ) -> None:
         """``cases``: case_id -> IANA tz (None = Asia/Almaty); ``zones``: zone_id ->
         `ZoneEntry`; ``attachments``: zone_id -> case_ids it applies to (None = all
         cases). ``near_m``: fixes with ``max(acc, 10)`` up to this use the fast
-        prefilter/grid (others are checked against every zone of their case)."""
+        prefilter/grid (others are checked against every zone of their case).
+        ``confirm``: case_id -> (points, seconds) a violation needs to open, per case
+        (None in either place: the rule's default)."""
         self.near_m = float(near_m)
         self.case_ids: list[str] = list(cases)
         self.case_index: dict[str, int] = {c: i for i, c in enumerate(self.case_ids)}
+        #: per case: points / milliseconds to confirm an opening (-1: the default)
+        self.confirm_n: I64 = np.full(len(self.case_ids), -1, dtype=np.int64)
+        self.confirm_ms: I64 = np.full(len(self.case_ids), -1, dtype=np.int64)
+        for c, (pts, sec) in (confirm or {}).items():
+            cix = self.case_index.get(c)
+            if cix is None:
+                continue
+            if pts is not None:
+                self.confirm_n[cix] = max(1, int(pts))
+            if sec is not None:
+                self.confirm_ms[cix] = max(0, int(float(sec) * 1000))
         tz_names: list[str] = []
         tz_idx: dict[str, int] = {}
         ctz = np.zeros(len(self.case_ids), dtype=np.int32)
@@ -277,7 +291,6 @@ class CaseZones:
         dc, dz = dc[order], dz[order]
         self.direct_ptr: I64 = np.zeros(nc + 1, dtype=np.int64)
         np.cumsum(np.bincount(dc, minlength=nc), out=self.direct_ptr[1:])
-        self.direct_zone: I32 = dz.astype(np.int32)
         self.direct_keys: I64 = dc * max(nz, 1) + dz  # sorted
         self.max_direct = int(np.diff(self.direct_ptr).max()) if nc else 0
         s_case = [cases_of[z] for z in range(nz) if self.shared[z] and not self.att_all[z]]
@@ -366,8 +379,6 @@ class CaseZones:
         if ic.size:
             rank = np.arange(ic.size) - np.searchsorted(ic, ic)
             self.case_islot[ic, rank] = isl
-        g = np.unique(self.case_group2d)
-        self.direct_groups: I64 = g[g != 0]
         self.case_id_arr = np.empty(nc, dtype=object)
         self.case_id_arr[:] = self.case_ids
         self.zone_id_arr = np.empty(nz, dtype=object)

@@ -8,6 +8,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlparse
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -50,14 +52,34 @@ def broker_reachable(mqtt_url: str, timeout: float = 1.0) -> bool:
     return bool(accepted) and accepted[0]
 
 
-def create_app(settings: Settings, *, database_url: str, mqtt_url: str) -> FastAPI:
-    """Build the app for one database and broker (tests build one per database)."""
-    ctx = AppContext(settings=settings, database_url=database_url, mqtt_url=mqtt_url)
+def _password_file_sync(settings: Settings, database_url: str, mqtt_url: str) -> Any:
+    """An external broker's password file kept in sync (compose), if one is configured."""
+    if settings.mqtt_password_file is None:
+        return None
+    from devices.broker import PasswordFileSync
+
+    u = urlparse(mqtt_url)
+    if not u.username or not u.password:
+        raise ValueError("PROBATION_MQTT_PASSWORD_FILE needs the backend's credentials in "
+                         "PROBATION_MQTT_URL")
+    return PasswordFileSync(path=settings.mqtt_password_file, database_url=database_url,
+                            backend_user=u.username, backend_password=u.password)
+
+
+def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
+               broker_accounts: Any = None) -> FastAPI:
+    """Build the app for one database and broker (tests build one per database).
+    `broker_accounts`: the embedded broker (`serve`); else PROBATION_MQTT_PASSWORD_FILE's."""
+    accounts = broker_accounts or _password_file_sync(settings, database_url, mqtt_url)
+    ctx = AppContext(settings=settings, database_url=database_url, mqtt_url=mqtt_url,
+                     broker_accounts=accounts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap_admin(database_url, settings)
         audit.ensure_keyed(database_url, settings)
+        if accounts is not None:
+            accounts.sync()
         yield
         publisher = getattr(app.state, "command_publisher", None)  # started by the API on demand
         if publisher is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from probation.settings import Settings
 
@@ -14,3 +15,4 @@ class AppContext:
     settings: Settings
     database_url: str
     mqtt_url: str
+    broker_accounts: Any = None  # `.sync()`: the broker learns the devices' credentials

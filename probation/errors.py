@@ -85,16 +85,7 @@ class Conflict(DomainError):
 
 class TooManyRequests(DomainError):
     status = 429
-    default_code = "too_many_attempts"
-
-    def __init__(self, *, retry_after: int) -> None:
-        super().__init__(headers={"Retry-After": str(max(1, retry_after))},
-                         retry_after=max(1, retry_after))
-
-
-class ServiceUnavailable(DomainError):
-    status = 503
-    default_code = "service_unavailable"
+    default_code = "rate_limited"
 
 
 class Invalid(DomainError):
@@ -154,7 +145,7 @@ _DESCRIPTIONS: dict[int, str] = {
     409: "Conflict with the resource's current state",
     422: "Validation failed: `errors` names each bad field",
     423: "Locked",
-    429: "Too many failed attempts: wait `Retry-After` seconds",
+    429: "Too many requests: try again after `Retry-After` seconds",
     503: "A backend service is unavailable",
 }
 

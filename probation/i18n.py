@@ -100,6 +100,7 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "idempotency_in_progress": Message("Request in progress", "A request with this Idempotency-Key is still being processed."),
         "idempotency_key_reused": Message("Idempotency-Key reused", "This Idempotency-Key was used for a different request."),
         "service_unavailable": Message("Service unavailable", "A backend service is unavailable; try again shortly."),
+        "rate_limited": Message("Too many requests", "You have made {limit} such requests in {minutes} minutes; try again later."),
     },
     "ru": {
         "bad_request": Message("Неверный запрос", "Запрос не может быть обработан."),
@@ -138,6 +139,7 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "idempotency_in_progress": Message("Запрос выполняется", "Запрос с этим Idempotency-Key ещё обрабатывается."),
         "idempotency_key_reused": Message("Повтор Idempotency-Key", "Этот Idempotency-Key уже использован для другого запроса."),
         "service_unavailable": Message("Сервис недоступен", "Один из сервисов недоступен; повторите попытку позже."),
+        "rate_limited": Message("Слишком много запросов", "Вы сделали {limit} таких запросов за {minutes} мин.; повторите позже."),
     },
     "kk": {
         "bad_request": Message("Қате сұрау", "Сұрауды өңдеу мүмкін емес."),
@@ -176,6 +178,7 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "idempotency_in_progress": Message("Сұрау орындалуда", "Осы Idempotency-Key бар сұрау әлі өңделуде."),
         "idempotency_key_reused": Message("Idempotency-Key қайталанды", "Бұл Idempotency-Key басқа сұрау үшін қолданылған."),
         "service_unavailable": Message("Қызмет қолжетімсіз", "Қызметтердің бірі қолжетімсіз; кейінірек қайталап көріңіз."),
+        "rate_limited": Message("Сұраулар тым көп", "Сіз {minutes} минутта {limit} осындай сұрау жасадыңыз; кейінірек қайталаңыз."),
     },
 }
 
@@ -232,6 +235,8 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "cursor_invalid": "Not a cursor this API issued.",
         "date_order": "Must not be before {other}.",
         "time_order": "Must be after {other}.",
+        "window_too_long": "The window may be at most {max_days} days.",
+        "place_required": "Give exactly one of geometry and circle.",
         "hour_order": "The window must end after it starts.",
         "geometry_or_circle": "Give exactly one of geometry and circle.",
         "geometry_invalid": "Invalid geometry: {reason}.",
@@ -297,6 +302,8 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "cursor_invalid": "Курсор не был выдан этим API.",
         "date_order": "Не может быть раньше {other}.",
         "time_order": "Должно быть позже {other}.",
+        "window_too_long": "Окно не может быть длиннее {max_days} дней.",
+        "place_required": "Укажите ровно одно: geometry или circle.",
         "hour_order": "Окно должно заканчиваться после начала.",
         "geometry_or_circle": "Укажите ровно одно из: geometry или circle.",
         "geometry_invalid": "Некорректная геометрия: {reason}.",
@@ -362,6 +369,8 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "cursor_invalid": "Бұл курсорды осы API бермеген.",
         "date_order": "{other} мәнінен ерте болмауы керек.",
         "time_order": "{other} мәнінен кейін болуы керек.",
+        "window_too_long": "Уақыт аралығы {max_days} күннен аспауы керек.",
+        "place_required": "geometry немесе circle өрістерінің дәл біреуін беріңіз.",
         "hour_order": "Терезе басталғаннан кейін аяқталуы керек.",
         "geometry_or_circle": "geometry немесе circle өрістерінің дәл біреуін көрсетіңіз.",
         "geometry_invalid": "Жарамсыз геометрия: {reason}.",

@@ -6,6 +6,8 @@ key is claimed per user before the route runs (`status = 0`: in progress). A
 `Idempotent-Replayed: true`; any other outcome releases the key so the
 client can fix the request and retry. The same key on another method or path
 is a 422; a retry while the first is still running is a 409. Keys live 24 hours.
+A response marked `Cache-Control: no-store` (one that carries a secret shown once, like a
+device's broker password) is never stored: its key is released instead.
 """
 
 from __future__ import annotations
@@ -127,12 +129,15 @@ class IdempotencyMiddleware:
             return
 
         sent_status: int | None = None
+        no_store = False
         chunks: list[bytes] = []
 
         async def capture(message: Message) -> None:
-            nonlocal sent_status
+            nonlocal sent_status, no_store
             if message["type"] == "http.response.start":
                 sent_status = int(message["status"])
+                no_store = b"no-store" in Headers(raw=message["headers"]).get(
+                    "cache-control", "").encode()
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
             await send(message)
@@ -142,7 +147,7 @@ class IdempotencyMiddleware:
         except BaseException:
             await to_thread.run_sync(_finish, url, user_id, key, None, b"")
             raise
-        ok = sent_status is not None and 200 <= sent_status < 300
+        ok = sent_status is not None and 200 <= sent_status < 300 and not no_store
         await to_thread.run_sync(
             _finish, url, user_id, key, sent_status if ok else None,
             b"".join(chunks) if ok else b"",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,33 @@ class Settings(BaseSettings):
         "embedded broker on 127.0.0.1.",
     )
     mqtt_prefix: str = Field(default="pm/v1", description="Topic prefix of the gateway protocol.")
+    mqtt_host: str = Field(
+        default="127.0.0.1",
+        description="Embedded broker: the address devices connect to (plain MQTT here, or "
+        "MQTT over TLS when a certificate is given; the plain listener then stays on "
+        "127.0.0.1).",
+    )
+    mqtt_port: int = Field(
+        default=1883,
+        description="Embedded broker: plain MQTT port on first start (another free port if "
+        "taken); the port chosen is kept in the data dir and reused on every restart.",
+    )
+    mqtt_tls_port: int = Field(default=8883, description="Embedded broker: MQTT over TLS port.")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="`serve`: server certificate chain (PEM) for HTTPS and MQTT over TLS.",
+    )
+    tls_key: Path | None = Field(default=None, description="`serve`: its private key (PEM).")
+    mqtt_simulator_account: bool = Field(
+        default=False,
+        description="Embedded broker: also create the `probation.simulator` account, which "
+        "publishes for every device (for `probation simulate`; `demo` always has it).",
+    )
+    mqtt_password_file: Path | None = Field(
+        default=None,
+        description="External mosquitto: the password file the API keeps in sync with the "
+        "device credentials (the broker reloads it; see deploy/mosquitto).",
+    )
     mqtt_client_id: str = Field(
         default="probation-ingest",
         description="Client id of the ingest worker's persistent session.",
@@ -84,6 +110,11 @@ class Settings(BaseSettings):
         description="Default device upload interval per risk level (seconds, JSON); "
         "communication_lost after max(3 x this, 10 min) of silence.",
     )
+    proximity_rate_limit: int = Field(
+        default=30, ge=1, description="Proximity searches a user may make per "
+        "`proximity_rate_window_s` (counted from the audit log, across processes).")
+    proximity_rate_window_s: float = Field(
+        default=600.0, gt=0, description="The window of the proximity search rate limit.")
     communication_lost_min_s: float = Field(
         default=600, description="Minimum silence before communication_lost (seconds).",
     )
@@ -216,6 +247,14 @@ class Settings(BaseSettings):
     def anchor_path(self) -> Path:
         return self.audit_anchor_file or self.data_dir / "audit-anchors.jsonl"
 
+    def generated_secret(self, name: str, make: str) -> str:
+        """A secret generated once (`make`) and kept in the data dir (mode 0600)."""
+        return self._persistent_secret(name, None, make)
+
+    def resolved_mqtt_backend_password(self) -> str:
+        """The embedded broker's backend account password, kept in the data dir."""
+        return self.generated_secret("mqtt_backend", secrets.token_urlsafe(32))
+
     def resolved_biometric_key(self) -> str:
         """The template-encryption key: the configured one, else the one kept in the data dir."""
         import base64
@@ -225,9 +264,3 @@ class Settings(BaseSettings):
             self.biometric_key,
             base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """The process-wide settings (tests build their own `Settings` instead)."""
-    return Settings()

@@ -1,6 +1,6 @@
 """`probation demo`: the embedded service plus the simulator, with a live line of figures.
 
-The service is what `probation serve` runs (`probation.cli.Service`: embedded PostgreSQL
+The service is what `probation serve` runs (`probation.cli.serve.Service`: embedded PostgreSQL
 and broker where no URLs are set, migrations, the API, the ingest worker, the
 scheduler), in its own data directory (`<data dir>/demo`) so that it never touches a
 `serve` installation. The `admin` password is generated on every start (and reset if the
@@ -138,6 +138,7 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
              out: TextIO = sys.stderr) -> int:
     """Start the service and the simulator; returns the exit code."""
     from db.server import free_port
+    from probation.runtime.embedded import redact
     from probation.settings import Settings
     from simulator.score import fetch_alerts, format_table, load_truth, score
     from simulator.setup import ApiClient
@@ -161,11 +162,12 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
         server = _uvicorn_thread(svc.app, opts.host, port)
         url = f"http://{opts.host}:{port}"
         _wait_health(url)
+        sim_url = next(iter(svc.rt.gateway_urls.values()), svc.rt.mqtt_url)
         truth = data_dir / "runs" / f"truth-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
         lines = [
             f"API docs: {url}/docs",
             f"Login:    admin / {password}   (POST {url}/api/v1/auth/token)",
-            f"Broker:   {svc.rt.mqtt_url} (topic prefix {settings.mqtt_prefix})",
+            f"Broker:   {redact(sim_url)} (topic prefix {settings.mqtt_prefix})",
             f"Data dir: {data_dir}",
             f"Simulating {opts.people} people at {opts.speed:g}x for {opts.duration_s:.0f} s; "
             f"truth: {truth}",
@@ -173,7 +175,7 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
         for line in lines:
             print(line, file=out, flush=True)
         cfg = SimConfig(
-            mqtt=svc.rt.mqtt_url, api=url, username="admin", password=password,
+            mqtt=sim_url, api=url, username="admin", password=password,
             people=opts.people, fix_interval_s=opts.fix_interval_s, speed=opts.speed,
             duration_s=opts.duration_s, seed=opts.seed, truth=truth, prefix=settings.mqtt_prefix,
             rates=opts.rates or Rates(), start=opts.start,

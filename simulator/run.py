@@ -8,7 +8,7 @@ at the very end of the run, the moment the run started, and never passes the rea
 few simulated hours over a curfew night); `--start <RFC 3339>` any earlier instant.
 
 What goes out, per device: a retained `status` online at the start; every
-`fix_interval` a fix, uploaded every `upload_interval` (60/120/300 s by risk level) as
+`fix_interval_s` a fix, uploaded every `upload_interval_s` (60/120/300 s by risk level) as
 one `fixes` message of several fixes; events (tamper, power, battery, charging) right
 away; nothing while switched off; everything buffered during a coverage gap, uploaded
 late when it ends (the device keeps its `seq` and `ts`; half the devices send their

@@ -13,7 +13,7 @@ rates (Poisson counts over the run's span):
   in which the device records but cannot upload; the buffer is uploaded late).
 
 Truth: the simulator runs the monitoring rules itself (`RuleEvaluator`: the engine's
-episode state machine, margins and deep-fix rule on exactly the fixes it publishes) and
+episode state machine and margins (no single-fix opening) on exactly the fixes it publishes) and
 writes a zone violation to the truth file only when those rules say an alert is due
 while the person really is on the wrong side (a planned excursion). A rule-due episode
 without a planned excursion is GPS noise: it is counted (`noise_due`) but is no truth,
@@ -287,15 +287,13 @@ SYM_U, SYM_W, SYM_D, SYM_X, SYM_R, SYM_I = 0, 1, 2, 3, 4, 5
 _MAP = np.array([
     (0, 1, 2, 3),  # U: uncertain
     (1, 2, 2, 2),  # W: definite wrong side
-    (2, 2, 2, 2),  # D: deep wrong side
+    (2, 2, 2, 2),  # D: (not produced: no single fix opens)
     (0, 1, 2, 2),  # X: wrong side with acc > 500 m (never opens)
     (0, 0, 3, 0),  # R: definite right side
     (0, 0, 0, 0),  # I: zone inactive
 ], dtype=np.int8)
 
 MIN_MARGIN_M = 10.0
-DEEP_FACTOR = 3.0
-DEEP_MIN_M = 100.0
 MAX_OPEN_ACC_M = 500.0
 SEGMENT_MAX_GAP_S = 600.0
 
@@ -316,10 +314,11 @@ def symbols(depth: F64, acc: F64, active: BoolA) -> npt.NDArray[np.int8]:
     m = np.maximum(acc, MIN_MARGIN_M)
     wrong = depth >= m
     right = depth <= -m
-    deep = depth > np.maximum(DEEP_FACTOR * m, DEEP_MIN_M)
     weak = acc > MAX_OPEN_ACC_M
-    sym = np.where(wrong, np.where(weak, SYM_X, np.where(deep, SYM_D, SYM_W)),
-                   np.where(right, SYM_R, SYM_U))
+    # no single fix opens a violation, however deep (monitoring-rules.md, "Episodes"):
+    # the symbol D is never produced (the simulator's fixes are >= 15 s apart, its
+    # violations last minutes: two wrong-side fixes span the 30 s the rules ask for)
+    sym = np.where(wrong, np.where(weak, SYM_X, SYM_W), np.where(right, SYM_R, SYM_U))
     return np.where(active, sym, SYM_I).astype(np.int8)
 
 

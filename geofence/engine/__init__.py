@@ -7,7 +7,7 @@ helpers), `activity` (schedule lookups), `pairs` (candidate (fix, zone) pairs),
 (episodes, transitions, new states), `events` (no-fix events).
 """
 
-from geofence.engine.advance import advance
+from geofence.engine.advance import OutlierRanges, advance, advance_ex
 from geofence.engine.batch import FixBatch
 from geofence.engine.config import DEFAULT_CONFIG, GeofenceConfig
 from geofence.engine.events import close_inactive, open_at_window_start
@@ -16,7 +16,9 @@ __all__ = [
     "DEFAULT_CONFIG",
     "FixBatch",
     "GeofenceConfig",
+    "OutlierRanges",
     "advance",
+    "advance_ex",
     "close_inactive",
     "open_at_window_start",
 ]

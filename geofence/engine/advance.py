@@ -25,8 +25,11 @@ function over the frozen frames of `geofence.engine.frames`:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from geofence.confirm import confirm as confirm_runs
 from geofence.engine.activity import Activity
 from geofence.engine.batch import FixBatch
 from geofence.engine.config import DEFAULT_CONFIG, GeofenceConfig, executor
@@ -61,16 +64,22 @@ from geofence.engine.pairs import (
 from geofence.engine.segments import infer_crossings
 from geofence.episodes import (
     AT_APPROACH,
+    C1,
+    O1,
+    OUT_FIELDS,
     SYM_D,
     SYM_I,
-    SYM_R,
     SYM_U,
     SYM_W,
     EngineState,
     Transitions,
     scan_states,
 )
+from geofence.outliers import Carry, detect
 from geofence.registry import CaseZones
+
+#: Outlier ranges decided by a batch: (device_id, from_ms, to_ms), from <= ts < to.
+OutlierRanges = list[tuple[str, int, int]]
 
 
 def advance(
@@ -85,6 +94,88 @@ def advance(
     late fix, call again with the state saved before the late fix's time and the
     device's fixes from that time on.
     """
+    new, trans, _ = advance_ex(state, batch, zones, config)
+    return new, trans
+
+
+def advance_ex(
+    state: EngineState,
+    batch: FixBatch,
+    zones: CaseZones,
+    config: GeofenceConfig = DEFAULT_CONFIG,
+) -> tuple[EngineState, Transitions, OutlierRanges]:
+    """`advance`, also returning the outlier ranges the batch decided.
+
+    Fixes the kinematic rule holds suspect (`geofence.outliers`) are stored by the
+    caller but never evaluated: they neither open, close nor infer an episode, and the
+    device's last fix (the start of the next segment) stays the last accepted one. A
+    fix whose previous fix turned out a lone spike starts no segment from it.
+    """
+    n = len(batch)
+    if n == 0:
+        return state, Transitions.empty(), []
+    o = _device_order(batch)
+    d_s = batch.device[o]
+    starts = np.flatnonzero(np.concatenate(([True], d_s[1:] != d_s[:-1]))).astype(np.int64)
+    ids = batch.device_ids[d_s[starts]]
+    res = detect(starts, batch.ts[o], batch.lat[o], batch.lon[o], batch.acc[o],
+                 _carry_in(state, ids), config.outliers)
+    # the accepted fixes in arrival order (the engine orders them as `o` did, so the
+    # per-row flags, in (device, ts) order, stay aligned)
+    if res.suspect.any():
+        keep = np.flatnonzero(~res.suspect)
+        inner, lone = batch.select(np.sort(o[keep])), res.after_lone[keep]
+    else:
+        inner, lone = batch, res.after_lone
+    new, trans = _advance(state, inner, zones, config, lone if lone.any() else None)
+    new = _with_carry(new, state, ids, res.carry)
+    return new, trans, [(str(ids[g]), a, b) for g, a, b in res.ranges]
+
+
+def _device_order(batch: FixBatch) -> I64:
+    """(device, ts) order, stable, as `order_fixes` sorts (a counting sort by device of
+    a batch that arrives in time order)."""
+    ts, dev = batch.ts, batch.device
+    o_ts = np.argsort(ts, kind="stable") if np.any(ts[1:] < ts[:-1]) else None
+    o = argsort_int(dev if o_ts is None else dev[o_ts], max(len(batch.device_ids), 1))
+    return o if o_ts is None else o_ts[o]
+
+
+def _carry_in(state: EngineState, ids: np.ndarray) -> Carry:
+    c = Carry.empty(ids.size)
+    if state.o_id.size == 0:
+        return c
+    idx = state.out_index()
+    rows = np.fromiter((idx.get(d, -1) for d in ids.tolist()), np.int64, ids.size)
+    hit = np.flatnonzero(rows >= 0)
+    for k in OUT_FIELDS:
+        getattr(c, k)[hit] = state.col(f"o_{k}")[rows[hit]]
+    return c
+
+
+def _with_carry(new: EngineState, old: EngineState, ids: np.ndarray, carry: Carry
+                ) -> EngineState:
+    """``new`` with the outlier carry of ``ids`` replaced (others kept from ``old``)."""
+    cols = {k: v for k, v in new.columns().items() if not k.startswith("o_")}
+    # (np.isin on object arrays compares every pair: a dict lookup per stored row)
+    keep = lookup_ids({d: i for i, d in enumerate(ids.tolist())}, old.o_id) < 0
+    cols["o_id"] = np.concatenate((old.o_id[keep], ids))
+    for k in OUT_FIELDS:
+        cols[f"o_{k}"] = np.concatenate((old.col(f"o_{k}")[keep], getattr(carry, k)))
+    out = EngineState(cols)
+    out._ix = new._ix
+    return out
+
+
+def _advance(
+    state: EngineState,
+    batch: FixBatch,
+    zones: CaseZones,
+    config: GeofenceConfig = DEFAULT_CONFIG,
+    no_segment: np.ndarray | None = None,
+) -> tuple[EngineState, Transitions]:
+    """`advance` on the accepted fixes; ``no_segment``: per fix (in (device, ts)
+    order), no segment from its previous fix."""
     cfg = config
     if len(batch) == 0:
         return state, Transitions.empty()
@@ -95,6 +186,8 @@ def advance(
     fx = order_fixes(batch, cfg)
     seq = sequences(fx, nc)
     ext = extend_with_stored(state, batch, zones, cfg, fx, seq)
+    if no_segment is not None:
+        ext.prev[no_segment] = -1
     sd = stated_keys(state, zones, seq, ext.dmap, nz, nc)
     actv = batch_activity(state, zones, fx, ext, sd)
     pre = prefilter(zones, cfg, fx, seq, sd)
@@ -124,8 +217,8 @@ def advance(
     if pruned is None:
         return finish_empty(state, zones, batch, fx, seq, ext.drow)
     merged = with_resets(pruned, state, sd, seq, fx, actv)
-    scan = scan_rows(merged, state, sd)
-    return evidence(state, zones, batch, fx, seq, ext, sd.rows, merged, scan)
+    merged, scan = scan_rows(merged, state, sd, zones, seq, cfg)
+    return evidence(state, zones, batch, fx, seq, ext, sd.rows, merged, scan, cfg)
 
 
 # --------------------------------------------------------------------------- 0.-3. frames
@@ -430,15 +523,10 @@ def prune_rows(
     tie_s = r.tie[order]
     keep_r = (pos0 >= ftrig[np.cumsum(fst) - 1]) | (tie_s == 1)
     # Uncertain rows are identities (a window end between rows shows in the flip count
-    # of the next row; a trailing one gets an end row below) and a right-side fix after
-    # two right-side fixes in the same active stretch is a no-op (state C0 after R, R).
+    # of the next row; a trailing one gets an end row below). Right-side runs are kept
+    # whole: a closing needs its fixes to span `close_ms`.
     last_s = np.append(k_s[1:] != k_s[:-1], True)
     keep_r &= (sym_s != SYM_U) | (tie_s == 1) | last_s
-    if order.size > 2:
-        cnt_s = r.cnt[order]
-        rrr = (sym_s[2:] == SYM_R) & (sym_s[1:-1] == SYM_R) & (sym_s[:-2] == SYM_R)
-        rrr &= (k_s[2:] == k_s[:-2]) & (cnt_s[2:] == cnt_s[:-2])
-        keep_r[2:] &= ~rrr
     order = order[np.flatnonzero(keep_r)]
     if order.size == 0:
         return None
@@ -559,8 +647,12 @@ def with_resets(
     )
 
 
-def scan_rows(r: ScannedRows, state: EngineState, sd: Stated) -> Scan:
-    """Step 9d: a segment per key, its stored starting state, the state machine's scan."""
+def scan_rows(
+    r: ScannedRows, state: EngineState, sd: Stated, zones: CaseZones, seq: Sequences,
+    cfg: GeofenceConfig,
+) -> tuple[ScannedRows, Scan]:
+    """Step 9d: a segment per key, its stored starting state, the confirmations
+    (`geofence.confirm`), the state machine's scan."""
     first = run_starts(r.key)
     fpos = np.flatnonzero(first)
     srow_of_first = np.full(fpos.size, -1, dtype=np.int64)
@@ -577,5 +669,36 @@ def scan_rows(r: ScannedRows, state: EngineState, sd: Stated) -> Scan:
     if has_st.any():
         s0_seg[has_st] = state.status[sd.rows[srow_of_first[has_st]]]
     s0 = s0_seg[seg_id]
-    before, after = scan_states(r.sym, seg_start, s0)
-    return Scan(first, fpos, seg_start, seg_id, s0_seg, srow_of_first, before, after)
+    sym, run_n = _confirmations(cfg, zones, state, r, seq.dc_case, seg_start, seg_id, s0_seg,
+                                sd.rows, srow_of_first)
+    before, after = scan_states(sym, seg_start, s0)
+    r = replace(r, sym=sym)
+    return r, Scan(first, fpos, seg_start, seg_id, s0_seg, srow_of_first, before, after, run_n)
+
+
+def _confirmations(
+    cfg: GeofenceConfig, zones: CaseZones, state: EngineState, r: ScannedRows, dc_case: I64,
+    seg_start: I64, seg_id: I64, s0_seg: np.ndarray, s_rows: I64, srow_of_first: I64,
+) -> tuple[np.ndarray, I64]:
+    """Mark the wrong-side fixes that confirm an opening and the right-side fixes that
+    confirm a closing, with the runs the stored states carry."""
+    nseg = s0_seg.size
+    c_first = np.zeros(nseg, dtype=np.int64)
+    c_count = np.zeros(nseg, dtype=np.int64)
+    c_right = np.zeros(nseg, dtype=np.int64)
+    hs = np.flatnonzero(srow_of_first >= 0)
+    if hs.size:
+        sr = s_rows[srow_of_first[hs]]
+        c_first[hs] = state.f_ts[sr]
+        c_count[hs] = np.maximum(state.pend_n[sr], 1)
+        c_right[hs] = state.right_ts[sr]
+    case = dc_case[r.dc]
+    n_open = zones.confirm_n[case]
+    n_open = np.where(n_open >= 0, n_open, cfg.confirm_points)
+    t_open = zones.confirm_ms[case]
+    t_open = np.where(t_open >= 0, t_open, cfg.confirm_ms)
+    return confirm_runs(
+        r.sym, r.ts, seg_start, (s0_seg == C1)[seg_id], c_first[seg_id], c_count[seg_id],
+        (s0_seg == O1)[seg_id], c_right[seg_id], n_open, t_open, cfg.close_points,
+        cfg.close_ms,
+    )

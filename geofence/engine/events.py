@@ -9,7 +9,7 @@ import numpy as np
 
 from geofence.engine.activity import Activity
 from geofence.engine.config import DEFAULT_CONFIG, GeofenceConfig
-from geofence.engine.evidence import EP_NAMES
+from geofence.engine.evidence import EP_NAMES, out_cols
 from geofence.engine.kernels import objs
 from geofence.episodes import AT_LEFT, K_CLOSE, K_OPEN, O0, EngineState, Fix, Transitions
 from geofence.registry import CaseZones
@@ -74,6 +74,7 @@ def close_inactive(
     cols = {k2: state.col(k2)[keep] for k2 in EP_NAMES}
     for k2 in ("d_id", "d_case", "d_ts", "d_lat", "d_lon", "d_acc"):
         cols[k2] = state.col(k2)
+    cols.update(out_cols(state))
     return EngineState(cols), trans
 
 
@@ -143,6 +144,11 @@ def open_at_window_start(
         "started": window_start_ms,
         "right_ts": -1,
         "last_ts": window_start_ms,
+        "pend_n": 0,
+        "b_ts": -1,
+        "b_lat": 0.0,
+        "b_lon": 0.0,
+        "b_acc": 0.0,
     }
     for k in EP_NAMES:
         v = np.empty(1, dtype=cols[k].dtype)
@@ -150,6 +156,7 @@ def open_at_window_start(
         cols[k] = np.concatenate((cols[k], v))
     for k2 in ("d_id", "d_case", "d_ts", "d_lat", "d_lon", "d_acc"):
         cols[k2] = state.col(k2)
+    cols.update(out_cols(state))
     one = {
         "kind": np.array([K_OPEN], np.int8),
         "atype": np.array([AT_LEFT], np.int8),

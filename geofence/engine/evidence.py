@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geofence.engine.batch import FixBatch
+from geofence.engine.config import GeofenceConfig
 from geofence.engine.frames import Extended, Fixes, Scan, ScannedRows, Sequences
 from geofence.engine.kernels import F64, I8, I64, BoolA, obj, order_by
 from geofence.episodes import (
@@ -19,13 +20,17 @@ from geofence.episodes import (
     K_UPDATE,
     O0,
     O1,
+    OUT_FIELDS,
     SYM_D,
     SYM_I,
+    SYM_R,
+    SYM_RC,
     SYM_W,
     SYM_X,
     EngineState,
     Transitions,
 )
+from geofence.geometry import haversine_m
 from geofence.registry import CaseZones
 
 _ATYPE = np.array([AT_LEFT, AT_ENTERED, AT_APPROACH, AT_APPROACH], dtype=np.int8)
@@ -77,7 +82,17 @@ EP_NAMES = (
     "started",
     "right_ts",
     "last_ts",
+    "pend_n",
+    "b_ts",
+    "b_lat",
+    "b_lon",
+    "b_acc",
 )
+
+
+def out_cols(state: EngineState) -> dict[str, np.ndarray]:
+    """The outlier carry columns, unchanged."""
+    return {k: state.col(k) for k in ("o_id", *(f"o_{f}" for f in OUT_FIELDS))}
 
 
 def finish_empty(
@@ -86,6 +101,7 @@ def finish_empty(
     """No key changed: same episodes, updated device table."""
     cols = {k: state.col(k) for k in EP_NAMES}
     cols.update(_device_table(state, zones, batch, fx, seq, drow))
+    cols.update(out_cols(state))
     new = EngineState(cols)
     new._ix = state._ix
     return new, Transitions.empty()
@@ -106,6 +122,7 @@ class FixPool:
     st_maxd: F64
     st_started: I64
     st_right: I64
+    st_before: I64  # the fix before a stored pending run (-1: none)
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,13 +158,15 @@ def evidence(
     s_rows: I64,
     r: ScannedRows,
     scan: Scan,
+    cfg: GeofenceConfig,
 ) -> tuple[EngineState, Transitions]:
     """Episodes, transitions and new states from the scanned rows."""
     pool = fix_pool(state, ext, s_rows, scan)
     eps = episodes(r, scan, pool)
     atype = _atype(zones, r.zone, r.t)
-    trans = transitions(zones, batch, seq, r, scan, pool, eps, atype)
-    new = new_states(state, zones, batch, fx, seq, ext.drow, r, scan, pool, eps, atype)
+    tra = transits(cfg, zones, r, scan, pool, eps, ext.prev)
+    trans = transitions(zones, batch, seq, r, scan, pool, eps, atype, tra)
+    new = new_states(state, zones, batch, fx, seq, ext, r, scan, pool, eps, atype)
     return new, trans
 
 
@@ -163,10 +182,12 @@ def fix_pool(state: EngineState, ext: Extended, s_rows: I64, scan: Scan) -> FixP
     used = np.flatnonzero(seg_srow >= 0)
     ur = seg_srow[used]
     nu = ur.size
-    p_ts = np.concatenate((ets, state.f_ts[ur], state.l_ts[ur]))
-    p_lat = np.concatenate((elat, state.f_lat[ur], state.l_lat[ur]))
-    p_lon = np.concatenate((elon, state.f_lon[ur], state.l_lon[ur]))
-    p_acc = np.concatenate((eacc, state.f_acc[ur], state.l_acc[ur]))
+    p_ts = np.concatenate((ets, state.f_ts[ur], state.l_ts[ur], state.b_ts[ur]))
+    p_lat = np.concatenate((elat, state.f_lat[ur], state.l_lat[ur], state.b_lat[ur]))
+    p_lon = np.concatenate((elon, state.f_lon[ur], state.l_lon[ur], state.b_lon[ur]))
+    p_acc = np.concatenate((eacc, state.f_acc[ur], state.l_acc[ur], state.b_acc[ur]))
+    st_before = np.full(nseg, -1, dtype=np.int64)
+    st_before[used] = np.where(state.b_ts[ur] >= 0, ne + 2 * nu + np.arange(nu), -1)
     st_first = np.full(nseg, -1, dtype=np.int64)
     st_last = np.full(nseg, -1, dtype=np.int64)
     st_first[used] = ne + np.arange(nu)
@@ -178,8 +199,54 @@ def fix_pool(state: EngineState, ext: Extended, s_rows: I64, scan: Scan) -> FixP
     st_right = np.full(nseg, -1, dtype=np.int64)
     st_right[used] = state.right_ts[ur]
     return FixPool(
-        p_ts, p_lat, p_lon, p_acc, seg_srow, st_first, st_last, st_maxd, st_started, st_right
+        p_ts, p_lat, p_lon, p_acc, seg_srow, st_first, st_last, st_maxd, st_started, st_right,
+        st_before,
     )
+
+
+def transits(
+    cfg: GeofenceConfig, zones: CaseZones, r: ScannedRows, scan: Scan, pool: FixPool,
+    eps: Episodes, prev: I64,
+) -> tuple[I64, I64, I64, F64]:
+    """Passing through: a pending run (wrong-side fixes that did not confirm) of an
+    exclusion zone ended by a right-side fix, where the fix before the run, the run's
+    first fix and the closing fix are at most `segment_max_gap_ms` apart, both legs have
+    a plausible speed and the path goes on (the straight line from before to after is
+    at least half the way through the run's first fix: no spike out and back). An
+    inferred crossing, like a segment through the zone. Returns (rows, first fix,
+    closing fix, depth)."""
+    sym, fix, depth = r.sym, r.fix, r.depth
+    before, after = scan.before, scan.after
+    cand = (before == C1) & (after == 0) & ((sym == SYM_R) | (sym == SYM_RC)) & (r.t == 0)
+    cand &= zones.store.kind_excl[r.zone]
+    rows = np.flatnonzero(cand)
+    e = np.zeros(0, np.int64)
+    if rows.size == 0:
+        return e, e, e, np.zeros(0)
+    pr = eps.lc1[rows]
+    inb = pr >= scan.seg_start[rows]
+    seg = scan.seg_id[rows]
+    f1 = np.where(inb, fix[np.maximum(pr, 0)], pool.st_first[seg])
+    dep = np.where(inb, depth[np.maximum(pr, 0)], pool.st_maxd[seg])
+    b = np.where(inb, np.where(f1 < prev.size, prev[np.minimum(f1, prev.size - 1)], -1),
+                 pool.st_before[seg])
+    nf = fix[rows]
+    p_ts, p_lat, p_lon, p_acc = pool.ts, pool.lat, pool.lon, pool.acc
+    ok = (b >= 0) & (f1 >= 0)
+    b0, f0 = np.maximum(b, 0), np.maximum(f1, 0)
+    ok &= p_ts[nf] - p_ts[b0] <= cfg.segment_max_gap_ms
+    m_b = np.maximum(p_acc[b0], cfg.min_margin_m)
+    m_f = np.maximum(p_acc[f0], cfg.min_margin_m)
+    m_n = np.maximum(p_acc[nf], cfg.min_margin_m)
+    d_bf = haversine_m(p_lat[b0], p_lon[b0], p_lat[f0], p_lon[f0])
+    d_fn = haversine_m(p_lat[f0], p_lon[f0], p_lat[nf], p_lon[nf])
+    d_bn = haversine_m(p_lat[b0], p_lon[b0], p_lat[nf], p_lon[nf])
+    v1 = np.maximum(d_bf - m_b - m_f, 0) / np.maximum((p_ts[f0] - p_ts[b0]) / 1000, 1.0)
+    v2 = np.maximum(d_fn - m_f - m_n, 0) / np.maximum((p_ts[nf] - p_ts[f0]) / 1000, 1.0)
+    ok &= (v1 <= cfg.segment_max_speed_mps) & (v2 <= cfg.segment_max_speed_mps)
+    ok &= d_bn >= 0.5 * (d_bf + d_fn)
+    k = np.flatnonzero(ok)
+    return rows[k], f1[k], nf[k], dep[k]
 
 
 def episodes(r: ScannedRows, scan: Scan, pool: FixPool) -> Episodes:
@@ -264,6 +331,7 @@ def transitions(
     pool: FixPool,
     eps: Episodes,
     atype: I8,
+    tra: tuple[I64, I64, I64, F64],
 ) -> Transitions:
     """Opens, closes, updates and inferred crossings, in time order."""
     sym, depth, fix, rts, dc, zone = r.sym, r.depth, r.fix, r.ts, r.dc, r.zone
@@ -406,6 +474,13 @@ def transitions(
         nrow * 4 + 1,
     )
 
+    # Transits: inferred crossings too (see `transits`).
+    trow, t_f1, t_n, t_dep = tra
+    if trow.size:
+        for kind, off in ((K_OPEN, 0), (K_CLOSE, 1)):
+            emit(kind, trow, rts[trow], p_ts[t_f1], p_ts[t_n], t_dep, t_f1, t_n, True,
+                 trow * 4 + off)
+
     cat = {k: np.concatenate(v) for k, v in tr.items()}
     rows = cat["row"]
     tdc = dc[rows]
@@ -448,7 +523,7 @@ def new_states(
     batch: FixBatch,
     fx: Fixes,
     seq: Sequences,
-    drow: I64,
+    ext: Extended,
     r: ScannedRows,
     scan: Scan,
     pool: FixPool,
@@ -479,15 +554,22 @@ def new_states(
     n_maxd = np.empty(keep_seg.size)
     n_started = np.empty(keep_seg.size, dtype=np.int64)
     n_right = np.full(keep_seg.size, -1, dtype=np.int64)
+    n_b = np.full(keep_seg.size, -1, dtype=np.int64)  # the fix before the pending run
+    prev = ext.prev
     pend_m = fs_ == C1
     pl = lc1[lr]
     pin_m = pend_m & (pl >= seg_start[lr])
     pin = np.flatnonzero(pin_m)
     n_f[pin] = fix[pl[pin]]
     n_maxd[pin] = depth[pl[pin]]
+    fin_ = n_f[pin]
+    n_b[pin] = np.where(fin_ < prev.size, prev[np.minimum(fin_, prev.size - 1)], -1)
     pst = np.flatnonzero(pend_m & ~pin_m)
     n_f[pst] = st_first[keep_seg[pst]]
     n_maxd[pst] = st_maxd[keep_seg[pst]]
+    n_b[pst] = pool.st_before[keep_seg[pst]]
+    has_b = n_b >= 0
+    nb_ = np.maximum(n_b, 0)
     pend = np.flatnonzero(pend_m)
     n_l[pend] = n_f[pend]
     n_started[pend] = p_ts[n_f[pend]]
@@ -526,8 +608,13 @@ def new_states(
         "started": np.concatenate((state.started[ut], n_started)),
         "right_ts": np.concatenate((state.right_ts[ut], n_right)),
         "last_ts": np.concatenate((state.last_ts[ut], rts[lr])),
+        "pend_n": np.concatenate((state.pend_n[ut], np.where(fs_ == C1, scan.run_n[lr], 0))),
+        "b_ts": np.concatenate((state.b_ts[ut], np.where(has_b, p_ts[nb_], -1))),
+        "b_lat": np.concatenate((state.b_lat[ut], p_lat[nb_])),
+        "b_lon": np.concatenate((state.b_lon[ut], p_lon[nb_])),
+        "b_acc": np.concatenate((state.b_acc[ut], p_acc[nb_])),
     }
-    new_cols.update(_device_table(state, zones, batch, fx, seq, drow))
+    new_cols.update(_device_table(state, zones, batch, fx, seq, ext.drow))
     new = EngineState(new_cols)
     if state._ix is not None and state._ix[0] is zones.token:
         new._ix = (

@@ -182,3 +182,4 @@ class Scan:
     srow_of_first: I64
     before: I8
     after: I8
+    run_n: I64  # per row: wrong-side fixes of its pending run (what a pending state keeps)

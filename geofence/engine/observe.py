@@ -14,7 +14,7 @@ import numpy as np
 from geofence.engine.config import GeofenceConfig
 from geofence.engine.frames import Fixes, Pairs
 from geofence.engine.kernels import I8, BoolA
-from geofence.episodes import SYM_D, SYM_R, SYM_U, SYM_W, SYM_X
+from geofence.episodes import SYM_R, SYM_U, SYM_W, SYM_X
 from geofence.geometry import ZoneStore
 
 
@@ -31,9 +31,9 @@ def _symbols(wrong: BoolA, right: BoolA, weak: BoolA, deep: BoolA) -> I8:
 def _sym_table() -> I8:
     t = np.empty(16, dtype=np.int8)
     for k in range(16):
-        wrong, right, weak, deep = k >> 3 & 1, k >> 2 & 1, k >> 1 & 1, k & 1
-        if wrong:
-            t[k] = SYM_X if weak else (SYM_D if deep else SYM_W)
+        wrong, right, weak = k >> 3 & 1, k >> 2 & 1, k >> 1 & 1  # bit 0 (deep): unused
+        if wrong:  # no single fix opens, however deep: confirmation marks D later
+            t[k] = SYM_X if weak else SYM_W
         else:
             t[k] = SYM_R if right else SYM_U
     return t

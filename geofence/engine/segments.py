@@ -7,7 +7,7 @@ import numpy as np
 from geofence.engine.activity import Activity
 from geofence.engine.config import GeofenceConfig
 from geofence.engine.kernels import F64, I64, at2, in_sorted, nonzero2, take_rows
-from geofence.geometry import M_PER_DEG
+from geofence.geometry import M_PER_DEG, haversine_m
 from geofence.registry import CaseZones
 
 
@@ -49,12 +49,20 @@ def infer_crossings(
     if b.size == 0:
         return empty
     a = np.take(prev, b)
+    # a plausible speed between the two fixes (beyond both margins)
+    sdt = np.maximum((ets[b] - ets[a]) / 1000.0, 1.0)
+    seg_len = haversine_m(elat[a], elon[a], elat[b], elon[b])
+    plaus = np.maximum(seg_len - em[a] - em[b], 0.0) / sdt <= cfg.segment_max_speed_mps
+    b, a, seg_len = b[plaus], a[plaus], seg_len[plaus]
+    if b.size == 0:
+        return empty
     # Entering deeper than M with both ends outside by their margins needs a segment
     # longer than m_a + m_b + 2 M (a cheap cut for dense, slow trajectories). The
     # east-west scale uses the largest cos(lat) of the batch: the length is
     # overestimated, so the cut never drops a candidate.
     ema, emb = np.take(em, a), np.take(em, b)
-    mm = np.maximum(ema, emb)
+    # a long chord strays from a curved path: it must pass deeper (segment_depth_per_m)
+    mm = np.maximum(np.maximum(ema, emb), cfg.segment_depth_per_m * seg_len)
     la_a, la_b = np.take(elat, a), np.take(elat, b)
     dy = (la_b - la_a) * M_PER_DEG
     kx = M_PER_DEG * float(np.cos(np.radians(np.abs(elat).min())))

@@ -13,6 +13,8 @@ from probation.api import (
     cases,
     dead_letters,
     devices,
+    investigations,
+    reports,
     subjects,
     tracks,
     users,
@@ -24,7 +26,8 @@ from probation.idempotency import IdempotencyMiddleware
 #: Every resource's router, in the order of the OpenAPI document.
 ROUTERS: tuple[APIRouter, ...] = (
     auth.router, users.router, subjects.router, cases.router, devices.router, zones.router,
-    tracks.router, alerts.router, audit.router, dead_letters.router,
+    tracks.router, alerts.router, audit.router, dead_letters.router, investigations.router,
+    reports.router,
 )
 
 

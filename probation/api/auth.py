@@ -77,7 +77,8 @@ def login(
     throttle, address = throttle_of(request, settings), client_address(request, settings)
     wait = throttle.wait(username, address, time.monotonic())
     if wait > 0:
-        raise TooManyRequests(retry_after=int(wait))
+        raise TooManyRequests("too_many_attempts", headers={"Retry-After": str(max(1, int(wait)))},
+                              retry_after=max(1, int(wait)))
     try:
         user = auth.authenticate(session, username=username, password=password, totp_code=totp,
                                  totp_key=settings.resolved_totp_key())

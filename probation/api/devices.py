@@ -2,26 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from devices.models import DeviceKind
-from probation.deps import AdminUser, Idempotent, ScopeDep, SessionDep, VisibleCase
+from probation.deps import AdminUser, ContextDep, Idempotent, ScopeDep, SessionDep, VisibleCase
 from probation.desk import inventory as service
-from probation.desk.models import AssignmentCreate, AssignmentPublic, DeviceCreate, DevicePublic
+from probation.desk.models import (
+    AssignmentCreate,
+    AssignmentPublic,
+    DeviceCreate,
+    DeviceCreated,
+    DeviceCredentials,
+    DevicePublic,
+)
 from probation.errors import problem_responses
 from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["devices"])
 
 
-@router.post("/devices", response_model=DevicePublic, status_code=201,
-             summary="Register a device (admin)",
+def _broker_learns(session: SessionDep, ctx: ContextDep, response: Response) -> None:
+    """Commit, then give the broker the new credentials (its password file, reloaded).
+    The response carries a secret: never cached, never stored for an idempotent replay."""
+    session.commit()
+    response.headers["Cache-Control"] = "no-store"
+    if ctx.broker_accounts is not None:
+        try:
+            ctx.broker_accounts.sync()
+        except Exception:  # committed: the next start or registration syncs it
+            log.exception("the broker's accounts were not updated")
+
+
+@router.post("/devices", response_model=DeviceCreated, status_code=201,
+             summary="Register a device (admin); its broker credentials are shown once",
              responses=problem_responses(401, 403, 409, 422), dependencies=[Idempotent])
-def create_device(session: SessionDep, actor: AdminUser, body: DeviceCreate) -> DevicePublic:
-    return service.create_device(session, data=body, actor_id=actor.id)
+def create_device(session: SessionDep, ctx: ContextDep, actor: AdminUser, body: DeviceCreate,
+                  response: Response) -> DeviceCreated:
+    created = service.create_device(session, data=body, actor_id=actor.id)
+    _broker_learns(session, ctx, response)
+    return created
+
+
+@router.post("/devices/{device_id}/mqtt-credentials", response_model=DeviceCredentials,
+             summary="Issue a new broker password for a device (admin); the old one stops "
+             "working", responses=problem_responses(401, 403, 404, 422),
+             dependencies=[Idempotent])
+def rotate_credentials(session: SessionDep, ctx: ContextDep, actor: AdminUser,
+                       device_id: uuid.UUID, response: Response) -> DeviceCredentials:
+    credentials = service.rotate_credentials(session, device_id=device_id, actor_id=actor.id)
+    _broker_learns(session, ctx, response)
+    return credentials
 
 
 @router.get(

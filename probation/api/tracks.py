@@ -22,7 +22,8 @@ router = APIRouter(prefix="/cases/{case_id}", tags=["tracks"])
     "/track", response_model=TrackCollection, summary="The track as GeoJSON",
     responses=problem_responses(401, 404, 422),
     description="The fixes of [from, to) (default: the last 24 hours) as a FeatureCollection: "
-    "a LineString, then one Point per kept fix with `ts`, `acc` and `crossing`. Thinned to "
+    "a LineString, then one Point per kept fix with `ts`, `acc`, `crossing` and `outlier` (a fix "
+    "the kinematic rule found impossible: shown, not on the line, never deciding). Thinned to "
     "`max_points` keeping the first and last fixes and the fixes around zone crossings.",
 )
 def track(

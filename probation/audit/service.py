@@ -121,9 +121,9 @@ def key_for(session: Session) -> bytes:
     engine = _engine_of(session)
     key = _KEYS.get(engine)
     if key is None:
-        from probation.settings import get_settings
+        from probation.settings import Settings
 
-        key = _KEYS[engine] = get_settings().resolved_audit_key()
+        key = _KEYS[engine] = Settings().resolved_audit_key()
     return key
 
 

@@ -1,7 +1,8 @@
 """The caseload scope: which cases a user may see, and to whom they may give one.
 
 Visibility lives here and only here (no web framework: services and routes both use
-it). Officer: their own cases; supervisor: their own and their officers'; admin: all.
+it). Officer: their own cases; supervisor: their own and their officers'; admin: all;
+investigator: none (they search by place and time, `probation.investigations`).
 `CaseScope` renders that rule as a SQLAlchemy clause or a SQL fragment, and every
 case-scoped route and service filters through it. A case outside the scope is a 404,
 exactly like a case that does not exist.
@@ -13,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, true
+from sqlalchemy import ColumnElement, false, or_, true
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -49,6 +50,8 @@ class CaseScope:
             return true()
         if self.role == Role.SUPERVISOR:
             return column.in_(self.officers())  # type: ignore[no-any-return]
+        if self.role == Role.INVESTIGATOR:
+            return false()
         return column == self.user_id  # type: ignore[no-any-return]
 
     def case_ids(self) -> SelectOfScalar[uuid.UUID]:
@@ -62,6 +65,8 @@ class CaseScope:
         if self.role == Role.SUPERVISOR:
             return (f"({officer_expr} = :scope_uid OR {officer_expr} IN "
                     "(SELECT id FROM users WHERE supervisor_id = :scope_uid))")
+        if self.role == Role.INVESTIGATOR:
+            return "FALSE"
         return f"{officer_expr} = :scope_uid"
 
     @property

@@ -285,8 +285,3 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
     return out
 
-
-def visible_case_ids(session: Session, scope: CaseScope) -> list[uuid.UUID]:
-    """The ids of every case in scope (small sets: a supervisor's team)."""
-    return list(session.exec(scope.case_ids()))
-

@@ -36,6 +36,32 @@ def bench_geofence(
     main(argv)
 
 
+@bench_app.command("realgps")
+def bench_realgps(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Also write the results here.")
+    ] = Path("bench-results/realgps.json"),
+    data: Annotated[
+        Path | None, typer.Option(help="The development set (CSV files, gzip or not). Default: "
+                                  "the shared/realgps folder beside the repository.")
+    ] = None,
+    files: Annotated[
+        list[str] | None, typer.Option("--file", help="Only these files (name or stem).")
+    ] = None,
+) -> None:
+    """The monitoring rules on real recorded GPS through broker, ingest and database:
+    false alarms per person-day, duplicates, recall and delay per source."""
+    from bench.realgps import main
+
+    quiet()
+    argv = ["--json", str(json_path)]
+    if data is not None:
+        argv += ["--data", str(data)]
+    if files:
+        argv += ["--files", *files]
+    main(argv)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     json_path: Annotated[
@@ -72,11 +98,23 @@ def bench_ingest(
         float, typer.Option(help="--geofence: also publish live at this many msgs/s (0: no).")
     ] = 10_000.0,
     live_seconds: Annotated[float, typer.Option(help="--geofence: length of the live run.")] = 30.0,
+    alert_latency: Annotated[
+        bool, typer.Option(help="Instead: publish → committed alert at idle (target p99 <= "
+                           "300 ms), against publish → stored fix in the same run.")
+    ] = False,
+    repetitions: Annotated[int, typer.Option(help="--alert-latency: repetitions.")] = 100,
 ) -> None:
     """Throughput and latency of ingestion through a real broker into the real database."""
     from bench.ingest import BenchConfig, run_ingest_bench
 
     quiet()
+    if alert_latency:
+        from bench.alert_latency import AlertLatencyConfig, run_alert_latency_bench
+
+        emit_result(run_alert_latency_bench(
+            AlertLatencyConfig(repetitions=repetitions, durable=durable), out=typer.echo,
+        ), json_path)
+        return
     if geofence:
         from bench.ingest_geofence import GeofenceBenchConfig, run_geofence_bench
 
@@ -148,7 +186,8 @@ def bench_api(
                            "production); --no-durable turns them off.")
     ] = True,
 ) -> None:
-    """Caseload page (p99 <= 50 ms) and alert acknowledgement (p99 <= 30 ms) under load."""
+    """Caseload page (p99 <= 50 ms), alert acknowledgement (p99 <= 30 ms) and a week's
+    track (median <= 150 ms, against an hour of it) under load."""
     from bench.api import ApiBenchConfig, run_api_bench
 
     quiet()
@@ -220,3 +259,31 @@ def bench_soak(
     emit_result(result, json_path, echo=False)
     if not (result.get("score", {}).get("bar", {}).get("passed") and result.get("memory_flat")):
         raise typer.Exit(1)
+
+
+@bench_app.command("investigations")
+def bench_investigations(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")]
+    = Path("bench-results/investigations.json"),
+    cases: Annotated[int, typer.Option(help="Cases, one bracelet each, a week of fixes.")] = 2000,
+    interval_s: Annotated[float, typer.Option(help="Seconds between a person's fixes (240: "
+                          "5,040,000 fixes for 2,000 cases).")] = 240.0,
+    queries: Annotated[int, typer.Option(help="Timed queries of each kind.")] = 50,
+    check: Annotated[int, typer.Option(help="Queries of each kind compared with a brute-force "
+                     "scan over every fix.")] = 5,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 1,
+    database_url: Annotated[str | None, typer.Option(help="A throwaway database (default: a "
+                            "private PostgreSQL, TimescaleDB when installed).")] = None,
+) -> None:
+    """Proximity searches (500 m x 1 h, 2 km x 24 h) on a week of fixes, p50/p99, with and
+    without a (lat, lon) index, answers checked against a brute-force scan."""
+    from bench.investigations import main
+
+    quiet()
+    argv = ["--cases", str(cases), "--interval-s", str(interval_s), "--queries", str(queries),
+            "--check", str(check), "--seed", str(seed)]
+    if database_url:
+        argv += ["--database-url", database_url]
+    if json_path is not None:
+        argv += ["--json", str(json_path)]
+    main(argv)

@@ -25,9 +25,10 @@ def db_upgrade(revision: str = "head") -> None:
     try:
         upgrade(rt.database_url, revision)
         from probation.audit.service import ensure_keyed
+        from probation.runtime.embedded import redact
 
         ensure_keyed(rt.database_url, settings)  # an unkeyed chain is re-chained (recorded)
-        typer.echo(f"database at revision {revision}: {rt.database_url}")
+        typer.echo(f"database at revision {revision}: {redact(rt.database_url)}")
     finally:
         rt.stop()
 
@@ -35,7 +36,7 @@ def db_upgrade(revision: str = "head") -> None:
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Option(help="Login name.")],
-    role: Annotated[str, typer.Option(help="officer, supervisor or admin.")],
+    role: Annotated[str, typer.Option(help="officer, supervisor, admin or investigator.")],
     password: Annotated[str | None, typer.Option(help="Password (prompted if not given).")] = None,
     supervisor: Annotated[str | None, typer.Option(help="Username of the officer's supervisor.")] = None,
     full_name: Annotated[str, typer.Option(help="Full name.")] = "",

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -51,7 +52,8 @@ def _on_term(stop: object) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _run_uvicorn(fastapi_app: object, host: str, port: int) -> None:
+def _run_uvicorn(fastapi_app: object, host: str, port: int, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> None:
     """Run uvicorn until SIGTERM/SIGINT, then return (so the caller can stop its parts).
 
     uvicorn re-raises the captured signal after its own shutdown, which would kill the
@@ -73,7 +75,11 @@ def _run_uvicorn(fastapi_app: object, host: str, port: int) -> None:
                 for s, h in old.items():
                     signal.signal(s, h)
 
-    config = uvicorn.Config(fastapi_app, host=host, port=port, log_level="info", access_log=False)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        fastapi_app, host=host, port=port, log_level="info", access_log=False,  # type: ignore[arg-type]
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )
     Server(config).run()
 
 
@@ -81,8 +87,9 @@ class Service:
     """What `serve` runs in one process (and `demo` reuses): the embedded servers where no
     URLs are set, the migrations, the FastAPI app, the ingest worker and the scheduler."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, gateways: dict[str, str] | None = None) -> None:
         self.settings = settings
+        self.gateways = gateways or {}
         self.rt: Any = None
         self.app: Any = None
         self.worker: Any = None
@@ -97,12 +104,12 @@ class Service:
         from probation.runtime.workers import build_ingestion
 
         settings = self.settings
-        rt = self.rt = start_embedded(settings)
+        rt = self.rt = start_embedded(settings, gateways=self.gateways)
         try:
             upgrade(rt.database_url)
-            self.app = create_app(settings, database_url=rt.database_url, mqtt_url=rt.mqtt_url)
-            if not settings.mqtt_url:  # the embedded broker speaks MQTT 3.1.1
-                settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})
+            rt.sync_broker_accounts()  # the devices' credentials, now that the table has them
+            self.app = create_app(settings, database_url=rt.database_url, mqtt_url=rt.mqtt_url,
+                                  broker_accounts=rt.broker)
             self.worker = build_ingestion(
                 settings, database_url=rt.database_url, mqtt_url=rt.mqtt_url
             )
@@ -132,12 +139,52 @@ def start_service(settings: Settings) -> Service:
     return Service(settings).start()
 
 
-def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+def _simulator_gateway() -> dict[str, str]:
+    from probation.runtime.embedded import SIMULATOR_USER
+
+    return {SIMULATOR_USER: "The simulator (`probation demo`, `probation simulate`) "
+                            "publishes for every simulated device."}
+
+
+def start_demo_service(settings: Settings) -> Service:
+    """The service with a gateway account for the simulator on the embedded broker."""
+    return Service(settings, gateways=_simulator_gateway()).start()
+
+
+TlsCertOpt = Annotated[Path | None, typer.Option(
+    help="Server certificate chain (PEM): HTTPS for the API (and MQTT over TLS for the "
+    "embedded broker).")]
+TlsKeyOpt = Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")]
+
+
+def _check_plain(host: str, what: str, tls: bool) -> None:
+    from devices.broker import is_loopback
+
+    if not tls and not is_loopback(host):
+        log.warning("%s listens on %s without TLS: passwords and data cross the network in "
+                    "clear (give --tls-cert/--tls-key)", what, host)
+
+
+def serve(
+    host: HostOpt = "127.0.0.1", port: PortOpt = 8000,
+    mqtt_host: Annotated[str | None, typer.Option(
+        help="Where the embedded broker listens for devices (default PROBATION_MQTT_HOST, "
+        "127.0.0.1).")] = None,
+    tls_cert: TlsCertOpt = None, tls_key: TlsKeyOpt = None,
+) -> None:
     """API, ingestion worker and scheduler in one process (embedded servers if no URLs)."""
     check_port(host, port)
     settings = load_settings()
+    overrides = {k: v for k, v in {"mqtt_host": mqtt_host, "tls_cert": tls_cert,
+                                   "tls_key": tls_key}.items() if v is not None}
+    settings = settings.model_copy(update=overrides)
+    tls = settings.tls_cert is not None and settings.tls_key is not None
+    _check_plain(host, "the API", tls)
+    if not settings.mqtt_url:
+        _check_plain(settings.mqtt_host, "the embedded MQTT broker", tls)
     t0 = time.monotonic()
-    svc = Service(settings)
+    svc = Service(settings, gateways=_simulator_gateway() if settings.mqtt_simulator_account
+                  else None)
     try:
         svc.start()
         rt = svc.rt
@@ -146,34 +193,46 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             from probation.users.bootstrap import ensure_embedded_admin
 
             login = ensure_embedded_admin(rt.database_url, settings)
+        from probation.runtime.embedded import redact
+
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        scheme = "https" if tls else "http"
         lines = [
-            f"API:      http://{shown}:{port}/api/v1",
-            f"Docs:     http://{shown}:{port}/docs",
-            f"Database: {rt.database_url}",
-            f"Broker:   {rt.mqtt_url} (topic prefix {settings.mqtt_prefix})",
+            f"API:      {scheme}://{shown}:{port}/api/v1",
+            f"Docs:     {scheme}://{shown}:{port}/docs",
+            f"Database: {redact(rt.database_url)}",
+            f"Broker:   {redact(rt.mqtt_url)} (topic prefix {settings.mqtt_prefix})",
             f"Data dir: {settings.data_dir}",
             *rt.notes,
+            *(f"Simulator account: {redact(url)} (password in "
+              f"{settings.secret_file('mqtt_' + name)})" for name, url in rt.gateway_urls.items()),
             *([login] if login else []),
             f"ready to start the API after {time.monotonic() - t0:.2f} s",
         ]
         for line in lines:
             typer.echo(line, err=True)
-        _run_uvicorn(svc.app, host, port)
+        _run_uvicorn(svc.app, host, port, settings.tls_cert if tls else None,
+                     settings.tls_key if tls else None)
     finally:
         svc.stop()
         log.info("serve stopped")
 
 
-def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
-    """The HTTP API alone (production)."""
+def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000, tls_cert: TlsCertOpt = None,
+        tls_key: TlsKeyOpt = None) -> None:
+    """The HTTP API alone (production). HTTPS with PROBATION_TLS_CERT/KEY or the options."""
     from probation.app import create_app
 
     settings = load_settings()
     db = require(settings.database_url, "DATABASE_URL")
     mq = require(settings.mqtt_url, "MQTT_URL")
     check_port(host, port)
-    _run_uvicorn(create_app(settings, database_url=db, mqtt_url=mq), host, port)
+    cert, key = tls_cert or settings.tls_cert, tls_key or settings.tls_key
+    if (cert is None) != (key is None):
+        typer.echo("HTTPS needs both a certificate and its key", err=True)
+        raise typer.Exit(2)
+    _check_plain(host, "the API", cert is not None)
+    _run_uvicorn(create_app(settings, database_url=db, mqtt_url=mq), host, port, cert, key)
 
 
 def ingest(

@@ -121,7 +121,7 @@ def demo(
                            "before scoring.")] = 45.0,
 ) -> None:
     """The service (embedded servers, own data dir) plus the simulator, with live figures."""
-    from probation.cli.serve import start_service
+    from probation.cli.serve import start_demo_service
     from simulator.demo import DemoOptions, run_demo
 
     quiet()
@@ -129,6 +129,6 @@ def demo(
         DemoOptions(people=people, speed=speed, duration_s=duration, fix_interval_s=fix_interval,
                     seed=seed, host=host, port=port, keep_serving=keep_serving,
                     score_after_s=score_after),
-        start_service=start_service,
+        start_service=start_demo_service,
     )
     raise typer.Exit(code)

@@ -16,11 +16,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from db.types import utcnow
+from devices import mqtt_auth
 from devices.models import Device, DeviceAssignment, DeviceKind
 from probation.audit import service as audit
 from probation.cases.models import Case, CaseStatus
 from probation.cases.scope import CaseScope
-from probation.desk.models import AssignmentPublic, DeviceCreate, DevicePublic
+from probation.desk.models import (
+    AssignmentPublic,
+    DeviceCreate,
+    DeviceCreated,
+    DeviceCredentials,
+    DevicePublic,
+)
 from probation.errors import Conflict, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_text
 
@@ -52,10 +59,21 @@ def _public(device: Device, case_id: uuid.UUID | None) -> DevicePublic:
     return DevicePublic.model_validate(device, update={"current_case_id": case_id})
 
 
-def create_device(session: Session, *, data: DeviceCreate, actor_id: uuid.UUID) -> DevicePublic:
+def _issue_credentials(device: Device) -> DeviceCredentials:
+    """A new broker password for `device`: its hash is stored, the password returned once."""
+    password = mqtt_auth.new_password()
+    device.mqtt_password_hash = mqtt_auth.hash_password(password)
+    device.mqtt_password_set_at = utcnow()
+    return DeviceCredentials(device_id=device.id, mqtt_username=device.serial,
+                             mqtt_password=password, issued_at=device.mqtt_password_set_at)
+
+
+def create_device(session: Session, *, data: DeviceCreate, actor_id: uuid.UUID) -> DeviceCreated:
+    """Register a device and issue its broker credentials."""
     if session.exec(select(Device.id).where(Device.serial == data.serial)).first():
         raise Conflict("serial_taken", serial=data.serial)
     device = Device(serial=data.serial, kind=data.kind, model=data.model, firmware=data.firmware)
+    credentials = _issue_credentials(device)
     session.add(device)
     try:
         session.flush()
@@ -63,7 +81,22 @@ def create_device(session: Session, *, data: DeviceCreate, actor_id: uuid.UUID) 
         raise Conflict("serial_taken", serial=data.serial) from None
     audit.record(session, user_id=actor_id, action="device.create", resource="device",
                  resource_id=device.id, detail={"serial": device.serial, "kind": device.kind})
-    return _public(device, None)
+    return DeviceCreated(**_public(device, None).model_dump(), credentials=credentials)
+
+
+def rotate_credentials(session: Session, *, device_id: uuid.UUID,
+                       actor_id: uuid.UUID) -> DeviceCredentials:
+    """Replace a device's broker password (the old one stops working once the broker has
+    reloaded its accounts)."""
+    device = session.exec(select(Device).where(Device.id == device_id).with_for_update()).first()
+    if device is None:
+        raise NotFound()
+    credentials = _issue_credentials(device)
+    session.add(device)
+    session.flush()
+    audit.record(session, user_id=actor_id, action="device.rotate_credentials",
+                 resource="device", resource_id=device.id, detail={"serial": device.serial})
+    return credentials
 
 
 def list_devices(

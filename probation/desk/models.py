@@ -38,6 +38,20 @@ class DevicePublic(SQLModel):
     updated_at: datetime
 
 
+class DeviceCredentials(SQLModel):
+    """A device's broker login, shown once: only its hash is kept."""
+
+    device_id: uuid.UUID
+    mqtt_username: str = PydField(description="The device's serial.")
+    mqtt_password: str = PydField(description="Shown only in this response; store it on the "
+                                  "device. Lost: rotate it.")
+    issued_at: datetime
+
+
+class DeviceCreated(DevicePublic):
+    credentials: DeviceCredentials
+
+
 class AssignmentCreate(SQLModel):
     device_id: uuid.UUID
 

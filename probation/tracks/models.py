@@ -27,7 +27,8 @@ class TrackFeature(BaseModel):
 
 class TrackCollection(BaseModel):
     """The track: a LineString feature (properties: case_id, from, to, fixes, points)
-    followed by one Point feature per kept fix (properties: ts, acc, and `crossing`)."""
+    followed by one Point feature per kept fix (properties: ts, acc, `crossing` and
+    `outlier`)."""
 
     type: Literal["FeatureCollection"] = "FeatureCollection"
     features: list[TrackFeature]

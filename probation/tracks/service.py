@@ -40,10 +40,11 @@ TRACK_SQL = """
 SELECT array_send(coalesce(array_agg((extract(epoch FROM f.ts) * 1000000)::int8), '{}'::int8[])),
        array_send(coalesce(array_agg(f.lat), '{}'::float8[])),
        array_send(coalesce(array_agg(f.lon), '{}'::float8[])),
-       array_send(coalesce(array_agg(f.acc::float8), '{}'::float8[]))
+       array_send(coalesce(array_agg(f.acc::float8), '{}'::float8[])),
+       array_send(coalesce(array_agg(f.outlier::int::int8), '{}'::int8[]))
 FROM device_assignments da
 CROSS JOIN LATERAL (
-  SELECT f.ts, f.lat, f.lon, f.acc FROM fixes f
+  SELECT f.ts, f.lat, f.lon, f.acc, f.outlier FROM fixes f
   WHERE f.device_id = da.device_id AND f.ts >= %(from)s AND f.ts < %(to)s
     AND f.ts >= da.assigned_at AND (da.unassigned_at IS NULL OR f.ts < da.unassigned_at)
   ORDER BY f.ts
@@ -141,19 +142,25 @@ def case_track(
         row = cur.fetchone()
     assert row is not None
     ts_us = from_array_send(row[0], "int8")
-    lat, lon, acc = (from_array_send(v, "float8") for v in row[1:])
+    lat, lon, acc = (from_array_send(v, "float8") for v in row[1:4])
+    outlier = from_array_send(row[4], "int8").astype(bool)
     if len(ts_us) > 1 and not np.all(ts_us[1:] >= ts_us[:-1]):  # several assignments
         order = np.argsort(ts_us, kind="stable")
         ts_us, lat, lon, acc = ts_us[order], lat[order], lon[order], acc[order]
+        outlier = outlier[order]
     audit.record(session, user_id=user_id, action="track.read", resource="track",
                  resource_id=case_id, case_id=case_id,
                  detail={"from": start.isoformat(), "to": end.isoformat(), "fixes": len(ts_us)})
-    crossing = _crossings(session, case_id, lat, lon)
+    # Outliers (monitoring-rules.md) are points of their own, marked, always kept; the
+    # line and the crossings go through the other fixes only.
+    good = np.flatnonzero(~outlier)
+    crossing = np.zeros(len(lat), dtype=bool)
+    crossing[good] = _crossings(session, case_id, lat[good], lon[good])
     if len(lat):
         lat0 = float(np.mean(lat))
         x = lon * (111_320.0 * math.cos(math.radians(lat0)))
         y = lat * 110_540.0
-        kept = thin(x, y, crossing, max_points)
+        kept = thin(x, y, crossing | outlier, max_points)
     else:
         kept = np.zeros(0, dtype=np.int64)
     stamps = np.datetime_as_string(ts_us[kept].astype("datetime64[us]"), unit="ms", timezone="UTC")
@@ -161,7 +168,8 @@ def case_track(
     k_lat = lat[kept].tolist()
     k_acc = acc[kept].tolist()
     k_cross = crossing[kept].tolist()
-    coords = [[a, b] for a, b in zip(k_lon, k_lat, strict=True)]
+    k_out = outlier[kept].tolist()
+    coords = [[a, b] for a, b, o in zip(k_lon, k_lat, k_out, strict=True) if not o]
     line: dict[str, Any] = {
         "type": "Feature",
         # RFC 7946: a LineString has two or more positions
@@ -171,7 +179,8 @@ def case_track(
     }
     points = [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [a, b]},
-         "properties": {"ts": str(t), "acc": c, "crossing": cr}}
-        for a, b, t, c, cr in zip(k_lon, k_lat, stamps.tolist(), k_acc, k_cross, strict=True)
+         "properties": {"ts": str(t), "acc": c, "crossing": cr, "outlier": o}}
+        for a, b, t, c, cr, o in zip(k_lon, k_lat, stamps.tolist(), k_acc, k_cross, k_out,
+                                     strict=True)
     ]
     return orjson.dumps({"type": "FeatureCollection", "features": [line, *points]})

@@ -23,6 +23,7 @@ class Role(StrEnum):
     OFFICER = "officer"
     SUPERVISOR = "supervisor"
     ADMIN = "admin"
+    INVESTIGATOR = "investigator"  # proximity searches only; no caseload
 
 
 class User(SQLModel, table=True):

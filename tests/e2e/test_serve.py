@@ -54,9 +54,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) (\S+): ", re.M)
 
 
+def _database_url(log: Path) -> str:
+    """The URL the last start printed (never with its password: that is in the data dir)."""
+    printed = re.findall(r"Database: (postgresql://\S+)", log.read_text())[-1]
+    assert "***" in printed  # the banner never shows the database password
+    data_dir = Path(re.findall(r"Data dir: (\S+)", log.read_text())[-1])
+    return printed.replace("***", (data_dir / "postgres" / "password").read_text().strip())
+
+
 def _wait_for_scheduler_runs(log: Path, job: str, n: int) -> None:
     """Until the scheduler ran `job` n times (so the log had the chance to fill)."""
-    url = re.findall(r"Database: (postgresql://\S+)", log.read_text())[-1]
+    url = _database_url(log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with psycopg.connect(url) as c:
@@ -108,8 +116,7 @@ def test_serve_embedded_starts_and_keeps_data_across_restarts(tmp_path: Path) ->
 
     proc, second_start = _start(data_dir, port, log)
     try:
-        m = re.findall(r"Database: (postgresql://\S+)", log.read_text())
-        with psycopg.connect(m[-1]) as c:
+        with psycopg.connect(_database_url(log)) as c:
             users = {r[0] for r in c.execute("SELECT username FROM users")}
         assert users == {"admin", "officer1"}
     finally:

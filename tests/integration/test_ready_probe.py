@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import pytest
 
 from db.server import free_port
-from devices.broker import EmbeddedBroker
+from devices.broker import EmbeddedMosquitto, Mosquitto
 from probation.app import broker_reachable
 
 
@@ -22,16 +21,26 @@ def test_probe_says_no_when_nothing_listens() -> None:
     assert time.monotonic() - t0 < 2
 
 
-def test_probe_makes_the_embedded_broker_log_no_error(caplog: pytest.LogCaptureFixture) -> None:
-    broker = EmbeddedBroker(port=free_port())
-    broker.start()
-    try:
-        with caplog.at_level(logging.INFO, logger="amqtt"):
+def test_probe_makes_the_embedded_broker_log_no_error() -> None:
+    """The embedded broker of `serve` (mosquitto, authenticated): the probe logs in with
+    the backend's account and leaves no error in the broker's log; a wrong password is a
+    'not ready'."""
+    from tests.security.brokers import private_dir
+
+    if not Mosquitto.available():
+        pytest.skip("needs mosquitto")
+    with private_dir() as tmp:
+        broker = EmbeddedMosquitto(data_dir=tmp / "mq", backend_password="backend-pw",
+                                   port=free_port())
+        broker.start()
+        try:
             for _ in range(3):
                 assert broker_reachable(broker.url) is True
-            time.sleep(0.3)  # the broker handles the disconnects in its own thread
-    finally:
-        broker.stop()
-    noisy = [r for r in caplog.records
-             if r.name.startswith("amqtt") and r.levelno >= logging.WARNING]
-    assert noisy == [], [r.getMessage() for r in noisy]
+            assert broker_reachable(broker.url.replace("backend-pw", "wrong")) is False
+            time.sleep(0.3)
+            log = (tmp / "mq" / "mosquitto.log").read_text()
+        finally:
+            broker.stop()
+    errors = [line for line in log.splitlines()
+              if "error" in line.lower() and "message_size_limit" not in line]
+    assert errors == [], errors

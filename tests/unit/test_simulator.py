@@ -29,7 +29,6 @@ from simulator.violations import (
     C0,
     C1,
     O0,
-    SYM_D,
     SYM_I,
     SYM_R,
     SYM_U,
@@ -116,7 +115,8 @@ def test_rule_symbols_follow_the_monitoring_rules() -> None:
     depth = np.array([-50.0, -5, 5, 30, 150, 30, 2000, 30])
     acc = np.array([20.0, 8, 8, 20, 20, 20, 1500, 20])
     active = np.array([True] * 7 + [False])
-    assert symbols(depth, acc, active).tolist() == [SYM_R, SYM_U, SYM_U, SYM_W, SYM_D, SYM_W,
+    # 150 m deep is W, not an opening of its own: no single fix opens a violation
+    assert symbols(depth, acc, active).tolist() == [SYM_R, SYM_U, SYM_U, SYM_W, SYM_W, SYM_W,
                                                    SYM_X, SYM_I]
 
 
@@ -148,14 +148,15 @@ def test_curfew_opens_after_two_definite_fixes_even_with_uncertain_ones_between(
     assert ev.home.state[0] == O0
 
 
-def test_a_right_side_fix_breaks_the_run_and_a_deep_fix_opens_alone() -> None:
+def test_a_right_side_fix_breaks_the_run_and_a_deep_fix_does_not_open_alone() -> None:
     ev, p = _evaluator()
     _step(ev, p, NIGHT, 260, 20)
     _step(ev, p, NIGHT + 60, 50, 20)  # R
     assert ev.home.state[0] == C0
     assert _step(ev, p, NIGHT + 120, 260, 20) == []
     ev2, p2 = _evaluator()
-    assert len(_step(ev2, p2, NIGHT, 200 + 150, 20)) == 1  # depth 150 > max(60, 100)
+    assert _step(ev2, p2, NIGHT, 200 + 150, 20) == []  # 150 m deep: still one fix
+    assert len(_step(ev2, p2, NIGHT + 60, 200 + 150, 20)) == 1
 
 
 def test_cell_fixes_never_open_and_the_day_resets() -> None:

@@ -15,14 +15,14 @@
   audit entry.
 
 Revision ID: 0021
-Revises: 0006
+Revises: 0017
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0021"
-down_revision = "0006"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from geofence.geometry import M_PER_DEG, CompiledZone, ZoneStore
+from geofence.geometry import M_PER_DEG, CompiledZone, ZoneStore, haversine_m
+from geofence.outliers import Carry, detect
 
 LAT0, LON0 = 43.24, 76.92
 KX = M_PER_DEG * math.cos(math.radians(LAT0))
@@ -118,6 +119,9 @@ class _Key:
     last_ts: int | None = None
     last_active: bool = False
     evidence_since_report: bool = False
+    n: int = 0  # fixes of the pending run
+    before: RefFix | None = None  # the device's fix before the pending run
+    rn: int = 0  # right-side fixes of the closing run
 
 
 def _fixd(f: RefFix) -> dict[str, Any]:
@@ -133,10 +137,19 @@ class Reference:
         *,
         min_margin: float = 10.0,
         gap_ms: int = 600_000,
+        confirm_points: int = 2,
+        confirm_ms: int = 30_000,
+        close_points: int = 2,
+        close_ms: int = 60_000,
+        max_speed: float = 45.0,
     ) -> None:
         self.cases = cases
         self.min_margin = min_margin
         self.gap_ms = gap_ms
+        self.confirm_points, self.confirm_ms = confirm_points, confirm_ms
+        self.close_points, self.close_ms = close_points, close_ms
+        self.max_speed = max_speed
+        self.carry: dict[str, Carry] = {}
         zones = {z.zone_id: z.compiled for _, zs in cases.values() for z in zs}
         self._zidx = {zid: i for i, zid in enumerate(zones)}
         # Same distance function as the engine (float32 kernel): the geometry itself is
@@ -172,15 +185,12 @@ class Reference:
         if typ == 1:
             wrong = m <= d <= b - m
             right = d >= b + m
-            depth = b - d
         elif z.compiled.kind == "exclusion":
-            wrong, right, depth = d <= -m, d >= m, -d
+            wrong, right = d <= -m, d >= m
         else:
-            wrong, right, depth = d >= m, d <= -m, d
+            wrong, right = d >= m, d <= -m
         if wrong:
-            if acc > 500:
-                return "X"
-            return "D" if depth > max(3 * m, 100.0) else "W"
+            return "X" if acc > 500 else "W"  # no single fix opens, however deep
         return "R" if right else "U"
 
     def dist(self, z: RefZone, lat: Any, lon: Any) -> np.ndarray:
@@ -211,11 +221,52 @@ class Reference:
             best = max(best, float(sample(tt).max()))
         return best
 
+    def _suspects(self, fixes: Sequence[RefFix]) -> tuple[set[int], set[int]]:
+        """Indices of the fixes the kinematic outlier rule holds suspect (per device), and
+        of those whose previous fix it found a lone spike."""
+        out: set[int] = set()
+        lone: set[int] = set()
+        by_dev: dict[str, list[int]] = {}
+        for i in sorted(range(len(fixes)), key=lambda i: (fixes[i].ts, i)):
+            by_dev.setdefault(fixes[i].device, []).append(i)
+        for dev, idx in by_dev.items():
+            cols = [np.array([getattr(fixes[i], k) for i in idx]) for k in ("ts", "lat", "lon",
+                                                                            "acc")]
+            res = detect(np.zeros(1, np.int64), cols[0].astype(np.int64), cols[1], cols[2],
+                         cols[3], self.carry.get(dev))
+            self.carry[dev] = res.carry
+            out |= {i for i, s in zip(idx, res.suspect.tolist(), strict=True) if s}
+            lone |= {i for i, s in zip(idx, res.after_lone.tolist(), strict=True) if s}
+        return out, lone
+
+    def _transit(self, emit: Any, key: Any, z: RefZone, st: _Key, f: RefFix) -> None:
+        """A pending run ended by a right-side fix while passing through: inferred."""
+        b, f1 = st.before, st.first
+        if b is None or f1 is None or f.ts - b.ts > self.gap_ms:
+            return
+
+        def mg(x: RefFix) -> float:
+            return max(x.acc, self.min_margin)
+
+        def dist(x: RefFix, y: RefFix) -> float:
+            return float(haversine_m(x.lat, x.lon, y.lat, y.lon))
+
+        v1 = max(dist(b, f1) - mg(b) - mg(f1), 0) / max((f1.ts - b.ts) / 1000, 1.0)
+        v2 = max(dist(f1, f) - mg(f1) - mg(f), 0) / max((f.ts - f1.ts) / 1000, 1.0)
+        if v1 > self.max_speed or v2 > self.max_speed:
+            return
+        if dist(b, f) < 0.5 * (dist(b, f1) + dist(f1, f)):
+            return
+        for kind in ("open", "close"):
+            emit(kind, key, z, f.ts, st, ended=f.ts, inferred=True, first=f1, last=f,
+                 maxd=st.maxd, started=f1.ts)
+
     def run(self, fixes: Sequence[RefFix]) -> list[dict[str, Any]]:
         """Process one batch; returns transition dicts (like `Transitions.records`)."""
         out: list[dict[str, Any]] = []
         order = sorted(range(len(fixes)), key=lambda i: (fixes[i].ts, i))
         touched: set[tuple[str, str, str, int]] = set()
+        suspect, lone = self._suspects(fixes)
 
         def emit(
             kind: str,
@@ -258,6 +309,8 @@ class Reference:
 
         for i in order:
             f = fixes[i]
+            if i in suspect:  # outliers (and fixes not yet decided) never decide
+                continue
             tz, zones = self.cases[f.case]
             m = max(f.acc, self.min_margin)
             prev = self.last_fix.get(f.device)
@@ -268,6 +321,14 @@ class Reference:
                 and prev.acc <= 500
                 and f.acc <= 500
             )
+            if i in lone:  # the fix before was a lone spike: no segment from it
+                prev = None
+                seg_ok = False
+            if seg_ok:
+                assert prev is not None
+                dist = float(haversine_m(prev.lat, prev.lon, f.lat, f.lon))
+                eff = max(dist - max(prev.acc, self.min_margin) - m, 0.0)
+                seg_ok = eff / max((f.ts - prev.ts) / 1000, 1.0) <= self.max_speed
             for z in zones:
                 cz = z.compiled
                 types = [0, 1] if cz.kind == "exclusion" and cz.buffer_m > 0 else [0]
@@ -293,8 +354,10 @@ class Reference:
                             and self._first_inactive(z, tz, prev.ts, f.ts) is None
                         )
                         if same_stretch and dp >= mp and d >= m:
-                            depth = self._seg_depth(z, prev, f, max(m, mp))
-                            if depth > max(m, mp):
+                            chord = float(haversine_m(prev.lat, prev.lon, f.lat, f.lon))
+                            need = max(m, mp, 0.1 * chord)
+                            depth = self._seg_depth(z, prev, f, need)
+                            if depth > need:
                                 emit(
                                     "open",
                                     key,
@@ -329,22 +392,26 @@ class Reference:
                     depth = self._depth(z, d, typ)
                     s = st.status
                     if s < 2:
-                        if sym == "D" or (sym == "W" and s == 1):
-                            if s == 1:
-                                assert st.first is not None
+                        if sym == "W":
+                            if s == 0:
+                                st.status, st.first, st.maxd, st.n = 1, f, depth, 0
+                                st.before = prev if prev is not None and prev.case == f.case \
+                                    else None
+                            st.n += 1
+                            assert st.first is not None
+                            if (st.n >= self.confirm_points
+                                    and f.ts - st.first.ts >= self.confirm_ms):
                                 first, base = st.first, st.maxd
-                            else:
-                                first, base = f, -math.inf
-                            st.status, st.first, st.last = 2, first, f
-                            st.maxd = max(base, depth)
-                            st.started = first.ts
-                            st.right_ts = -1
-                            emit("open", key, z, f.ts, st)
-                            st.evidence_since_report = False
-                            touched.add(key)
-                        elif sym == "W":
-                            st.status, st.first, st.maxd = 1, f, depth
+                                st.status, st.first, st.last = 2, first, f
+                                st.maxd = max(base, depth)
+                                st.started = first.ts
+                                st.right_ts = -1
+                                emit("open", key, z, f.ts, st)
+                                st.evidence_since_report = False
+                                touched.add(key)
                         elif sym == "R":
+                            if s == 1 and typ == 0 and cz.kind == "exclusion":
+                                self._transit(emit, key, z, st, f)
                             self.keys[key] = _Key(last_ts=f.ts, last_active=True)
                     else:
                         if sym in ("W", "D", "X"):
@@ -355,9 +422,9 @@ class Reference:
                             touched.add(key)
                         elif sym == "R":
                             if s == 2:
-                                st.status = 3
-                                st.right_ts = f.ts
-                            else:
+                                st.status, st.right_ts, st.rn = 3, f.ts, 0
+                            st.rn += 1
+                            if st.rn >= self.close_points and f.ts - st.right_ts >= self.close_ms:
                                 emit("close", key, z, f.ts, st, ended=st.right_ts)
                                 self.keys[key] = _Key(last_ts=f.ts, last_active=True)
             self.last_fix[f.device] = f

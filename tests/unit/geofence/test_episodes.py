@@ -6,28 +6,41 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence.episodes import C0, C1, O0, O1, SYM_D, SYM_I, SYM_R, SYM_U, SYM_W, SYM_X, scan_states
+from geofence.episodes import (
+    C0,
+    C1,
+    O0,
+    O1,
+    SYM_D,
+    SYM_I,
+    SYM_R,
+    SYM_RC,
+    SYM_U,
+    SYM_W,
+    SYM_X,
+    scan_states,
+)
 
 
 def step(s: int, sym: int) -> int:
-    if sym == SYM_I:
+    if sym in (SYM_I, SYM_RC):  # reset, or a confirmed closing
         return C0
     if sym == SYM_U:
         return s
-    if sym == SYM_D:
+    if sym == SYM_D:  # a confirmed opening
         return O0
-    if sym == SYM_W:
-        return C1 if s == C0 else O0
+    if sym == SYM_W:  # pending until confirmed; keeps an open episode open
+        return C1 if s < O0 else O0
     if sym == SYM_X:
         return s if s < O0 else O0
-    assert sym == SYM_R
-    return O1 if s == O0 else C0
+    assert sym == SYM_R  # starts or continues a closing; resets a pending run
+    return O1 if s >= O0 else C0
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     seqs=st.lists(
-        st.tuples(st.sampled_from([C0, C1, O0, O1]), st.lists(st.integers(0, 5), max_size=40)),
+        st.tuples(st.sampled_from([C0, C1, O0, O1]), st.lists(st.integers(0, 6), max_size=40)),
         min_size=1,
         max_size=12,
     )

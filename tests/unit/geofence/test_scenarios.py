@@ -254,8 +254,10 @@ def test_zone_becoming_inactive_closes_inclusion_episode() -> None:
 
 def test_approach_buffer() -> None:
     reg = world(buffer_m=150.0)
-    # Stand 100 m outside the victim zone (in the 150 m buffer) for a while, then leave.
-    pts = walk(T_DAY, [(1700, 0)] * 6 + [(1000, 0)] * 3, acc=10.0)
+    # Stand 100 m outside the victim zone (in the 150 m buffer) for a while, then walk
+    # away (closing needs two fixes outside the ring spanning 60 s).
+    pts = walk(T_DAY, [(1700, 0)] * 6 + line((1700, 0), (1000, 0), 8) + [(1000, 0)] * 3,
+               acc=10.0)
     _, trs = run(reg, pts)
     got = kinds(trs)
     assert got.count(("open", "exclusion_zone_approach")) == 1
@@ -278,9 +280,11 @@ def test_curfew_start_with_last_fix_outside() -> None:
         last_fix=Fix(start - 60_000, float(la), float(lo), 10.0),
     )
     assert kinds(list(trs)) == [("open", "inclusion_zone_left")]
-    # Later fixes outside update it (no second open), coming home closes it.
+    # Later fixes outside update it (no second open), coming home closes it (two fixes
+    # inside spanning 60 s).
     st, trs2 = run(
-        reg, walk(datetime(2026, 6, 15, 17, 5, tzinfo=UTC), [(400, 0)] * 3 + [(0, 0)] * 2), st
+        reg, walk(datetime(2026, 6, 15, 17, 5, tzinfo=UTC),
+                  [(400, 0)] * 3 + line((400, 0), (0, 0), 6) + [(0, 0)] * 3), st
     )
     assert kinds(trs2) == [("close", "inclusion_zone_left")]
     assert trs2[0].started_at == start

@@ -1,0 +1,84 @@
+"""Confirmation of openings and closings ("N points / T seconds"), vectorised.
+
+The episode state machine (`geofence.episodes`) only knows symbols. Whether a
+wrong-side fix confirms an opening depends on the run it belongs to: the consecutive
+definite wrong-side fixes of its key since the last right-side fix or zone reset
+(uncertain fixes, outliers and imprecise wrong-side fixes neither count nor break a
+run). A wrong-side fix confirms when its run holds at least ``n_open`` fixes spanning
+at least ``t_open_ms``; a right-side fix confirms a closing when its run of right-side
+fixes holds at least ``n_close`` fixes spanning ``t_close_ms``. Runs may have started
+in an earlier batch: the stored state carries the pending run (first fix, count) and
+the closing run (first right-side fix).
+
+Rows are sorted by key, then time; ``seg_start[i]`` is the first row of row i's key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from geofence.episodes import SYM_D, SYM_I, SYM_R, SYM_RC, SYM_W, SYM_X
+
+I64 = npt.NDArray[np.int64]
+I8 = npt.NDArray[np.int8]
+BoolA = npt.NDArray[np.bool_]
+
+
+def _runs(member: BoolA, breaker: BoolA, seg_start: I64) -> tuple[I64, I64, BoolA]:
+    """Per row: position of the first member of its run, members so far in the run,
+    and whether the run reaches back to the start of the key's rows (no breaker before).
+    """
+    n = member.shape[0]
+    pos = np.arange(n, dtype=np.int64)
+    lb = np.maximum.accumulate(np.where(breaker, pos, -1))
+    lb = np.maximum(lb, seg_start - 1)  # the last breaker of the same key, or before it
+    reaches_start = lb < seg_start
+    cm = np.cumsum(member, dtype=np.int64)
+    cm0 = np.concatenate(([0], cm))
+    count = cm - cm0[lb + 1]
+    # first member at or after each position (reverse running minimum)
+    nxt = np.where(member, pos, n)
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    first = nxt[np.minimum(lb + 1, n - 1)] if n else nxt
+    return first, count, reaches_start
+
+
+def confirm(
+    sym: I8,
+    ts: I64,
+    seg_start: I64,
+    carried_pending: BoolA,
+    carried_first_ts: I64,
+    carried_count: I64,
+    carried_closing: BoolA,
+    carried_right_ts: I64,
+    n_open: I64,
+    t_open_ms: I64,
+    n_close: int,
+    t_close_ms: int,
+) -> tuple[I8, I64]:
+    """Symbols with confirmations marked (W -> D opens, R -> RC closes) and the
+    wrong-side run count per row (what a pending state stores).
+
+    ``carried_*`` are per row (the value of the row's key, used where the run reaches
+    back to the key's first row); ``n_open``/``t_open_ms`` per row (per case).
+    """
+    out = sym.copy()
+    if sym.shape[0] == 0:
+        return out, np.zeros(0, np.int64)
+    w = (sym == SYM_W) | (sym == SYM_D)
+    first, count, back = _runs(w, (sym == SYM_R) | (sym == SYM_I), seg_start)
+    start_ts = np.where(count > 0, ts[np.minimum(first, ts.shape[0] - 1)], ts)
+    carry = back & carried_pending
+    count = count + np.where(carry, carried_count, 0)
+    start_ts = np.where(carry, carried_first_ts, start_ts)
+    out[w & (count >= n_open) & (ts - start_ts >= t_open_ms)] = SYM_D
+    r = sym == SYM_R
+    rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | (sym == SYM_I), seg_start)
+    rstart = np.where(rcount > 0, ts[np.minimum(rfirst, ts.shape[0] - 1)], ts)
+    rcarry = rback & carried_closing
+    rcount = rcount + rcarry.astype(np.int64)
+    rstart = np.where(rcarry, carried_right_ts, rstart)
+    out[r & (rcount >= n_close) & (ts - rstart >= t_close_ms)] = SYM_RC
+    return out, count

@@ -1,0 +1,344 @@
+"""Kinematic outliers: fixes a person cannot have made, decided without looking ahead.
+
+Real receivers report single fixes hundreds of metres away with a small `acc` and
+short clusters that jump out and back faster than anyone moves (monitoring-rules.md,
+"Outliers"). This module flags them from kinematics alone, vectorised over a batch
+of fixes sorted by (device, ts), with a small per-device carry between batches.
+
+Speed of a leg (two consecutive fixes) is judged on its *effective* distance, the
+distance minus both fixes' margins ``max(acc, 10 m)``. A leg is a *jump* when that
+speed exceeds what the person could reach from their previous speed:
+
+    allowed = min(v_max, max(v_free, v_prev + accel * dt / 2))
+
+(``v_prev``: the raw speed of the leg before; ``accel * dt / 2``: the average speed
+gained over ``dt`` at ``accel`` from there). Below ``v_free`` a leg is always
+plausible, above ``v_max`` never. A jump starts a *suspect run*; its fixes do not
+count (they neither open, close nor infer an episode) until either
+
+- a fix is plausible again from the *anchor* (the last accepted fix before the
+  jump): the run was an excursion out and back, its fixes are outliers (a single-fix
+  run is the spike of the contract), the returning fix is accepted; or
+- the run lasts ``settle_s``: it is where the person is (a relocation after a gap,
+  a train); its fixes from then on count, the earlier ones never do, none is an
+  outlier.
+
+Decisions are causal: a fix's suspect flag depends only on fixes before it, so the
+engine needs no look-ahead and late uploads replay deterministically. Only the stored
+outlier flag is decided later (at the return), as a range ``[since, returned)``.
+
+The loop below runs per *jump* (rare: well under 1 % of legs on real tracks), never
+per fix; everything per fix is numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from geofence.geometry import M_PER_DEG, haversine_m
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+BoolA = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class OutlierConfig:
+    """Thresholds (defaults fitted on the real-GPS development set, see README)."""
+
+    v_free_mps: float = 10.0
+    v_max_mps: float = 45.0
+    accel_mps2: float = 0.75
+    settle_s: float = 300.0
+    min_margin_m: float = 10.0
+
+
+DEFAULT_OUTLIER_CONFIG = OutlierConfig()
+
+
+@dataclass(eq=False)
+class Carry:
+    """Per-device context between batches (one row per device group).
+
+    ``prev_*``: the device's last fix and the raw speed of the leg that reached it
+    (``has_prev`` False: none). ``since``: start (epoch ms) of the suspect run the
+    device is in, 0 when none; ``anc_*``: that run's anchor.
+    """
+
+    has_prev: BoolA
+    prev_ts: I64
+    prev_lat: F64
+    prev_lon: F64
+    prev_m: F64
+    prev_v: F64
+    since: I64
+    has_pp: BoolA
+    pp_ts: I64
+    pp_lat: F64
+    pp_lon: F64
+    pp_m: F64
+    anc_ts: I64
+    anc_lat: F64
+    anc_lon: F64
+    anc_m: F64
+    anc_v: F64
+
+    @classmethod
+    def empty(cls, groups: int) -> Carry:
+        z = np.zeros(groups, dtype=np.float64)
+        zi = np.zeros(groups, dtype=np.int64)
+        return cls(np.zeros(groups, dtype=bool), zi.copy(), z.copy(), z.copy(), z.copy(),
+                   z.copy(), zi.copy(), np.zeros(groups, dtype=bool), zi.copy(), z.copy(),
+                   z.copy(), z.copy(), zi.copy(), z.copy(), z.copy(), z.copy(), z.copy())
+
+    def copy(self) -> Carry:
+        return Carry(*(np.array(getattr(self, f)) for f in _CARRY_FIELDS))
+
+
+_CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_v", "since",
+                 "has_pp", "pp_ts", "pp_lat", "pp_lon", "pp_m",
+                 "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v")
+
+
+@dataclass(eq=False)
+class OutlierResult:
+    suspect: BoolA  # per row: does not count (suspect at evaluation time)
+    outlier: BoolA  # per row: decided outlier within this batch (the return was seen)
+    #: per row: the fix before it was found a lone spike at this row (no segment from it)
+    after_lone: BoolA
+    #: decided outlier ranges per group: (group, from_ms, to_ms) with from <= ts < to;
+    #: `from` may lie before the batch (a run carried in)
+    ranges: list[tuple[int, int, int]]
+    carry: Carry
+
+
+def _planar_m(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
+    """Distance (m) in a local equirectangular frame: within 0.1 % of the great circle
+    for the legs that matter (under ~10 km); far legs only ever compare as "far"."""
+    dy = (lat2 - lat1) * M_PER_DEG
+    dx = (lon2 - lon1) * (M_PER_DEG * np.cos(np.radians(lat2)))
+    out: F64 = np.sqrt(dx * dx + dy * dy)
+    return out
+
+
+def _allowed(v_prev: F64 | np.float64, dt_s: F64, cfg: OutlierConfig) -> F64:
+    return np.minimum(cfg.v_max_mps,
+                      np.maximum(cfg.v_free_mps, v_prev + cfg.accel_mps2 * dt_s * 0.5))
+
+
+def _eff_speed(dist: F64, m1: F64 | np.float64, m2: F64, dt_s: F64) -> F64:
+    return np.maximum(dist - m1 - m2, 0.0) / dt_s
+
+
+def detect(
+    starts: I64,
+    ts: I64,
+    lat: F64,
+    lon: F64,
+    acc: F64,
+    carry: Carry | None = None,
+    cfg: OutlierConfig = DEFAULT_OUTLIER_CONFIG,
+) -> OutlierResult:
+    """Suspect and outlier flags of rows sorted by (device, ts).
+
+    ``starts``: index of the first row of each device group (ascending, ``starts[0]
+    == 0`` when there are rows); ``carry``: one entry per group (``None``: nothing
+    known before this batch). Returns the flags and the carry after the batch.
+    """
+    n = ts.shape[0]
+    g_n = starts.shape[0]
+    c = carry.copy() if carry is not None else Carry.empty(g_n)
+    suspect = np.zeros(n, dtype=bool)
+    outlier = np.zeros(n, dtype=bool)
+    after_lone = np.zeros(n, dtype=bool)
+    ranges: list[tuple[int, int, int]] = []
+    if n == 0:
+        return OutlierResult(suspect, outlier, after_lone, ranges, c)
+    m = np.clip(acc, cfg.min_margin_m, np.inf)  # np.maximum(a, scalar) is ~3x slower
+    # previous fix of each row: the row before in its group, else the carried one
+    p_ts = np.empty(n, dtype=np.int64)
+    p_lat = np.empty(n)
+    p_lon = np.empty(n)
+    p_m = np.empty(n)
+    p_ts[1:], p_lat[1:], p_lon[1:], p_m[1:] = ts[:-1], lat[:-1], lon[:-1], m[:-1]
+    p_ts[starts], p_lat[starts], p_lon[starts] = c.prev_ts, c.prev_lat, c.prev_lon
+    p_m[starts] = c.prev_m
+    has_p = np.ones(n, dtype=bool)
+    has_p[starts] = c.has_prev
+    dt = np.clip((ts - p_ts) * 0.001, 1.0, np.inf)
+    dist = _planar_m(p_lat, p_lon, lat, lon)
+    # without a previous fix the speed is unknown: anything up to v_max is plausible
+    v_raw = np.where(has_p, dist / dt, cfg.v_max_mps)
+    v0 = np.empty(n)
+    v0[1:] = v_raw[:-1]
+    v0[starts] = np.where(c.has_prev, c.prev_v, cfg.v_max_mps)
+    jump = has_p & (_eff_speed(dist, p_m, m, dt) > _allowed(v0, dt, cfg))
+    busy = c.since > 0
+    jumps = np.flatnonzero(jump)
+    if jumps.size:
+        busy = busy.copy()
+        busy[np.searchsorted(starts, jumps, side="right") - 1] = True
+    for g in np.flatnonzero(busy).tolist():
+        a = int(starts[g])
+        b = int(starts[g + 1]) if g + 1 < g_n else n
+        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, suspect, outlier, after_lone, ranges,
+                    c, cfg)
+    # the carry after the batch: each group's last fix
+    last = np.append(starts[1:], n) - 1
+    # the fix before the last: the row before it, or the carried last fix
+    one = last == starts
+    pp = np.maximum(last - 1, 0)
+    c.has_pp[:] = np.where(one, c.has_prev, True)
+    c.pp_ts[:] = np.where(one, c.prev_ts, ts[pp])
+    c.pp_lat[:] = np.where(one, c.prev_lat, lat[pp])
+    c.pp_lon[:] = np.where(one, c.prev_lon, lon[pp])
+    c.pp_m[:] = np.where(one, c.prev_m, m[pp])
+    c.has_prev[:] = True
+    c.prev_ts[:] = ts[last]
+    c.prev_lat[:] = lat[last]
+    c.prev_lon[:] = lon[last]
+    c.prev_m[:] = m[last]
+    c.prev_v[:] = v_raw[last]
+    return OutlierResult(suspect, outlier, after_lone, ranges, c)
+
+
+def _scan_group(
+    g: int, a: int, b: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
+    suspect: BoolA, outlier: BoolA, after_lone: BoolA, ranges: list[tuple[int, int, int]],
+    c: Carry, cfg: OutlierConfig,
+) -> None:
+    """Walk one device's jumps: suspect runs, their returns and settling."""
+    i = a
+    since = int(c.since[g])
+    anc = (int(c.anc_ts[g]), float(c.anc_lat[g]), float(c.anc_lon[g]), float(c.anc_m[g]),
+           float(c.anc_v[g]))
+    run_from = a  # first row of the current suspect run inside this batch
+    while i < b:
+        if since == 0:
+            nxt = np.flatnonzero(jump[i:b])
+            if nxt.size == 0:
+                break
+            j = i + int(nxt[0])
+            if _lone_before(g, j, a, ts, lat, lon, m, v_raw, c, cfg):
+                # the fix before the jump was the odd one (a spike after a gap): it is
+                # an outlier (already counted: decisions do not look ahead), j is fine
+                ranges.append((g, int(ts[j - 1]) if j > a else int(c.prev_ts[g]), int(ts[j])))
+                if j > a:
+                    outlier[j - 1] = True
+                after_lone[j] = True
+                jump[j] = False
+                i = j + 1
+                continue
+            if j > a:
+                anc = (int(ts[j - 1]), float(lat[j - 1]), float(lon[j - 1]), float(m[j - 1]),
+                       float(v_raw[j - 1]))
+            else:  # the jump leaves the carried last fix
+                anc = (int(c.prev_ts[g]), float(c.prev_lat[g]), float(c.prev_lon[g]),
+                       float(c.prev_m[g]), float(c.prev_v[g]))
+            since = int(ts[j])
+            run_from = j
+            i = j
+        # in a suspect run from row i: the first return to the anchor, or settling
+        a_ts, a_lat, a_lon, a_m, a_v = anc
+        seg = slice(i, b)
+        dt = np.maximum((ts[seg] - a_ts) / 1000.0, 1.0)
+        d = haversine_m(a_lat, a_lon, lat[seg], lon[seg])
+        back = _eff_speed(d, np.float64(a_m), m[seg], dt) <= _allowed(np.float64(a_v), dt, cfg)
+        # ... and left the previous (suspect) fix at an implausible speed: it came back
+        # (judged from the anchor's speed: the legs inside the run mean nothing)
+        p_ts = np.concatenate(([c.prev_ts[g]], ts[a:b - 1]))[i - a:]
+        p_lat = np.concatenate(([c.prev_lat[g]], lat[a:b - 1]))[i - a:]
+        p_lon = np.concatenate(([c.prev_lon[g]], lon[a:b - 1]))[i - a:]
+        p_m = np.concatenate(([c.prev_m[g]], m[a:b - 1]))[i - a:]
+        pdt = np.maximum((ts[seg] - p_ts) / 1000.0, 1.0)
+        left = (_eff_speed(haversine_m(p_lat, p_lon, lat[seg], lon[seg]), p_m, m[seg], pdt)
+                > _allowed(np.float64(a_v), pdt, cfg))
+        back &= left
+        if i == run_from and since == int(ts[i]):
+            back[0] = False  # the jumping fix itself
+        settled = ts[seg] >= since + int(cfg.settle_s * 1000)
+        # a real move keeps going: two legs in a row inside the run that each move
+        # beyond both margins at a plausible speed settle the run at once (a multipath
+        # cluster sits still far away)
+        if d.shape[0] >= 3:
+            lt = np.maximum((ts[i + 1:b] - ts[i:b - 1]) / 1000.0, 1.0)
+            ld = haversine_m(lat[i:b - 1], lon[i:b - 1], lat[i + 1:b], lon[i + 1:b])
+            lm = m[i + 1:b] + m[i:b - 1]
+            moving = np.zeros(d.shape[0], dtype=bool)
+            moving[1:] = (ld > lm) & ((ld - lm) / lt <= _allowed(np.float64(a_v), lt, cfg))
+            settled[2:] |= moving[2:] & moving[1:-1]
+        r_idx = np.flatnonzero(back)
+        s_idx = np.flatnonzero(settled)
+        r = i + int(r_idx[0]) if r_idx.size else b
+        s = i + int(s_idx[0]) if s_idx.size else b
+        if r < s:  # an excursion out and back: outliers
+            suspect[i:r] = True
+            outlier[run_from:r] = True
+            ranges.append((g, since, int(ts[r])))
+            v_raw[r] = float(d[r - i]) / float(dt[r - i])  # the leg from the anchor
+            if r + 1 < b:  # the next leg's allowance starts from that speed
+                _rejudge(r + 1, ts, lat, lon, m, v_raw, jump, cfg)
+            since = 0
+            i = r + 1
+            run_from = i
+        elif s < b:  # settled: where the person is
+            suspect[i:s] = True
+            since = 0
+            i = s  # the rows from s on count; a later jump starts a new run
+            run_from = i
+        else:  # still suspect at the end of the batch
+            suspect[i:b] = True
+            break
+    c.since[g] = since
+    if since:
+        c.anc_ts[g], c.anc_lat[g], c.anc_lon[g], c.anc_m[g], c.anc_v[g] = anc
+
+
+def _lone_before(g: int, j: int, a: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,
+                 c: Carry, cfg: OutlierConfig) -> bool:
+    """Is row j (a jump from row j-1) plausible from the fix before j-1, j-1 far from both?"""
+    if j - 2 >= a:
+        t2, la2, lo2, m2 = int(ts[j - 2]), float(lat[j - 2]), float(lon[j - 2]), float(m[j - 2])
+        v2 = float(v_raw[j - 2])
+    elif j - 1 >= a and c.has_prev[g]:
+        t2, la2, lo2, m2 = int(c.prev_ts[g]), float(c.prev_lat[g]), float(c.prev_lon[g]), \
+            float(c.prev_m[g])
+        v2 = float(c.prev_v[g])
+    elif c.has_pp[g]:
+        t2, la2, lo2, m2, v2 = (int(c.pp_ts[g]), float(c.pp_lat[g]), float(c.pp_lon[g]),
+                                float(c.pp_m[g]), 0.0)
+    else:
+        return False
+    if j - 1 >= a:
+        la1, lo1, m1 = float(lat[j - 1]), float(lon[j - 1]), float(m[j - 1])
+    else:
+        la1, lo1, m1 = float(c.prev_lat[g]), float(c.prev_lon[g]), float(c.prev_m[g])
+    dt = max((int(ts[j]) - t2) / 1000.0, 1.0)
+    d2j = float(haversine_m(la2, lo2, lat[j], lon[j]))
+    if max(d2j - m2 - float(m[j]), 0.0) / dt > min(cfg.v_max_mps, max(
+            cfg.v_free_mps, v2 + cfg.accel_mps2 * dt / 2)):
+        return False
+    # out and back: j-1 is far from both j-2 and j, which agree
+    d21 = float(haversine_m(la2, lo2, la1, lo1)) - m2 - m1
+    d1j = float(haversine_m(la1, lo1, lat[j], lon[j])) - m1 - float(m[j])
+    return min(d21, d1j) > 2 * max(d2j - m2 - float(m[j]), 0.0) and min(d21, d1j) > 0
+
+
+def _rejudge(k: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
+             cfg: OutlierConfig) -> None:
+    """Recompute row k's jump flag after the speed of the leg before it changed."""
+    dt = max((int(ts[k]) - int(ts[k - 1])) / 1000.0, 1.0)
+    d = float(haversine_m(lat[k - 1], lon[k - 1], lat[k], lon[k]))
+    eff = max(d - float(m[k - 1]) - float(m[k]), 0.0) / dt
+    allowed = min(cfg.v_max_mps, max(cfg.v_free_mps, float(v_raw[k - 1]) + cfg.accel_mps2 * dt / 2))
+    jump[k] = eff > allowed
+
+
+def outlier_mask(ts: I64, lat: F64, lon: F64, acc: F64,
+                 cfg: OutlierConfig = DEFAULT_OUTLIER_CONFIG) -> BoolA:
+    """Final outlier flags of one device's whole track (sorted by ts)."""
+    res = detect(np.zeros(1 if ts.shape[0] else 0, dtype=np.int64), ts, lat, lon, acc, None, cfg)
+    return res.outlier

@@ -1,0 +1,109 @@
+"""Kinematic outliers (monitoring-rules.md, "Outliers"): each shape seen on real tracks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from geofence.outliers import Carry, detect, outlier_mask
+from tests.unit.geofence.helpers import ll
+
+T0 = 1_700_000_000_000
+
+
+def track(points: list[tuple[float, float, float]], acc: float = 10.0
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(seconds, x m, y m) -> ts, lat, lon, acc columns."""
+    t = np.array([p[0] for p in points])
+    lat, lon = ll(np.array([p[1] for p in points]), np.array([p[2] for p in points]))
+    return (T0 + (t * 1000).astype(np.int64), np.asarray(lat, dtype=float),
+            np.asarray(lon, dtype=float), np.full(t.shape[0], acc))
+
+
+def still(t0: float, n: int, every: float = 30.0, x: float = 0.0, y: float = 0.0,
+          jitter: float = 5.0, seed: int = 1) -> list[tuple[float, float, float]]:
+    rng = np.random.default_rng(seed)
+    return [(t0 + k * every, x + rng.normal(0, jitter), y + rng.normal(0, jitter))
+            for k in range(n)]
+
+
+def test_spike_out_and_back_at_implausible_speed_is_an_outlier() -> None:
+    pts = [*still(0, 10), (300, 600.0, 0.0), *still(330, 10)]
+    ts, lat, lon, acc = track(pts)
+    flags = outlier_mask(ts, lat, lon, acc)
+    assert flags.tolist() == [False] * 10 + [True] + [False] * 10
+
+
+def test_short_excursion_leaving_and_returning_fast_is_all_outliers() -> None:
+    # a cluster ~1 km away for 3 minutes, back 860 m+ in 30 s (issue 13)
+    cluster = [(300 + 30 * k, 1000 + 5 * k, 20.0) for k in range(6)]
+    pts = [*still(0, 10), *cluster, *still(480, 10)]
+    ts, lat, lon, acc = track(pts)
+    flags = outlier_mask(ts, lat, lon, acc)
+    assert flags.tolist() == [False] * 10 + [True] * 6 + [False] * 10
+
+
+def test_excursion_with_an_optimistic_acc_still_counts_speed_beyond_margins() -> None:
+    # margins are subtracted: a 120 m hop with acc 50 m on both ends is no jump
+    pts = [*still(0, 5), (150, 120.0, 0.0), *still(180, 5)]
+    ts, lat, lon, _ = track(pts)
+    assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 50.0)).any()
+    # the same hop with acc 3 m is 98 m in 30 s from standstill: still plausible (< 10 m/s)
+    assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 3.0)).any()
+
+
+def test_spike_after_a_gap_is_an_outlier_decided_at_the_next_fix() -> None:
+    # 400 m away right after a 10-minute gap and back 30 s later (issue 13): reaching
+    # it is plausible (the gap), leaving it is not, and the fixes around it agree. It is
+    # flagged when the next fix comes, but it was not suspect when it arrived (no look
+    # ahead): the rule that no single fix opens an episode keeps it quiet.
+    pts = [*still(0, 5), (720, 400.0, 0.0), *still(750, 5)]
+    ts, lat, lon, acc = track(pts)
+    res = detect(np.array([0]), ts, lat, lon, acc)
+    assert res.outlier.tolist() == [False] * 5 + [True] + [False] * 5
+    assert not res.suspect.any()
+
+
+def test_fast_driving_is_not_an_outlier() -> None:
+    # accelerating to 30 m/s and cruising: every leg reachable from the one before
+    v = [0, 5, 12, 20, 27, 30, 30, 30, 30, 30, 25, 15, 5, 0]
+    x = np.concatenate([[0.0], np.cumsum(np.array(v[1:]) * 30.0)])
+    pts = [(30.0 * k, float(x[k]), 0.0) for k in range(len(v))]
+    ts, lat, lon, acc = track(pts)
+    assert not outlier_mask(ts, lat, lon, acc).any()
+
+
+def test_relocation_after_settling_counts_and_is_no_outlier() -> None:
+    # a jump (a train, a tunnel) to a place the person then stays at
+    pts = [*still(0, 5), *still(150, 20, x=3000.0, seed=2)]
+    ts, lat, lon, acc = track(pts)
+    res = detect(np.array([0]), ts, lat, lon, acc)
+    assert not res.outlier.any()
+    t = (ts - T0) / 1000
+    # suspect from the jump until 300 s later, counted from then on
+    assert res.suspect.tolist() == ((t >= 150) & (t < 450)).tolist()
+
+
+def test_decisions_are_causal_across_batches() -> None:
+    cluster = [(300 + 30 * k, 1000 + 5 * k, 20.0) for k in range(6)]
+    pts = [*still(0, 10), *cluster, *still(480, 10)]
+    ts, lat, lon, acc = track(pts)
+    whole = detect(np.array([0]), ts, lat, lon, acc)
+    carry: Carry | None = None
+    suspect: list[bool] = []
+    ranges: list[tuple[int, int, int]] = []
+    for a in range(0, ts.shape[0], 3):  # batches of 3 fixes
+        part = detect(np.array([0]), ts[a:a + 3], lat[a:a + 3], lon[a:a + 3], acc[a:a + 3],
+                      carry)
+        suspect += part.suspect.tolist()
+        ranges += part.ranges
+        carry = part.carry
+    assert suspect == whole.suspect.tolist()
+    assert ranges == whole.ranges == [(0, int(ts[10]), int(ts[16]))]
+
+
+def test_groups_are_independent() -> None:
+    a = track([*still(0, 5), (150, 700.0, 0.0), *still(180, 5)])
+    b = track(still(0, 11, seed=3))
+    cols = [np.concatenate([x, y]) for x, y in zip(a, b, strict=True)]
+    res = detect(np.array([0, 11]), *cols)
+    assert res.outlier.tolist() == [False] * 5 + [True] + [False] * 5 + [False] * 11
