@@ -122,6 +122,7 @@ def use_refresh_token(session: Session, *, token: str, settings: Settings) -> tu
     if row is None:
         raise Unauthorized("invalid_token")
     if row.used_at is not None or row.revoked_at is not None:
+        session.rollback()  # release the row lock: the revocation commits on its own
         _revoke_family_now(session, row.family_id, row.user_id)
         raise Unauthorized("invalid_token")
     user = session.get(User, row.user_id)
