@@ -201,8 +201,8 @@ def totp_action(
         raise Conflict("totp_required_by_role")
     if not user.totp_enabled or user.totp_secret is None:
         return TotpStatus(enabled=False, required=required)
-    if totp.matching_step(totp.decrypt(key, user.totp_secret), code,
-                          last_step=user.totp_last_step) is None:
+    # a current code (the step used to sign in may be the current one: not refused here)
+    if totp.matching_step(totp.decrypt(key, user.totp_secret), code) is None:
         raise Unauthorized("invalid_totp")
     user.totp_enabled, user.totp_secret = False, None
     end_sessions(session, user=user)
