@@ -21,7 +21,7 @@ from probation import __version__
 from probation.api import install
 from probation.audit import service as audit
 from probation.context import AppContext
-from probation.errors import Unauthorized
+from probation.errors import Unauthorized, problem_responses
 from probation.headers import DEFAULT_TILES, SecurityHeadersMiddleware
 from probation.settings import Settings
 from probation.users.bootstrap import bootstrap_admin
@@ -122,7 +122,10 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+             description="Needs `Authorization: Bearer` with `PROBATION_METRICS_TOKEN` or an "
+             "admin's access token.",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **problem_responses(401)})
     def metrics(request: Request) -> Response:
         _metrics_allowed(request, settings, database_url)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
