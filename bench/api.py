@@ -279,6 +279,8 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
             generate_s = time.monotonic() - t0
             fixes = conn.execute("SELECT count(*) FROM fixes").fetchone()
             n_fixes = int(fixes[0]) if fixes else 0
+            generations: dict[uuid.UUID, Any] = dict(
+                conn.execute("SELECT id, tokens_valid_after FROM users").fetchall())
             officers = [r[0] for r in conn.execute(
                 "SELECT id FROM users WHERE role = 'officer' ORDER BY username")]
             sups = [r[0] for r in conn.execute(
@@ -295,7 +297,9 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
         s = Settings(jwt_secret=secret)
 
         def token(uid: uuid.UUID, role: Role) -> str:
-            return create_access_token(User(id=uid, username="b", password_hash="", role=role), s)[0]
+            user = User(id=uid, username="b", password_hash="", role=role,
+                        tokens_valid_after=generations[uid])
+            return create_access_token(user, s)[0]
 
         tokens = {uid: token(uid, Role.OFFICER) for uid in officers}
         tokens.update({uid: token(uid, Role.SUPERVISOR) for uid in sups})

@@ -47,6 +47,7 @@ from devices.protocol import (
     decode,
     parse_topic,
 )
+from devices.redact import redact_payload, redact_text, redact_value
 from devices.service import AckRow, Conn, DeadLetterRow, InventoryUpdate
 
 log = logging.getLogger(__name__)
@@ -350,17 +351,18 @@ def _text(s: str) -> str:
 
 
 def dead_letter(raw: RawMessage, rej: Rejected) -> DeadLetterRow:
-    """The dead-letter row of a rejection: the whole payload (capped) or the item as JSON."""
+    """The dead-letter row of a rejection: the whole payload (capped) or the item as JSON,
+    biometric fields (embeddings, frames) replaced by their size."""
     if rej.index is None:
-        body = raw.payload[:MAX_PAYLOAD]
+        body = redact_payload(raw.topic, raw.payload)[:MAX_PAYLOAD]
     else:
         try:
-            body = orjson.dumps(rej.item)
+            body = orjson.dumps(redact_value(rej.item)[0])
         except (TypeError, orjson.JSONEncodeError):
-            body = repr(rej.item).encode("utf-8", "backslashreplace")
+            body = redact_text(repr(rej.item)).encode("utf-8", "backslashreplace")
         body = body[:MAX_PAYLOAD]
     return DeadLetterRow(
-        topic=_text(raw.topic), reason=rej.reason.value, detail=_text(rej.detail),
+        topic=_text(raw.topic), reason=rej.reason.value, detail=_text(redact_text(rej.detail)),
         item_index=rej.index, payload=body,
         fingerprint=fingerprint(raw.topic, rej.index, raw.payload),
     )

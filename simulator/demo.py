@@ -150,6 +150,8 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
     lag_s = opts.speed * opts.duration_s
     settings = base.model_copy(update={
         "data_dir": data_dir, "admin_password": password,
+        # a local demonstration: the simulator signs in as admin without a second factor
+        "totp_required_roles": [],
         "location_lost_s": max(base.location_lost_s, lag_s + 3_600),
         # the simulated phones send frames of real photos, which show these gestures
         # (no photo with closed eyes: `simulator.faces`)

@@ -77,6 +77,10 @@ class ApiClient:
         if r.status_code != 200:
             raise ApiError(f"login as {self.username!r} failed: HTTP {r.status_code} {r.text[:300]}",
                            r.status_code)
+        if r.json().get("scope") == "totp_setup":
+            raise ApiError(f"{self.username!r} must set up a second factor (TOTP) before the "
+                           "simulator can act as them; use an account without one, or "
+                           "PROBATION_TOTP_REQUIRED_ROLES on a test server", 401)
         token = str(r.json()["access_token"])
         with self._lock:
             self._token = token

@@ -30,7 +30,10 @@ router = APIRouter(prefix="/cases", tags=["cases"])
 
 
 @router.post("", response_model=CasePublic, status_code=201, summary="Open a case",
-             responses=problem_responses(401, 422), dependencies=[Idempotent])
+             responses=problem_responses(401, 403, 422), dependencies=[Idempotent],
+             description="The person must be visible to the caller (422 `unknown_subject` "
+             "otherwise). While the person has an active case outside the caller's caseload, "
+             "only a supervisor of that case or an admin may open another (403, audited).")
 def create_case(session: SessionDep, scope: ScopeDep, body: CaseCreate) -> CasePublic:
     return service.case_public(service.create_case(session, data=body, scope=scope))
 

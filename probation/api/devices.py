@@ -95,8 +95,8 @@ def get_device(session: SessionDep, scope: ScopeDep, device_id: uuid.UUID) -> De
 @router.get("/cases/{case_id}/devices", response_model=list[AssignmentPublic],
             summary="A case's device assignments, newest first (history included)",
             responses=problem_responses(401, 404, 422))
-def case_devices(session: SessionDep, case: VisibleCase) -> list[AssignmentPublic]:
-    return service.case_assignments(session, case=case)
+def case_devices(session: SessionDep, scope: ScopeDep, case: VisibleCase) -> list[AssignmentPublic]:
+    return service.case_assignments(session, case=case, actor_id=scope.user_id)
 
 
 @router.post("/cases/{case_id}/devices", response_model=AssignmentPublic, status_code=201,

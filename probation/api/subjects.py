@@ -30,9 +30,12 @@ def face_thresholds(settings: Settings) -> Thresholds:
 
 
 @router.post("", response_model=SubjectPublic, status_code=201, summary="Register a person",
-             responses=problem_responses(401, 409, 422), dependencies=[Idempotent])
+             responses=problem_responses(401, 409, 422), dependencies=[Idempotent],
+             description="A taken IIN is a 409: `iin_taken` (with the person's id) when the "
+             "caller may see that person, else `iin_unavailable`, which does not say whether "
+             "or by whom the person is supervised.")
 def create_subject(session: SessionDep, scope: ScopeDep, body: SubjectCreate) -> SubjectPublic:
-    return service.create_subject(session, data=body, actor_id=scope.user_id)
+    return service.create_subject(session, data=body, scope=scope)
 
 
 @router.get("/{subject_id}", response_model=SubjectPublic, summary="A person",
@@ -52,7 +55,10 @@ def _key(request: Request, ctx: ContextDep) -> bytes:
 @router.post(
     "/{subject_id}/biometric-template", response_model=BiometricTemplateStatus, status_code=201,
     summary="Enrol a face template (stored encrypted, never returned)",
-    responses=problem_responses(401, 404, 422), dependencies=[Idempotent],
+    responses=problem_responses(401, 403, 404, 422), dependencies=[Idempotent],
+    description="Refused (403, audited) while the person has an active case outside the "
+    "caller's caseload; replacing an enrolled template needs a supervisor of the person's "
+    "cases or an admin.",
 )
 def enrol(
     request: Request, ctx: ContextDep, session: SessionDep, scope: ScopeDep,

@@ -18,7 +18,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from alerts.models import AlertType
 from db.types import utcnow
@@ -36,7 +36,7 @@ from probation.cases.models import (
     RiskLevel,
 )
 from probation.cases.scope import CaseScope
-from probation.errors import Conflict, NotFound, invalid
+from probation.errors import Conflict, Forbidden, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_ts, parse_uuid
 from probation.subjects.models import Subject
 from probation.users.models import User
@@ -190,8 +190,23 @@ def _officer(session: Session, scope: CaseScope, officer_id: uuid.UUID) -> User:
 
 
 def create_case(session: Session, *, data: CaseCreate, scope: CaseScope) -> Case:
-    if session.get(Subject, data.subject_id) is None:
+    """Open a case on a person the caller may see. While the person has an active case
+    outside the caller's scope, only a supervisor of that case or an admin may open
+    another (403, audited): an officer cannot take over someone else's person."""
+    from probation.subjects.service import foreign_active_cases, visible
+
+    seen = session.exec(
+        select(Subject.id).where(Subject.id == data.subject_id, visible(scope))
+    ).first()
+    if seen is None:
         raise invalid("subject_id", "unknown_subject")
+    foreign = foreign_active_cases(session, subject_id=data.subject_id, scope=scope)
+    if foreign:
+        audit.record_now(session, user_id=scope.user_id, action="case.create_refused",
+                         resource="subject", resource_id=data.subject_id, case_id=foreign[0],
+                         detail={"reason": "active case outside the caller's scope",
+                                 "case_ids": [str(c) for c in foreign]})
+        raise Forbidden("subject_other_case")
     _officer(session, scope, data.officer_id)
     case = Case(
         subject_id=data.subject_id, officer_id=data.officer_id,

@@ -223,6 +223,30 @@ def bench_console(
         raise typer.Exit(1)
 
 
+@bench_app.command("login")
+def bench_login(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (JSON object).")
+    ] = Path("bench-results/login.json"),
+    seconds: Annotated[float, typer.Option(help="Length of each phase.")] = 20.0,
+    legit: Annotated[int, typer.Option(help="Clients signing in with correct passwords.")] = 4,
+    flood: Annotated[int, typer.Option(help="Clients posting wrong passwords.")] = 16,
+    source: Annotated[
+        Path | None, typer.Option(help="Serve the app from this source tree (an export of "
+                                  "another commit) to compare before and after.")
+    ] = None,
+) -> None:
+    """Logins/s with correct passwords, alone and under a wrong-password flood."""
+    from bench.login import LoginBenchConfig, run_login_bench
+
+    quiet()
+    result = run_login_bench(
+        LoginBenchConfig(seconds=seconds, legit=legit, flood=flood, source=source),
+        out=typer.echo,
+    )
+    emit_result(result, json_path)
+
+
 @bench_app.command("soak")
 def bench_soak(
     people: Annotated[int, typer.Option(help="Simulated people.")] = 5000,

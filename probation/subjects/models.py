@@ -26,6 +26,7 @@ class Subject(SQLModel, table=True):
     iin: str = Field(unique=True, max_length=12)
     full_name: str
     birth_date: date
+    created_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

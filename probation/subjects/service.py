@@ -1,7 +1,11 @@
 """Persons under supervision and their biometric templates.
 
-A person is visible to whoever may see one of their cases, to admins, and to
-everyone while they have no case yet (registered, waiting for a case).
+A person is reachable only through the cases the caller may see (admins: everyone). A
+person without any case yet is visible to whoever registered them (and their supervisor)
+so that they can open the first case. Opening a case on a person who has an active case
+outside the caller's scope, and enrolling a face for such a person, is refused; replacing
+an enrolled template needs a supervisor of the person's cases (or an admin). Refusals and
+replacements are audited. `check_enrolment` is the one rule for every enrolment path.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from devices.biometrics import encrypt_photo, encrypt_template
 from devices.faces.analysis import Thresholds, template_of
 from devices.faces.verify import PhotoAssessment, assess_photo
 from probation.audit import service as audit
-from probation.cases.models import Case
+from probation.cases.models import Case, CaseStatus
 from probation.cases.scope import CaseScope
 from probation.errors import Conflict, FieldError, Forbidden, Invalid, NotFound, invalid
 from probation.i18n import field_text
@@ -42,21 +46,37 @@ def visible(scope: CaseScope) -> ColumnElement[bool]:
         return true()
     any_case = exists().where(col(Case.subject_id) == Subject.id)
     seen_case = exists().where(col(Case.subject_id) == Subject.id, scope.where())
-    return or_(seen_case, ~any_case)
+    own_new = col(Subject.created_by).in_(scope.officers())
+    return or_(seen_case, ~any_case & own_new)
 
 
-def create_subject(session: Session, *, data: SubjectCreate, actor_id: uuid.UUID) -> SubjectPublic:
-    if session.exec(select(Subject.id).where(Subject.iin == data.iin)).first():
-        raise Conflict("iin_taken")
-    subject = Subject(iin=data.iin, full_name=data.full_name, birth_date=data.birth_date)
+def create_subject(session: Session, *, data: SubjectCreate, scope: CaseScope) -> SubjectPublic:
+    """Register a person. A taken IIN is a 409; to a caller who may not see that person it
+    says only that the IIN cannot be registered from their account (not that the person
+    is known or supervised), and the attempt is audited for the person's supervisors."""
+    taken = session.exec(select(Subject.id).where(Subject.iin == data.iin)).first()
+    if taken is not None:
+        _refuse_taken(session, subject_id=taken, scope=scope)
+    subject = Subject(iin=data.iin, full_name=data.full_name, birth_date=data.birth_date,
+                      created_by=scope.user_id)
     session.add(subject)
     try:
         session.flush()
     except IntegrityError:
-        raise Conflict("iin_taken") from None
-    audit.record(session, user_id=actor_id, action="subject.create", resource="subject",
+        raise Conflict("iin_unavailable") from None
+    audit.record(session, user_id=scope.user_id, action="subject.create", resource="subject",
                  resource_id=subject.id)
     return SubjectPublic.model_validate(subject, update={"has_biometric_template": False})
+
+
+def _refuse_taken(session: Session, *, subject_id: uuid.UUID, scope: CaseScope) -> None:
+    seen = session.exec(select(Subject.id).where(Subject.id == subject_id, visible(scope))).first()
+    if seen is not None:
+        raise Conflict("iin_taken", subject_id=str(subject_id))
+    audit.record_now(session, user_id=scope.user_id, action="subject.create_refused",
+                     resource="subject", resource_id=subject_id,
+                     detail={"reason": "iin of a person the caller may not see"})
+    raise Conflict("iin_unavailable")
 
 
 def _visible_subject(session: Session, subject_id: uuid.UUID, scope: CaseScope) -> Subject:
@@ -68,6 +88,22 @@ def _visible_subject(session: Session, subject_id: uuid.UUID, scope: CaseScope) 
     return subject
 
 
+def visible_subject(session: Session, *, subject_id: uuid.UUID, scope: CaseScope) -> Subject:
+    """The person if the caller may see them (404 otherwise, as if missing)."""
+    return _visible_subject(session, subject_id, scope)
+
+
+def foreign_active_cases(
+    session: Session, *, subject_id: uuid.UUID, scope: CaseScope
+) -> list[uuid.UUID]:
+    """The person's active cases outside the caller's scope."""
+    if scope.everything:
+        return []
+    q = select(Case.id).where(Case.subject_id == subject_id, Case.status == CaseStatus.ACTIVE,
+                              ~scope.where())
+    return list(session.exec(q))
+
+
 def get_subject(session: Session, *, subject_id: uuid.UUID, scope: CaseScope) -> SubjectPublic:
     """A person's record (audited as a read)."""
     subject = _visible_subject(session, subject_id, scope)
@@ -77,12 +113,39 @@ def get_subject(session: Session, *, subject_id: uuid.UUID, scope: CaseScope) ->
     return SubjectPublic.model_validate(subject, update={"has_biometric_template": has_template})
 
 
+def check_enrolment(
+    session: Session, *, subject_id: uuid.UUID, scope: CaseScope
+) -> tuple[Subject, bool]:
+    """Whether the caller may enrol a template for this person: the person and whether an
+    enrolled template would be replaced. 404 for a person the caller may not see; 403
+    (audited) while the person has an active case outside the caller's scope, or to
+    replace a template unless the caller is an admin or a supervisor of the person's
+    cases."""
+    subject = _visible_subject(session, subject_id, scope)
+    foreign = foreign_active_cases(session, subject_id=subject_id, scope=scope)
+    replacing = session.get(BiometricTemplate, subject_id) is not None
+    if foreign:
+        _refuse(session, scope, subject_id, "active case outside the caller's scope", foreign)
+    if replacing and scope.role not in (Role.ADMIN, Role.SUPERVISOR):
+        _refuse(session, scope, subject_id, "replacing a template needs a supervisor", [])
+    return subject, replacing
+
+
+def _refuse(session: Session, scope: CaseScope, subject_id: uuid.UUID, reason: str,
+            cases: list[uuid.UUID]) -> None:
+    audit.record_now(session, user_id=scope.user_id, action="subject.biometric_refused",
+                     resource="subject", resource_id=subject_id,
+                     case_id=cases[0] if cases else None,
+                     detail={"reason": reason, "case_ids": [str(c) for c in cases]})
+    raise Forbidden("subject_other_case")
+
+
 def enrol_template(
     session: Session, *, subject_id: uuid.UUID, data: BiometricEnrolment, scope: CaseScope,
     key: bytes,
 ) -> BiometricTemplate:
-    """Store (or replace) a person's face template, encrypted."""
-    subject = _visible_subject(session, subject_id, scope)
+    """Store (or, for a supervisor or admin, replace) a person's face template, encrypted."""
+    subject, replacing = check_enrolment(session, subject_id=subject_id, scope=scope)
     blob = encrypt_template(key, data.embedding, subject_id=subject.id, method=data.method)
     now = utcnow()
     values = {"subject_id": subject.id, "method": data.method, "dim": len(data.embedding),
@@ -96,7 +159,8 @@ def enrol_template(
     session.execute(stmt)
     audit.record(session, user_id=scope.user_id, action="subject.biometric_enrol",
                  resource="subject", resource_id=subject.id,
-                 detail={"method": data.method, "dim": len(data.embedding)})
+                 detail={"method": data.method, "dim": len(data.embedding),
+                         "replaced": replacing})
     return BiometricTemplate(subject_id=subject.id, method=data.method, dim=len(data.embedding),
                              ciphertext=b"", created_at=now)
 
