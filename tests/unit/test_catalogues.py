@@ -21,7 +21,8 @@ LATIN = re.compile(r"[A-Za-z]")
 #: the API, standards and acronyms.
 TECHNICAL = {"true", "false", "null", "geometry", "circle", "center", "radius_m", "from", "to",
              "inclusion", "exclusion", "Polygon", "MultiPolygon", "GeoJSON", "JSON", "UUID",
-             "RFC", "IANA", "UTC", "ASCII", "NUL", "HTTP", "API", "Bearer", "Idempotency-Key"}
+             "RFC", "IANA", "UTC", "ASCII", "NUL", "HTTP", "API", "Bearer", "Idempotency-Key",
+             "JPEG", "PNG", "TOTP", "PDF", "SHA-256", "MQTT", "IIN"}
 
 
 def _placeholders(text: str) -> set[str]:
@@ -29,8 +30,10 @@ def _placeholders(text: str) -> set[str]:
 
 
 def _words(text: str) -> str:
-    """`text` without its placeholders and technical names."""
+    """`text` without its placeholders and technical names (known ones, or in backticks:
+    a field or action the client sends literally)."""
     text = re.sub(r"\{[a-z_]+\}", "", text)
+    text = re.sub(r"`[^`\s]+`", "", text)
     return re.sub(r"[A-Za-z_]+(?:-[A-Za-z_]+)*", lambda m: "" if m.group(0) in TECHNICAL else m.group(0), text)
 
 
