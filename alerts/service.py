@@ -1,7 +1,7 @@
 """Where an alert is born: `open_episode` is the only product code that inserts an alert.
 
 Open, update and close the alert of a violation episode (one alert per episode). The
-callers: ingest's after-store stages (`probation.workers.build_ingestion` lists them:
+callers: ingest's after-store stages (`probation.runtime.workers.build_ingestion` lists them:
 zone episodes in `devices.geofencing`, device events in `devices.event_alerts`, failed
 check-ins in `devices.checkins`, short silences in `devices.scheduled.SilenceGaps`) and
 the scheduler's rules (`devices.scheduled`, `alerts.scheduled`).
@@ -222,6 +222,24 @@ def find_open_episode(
         (case_id, type.value, NIL, zone_id or NIL, NIL, device_id or NIL),
     ).fetchone()
     return row[0] if row else None
+
+
+ZONE_ALERT_TYPES = (
+    AlertType.EXCLUSION_ZONE_ENTERED, AlertType.EXCLUSION_ZONE_APPROACH,
+    AlertType.INCLUSION_ZONE_LEFT,
+)
+
+
+def zone_episode_open(
+    conn: psycopg.Connection[Any], *, case_id: uuid.UUID, device_id: uuid.UUID
+) -> bool:
+    """Whether any zone episode of the case's device is still open (rapid mode stays on)."""
+    row = conn.execute(
+        "SELECT 1 FROM alerts WHERE case_id = %s AND device_id = %s AND episode_open"
+        " AND type = ANY(%s) LIMIT 1",
+        (case_id, device_id, [t.value for t in ZONE_ALERT_TYPES]),
+    ).fetchone()
+    return row is not None
 
 
 def close_episode(

@@ -8,9 +8,12 @@ in a separate process and measures, one request at a time over keep-alive HTTP:
 
 * `caseload`: `GET /api/v1/cases?limit=50` as officers (their 50 cases), supervisors
   (first page and the next via the cursor) and the admin (first page of all cases);
-* `ack`: `POST /api/v1/alerts/{id}/acknowledge` of open alerts by their officers.
+* `ack`: `POST /api/v1/alerts/{id}/acknowledge` of open alerts by their officers;
+* `track_week`: `GET /api/v1/cases/{id}/track` of a week at one fix per 30 s (20,160
+  fixes, laps in and out of a zone) thinned to 2,000 points, against the reference
+  `track_hour` (the first hour of the same week: 120 fixes, nothing to thin), same run.
 
-Targets: caseload p99 <= 50 ms, acknowledgement p99 <= 30 ms.
+Targets: caseload p99 <= 50 ms, acknowledgement p99 <= 30 ms, week track median <= 150 ms.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,9 @@ import psycopg
 from bench.harness import has_timescaledb, private_postgres, release_servers
 from db.engine import libpq_url
 
-TARGETS = {"caseload_p99_ms": 50.0, "ack_p99_ms": 30.0}
+TARGETS = {"caseload_p99_ms": 50.0, "ack_p99_ms": 30.0, "track_week_p50_ms": 150.0}
+TRACK_SEQ0 = 10_000_000  # the week's fixes: seq from here, on case 1's bracelet
+TRACK_REQUESTS = 20
 ALERT_TYPES = ["exclusion_zone_entered", "inclusion_zone_left", "strap_tamper", "battery_low",
                "communication_lost", "location_lost", "gps_jamming", "beacon_lost",
                "checkin_missed", "checkin_failed"]
@@ -60,12 +66,6 @@ def app_from_env() -> Any:
     s = Settings()
     assert s.database_url and s.mqtt_url
     return create_app(s, database_url=s.database_url, mqtt_url=s.mqtt_url)
-
-
-def _uid(kind: str, i: int) -> uuid.UUID:
-    import hashlib
-
-    return uuid.UUID(hashlib.md5(f"{kind}{i}".encode()).hexdigest())
 
 
 def _generate(conn: psycopg.Connection[Any], cfg: ApiBenchConfig, out: Callable[[str], None]) -> None:
@@ -170,6 +170,36 @@ def _summary(ms: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ms), 2)}
 
 
+def _week_track(conn: psycopg.Connection[Any]) -> tuple[uuid.UUID, uuid.UUID, datetime]:
+    """Case 1's id, its officer and the start of its week of 20,160 fixes (added once:
+    laps of a ~2 km ellipse around its zone's centre, crossing the zone's edge)."""
+    case_id, officer_id, dev = conn.execute(
+        "SELECT c.id, c.officer_id, a.device_id FROM cases c JOIN device_assignments a"
+        " ON a.case_id = c.id WHERE c.id = md5('c1')::uuid").fetchone() or (None, None, None)
+    assert case_id is not None and officer_id is not None
+    row = conn.execute("SELECT min(ts) FROM fixes WHERE device_id = %s AND seq >= %s",
+                       (dev, TRACK_SEQ0)).fetchone()
+    if row is None or row[0] is None:
+        conn.execute(
+            """INSERT INTO fixes (device_id, seq, ts, lat, lon, acc)
+               SELECT %(dev)s, %(seq0)s + g,
+                      date_trunc('day', now()) - interval '17 days' + g * interval '30 seconds',
+                      z.lat + 0.008 * sin(g / 480.0 * 2 * pi()) + 0.00005 * sin(g * 7.1),
+                      z.lon + 0.012 * cos(g / 480.0 * 2 * pi()) + 0.00005 * cos(g * 3.3),
+                      5 + (g %% 20)
+               FROM generate_series(0, 20159) AS g, (
+                   SELECT (z.circle->'center'->>1)::float8 AS lat,
+                          (z.circle->'center'->>0)::float8 AS lon
+                   FROM zones z JOIN case_zones cz ON cz.zone_id = z.id
+                   WHERE cz.case_id = %(case)s LIMIT 1) AS z""",
+            {"dev": dev, "seq0": TRACK_SEQ0, "case": case_id})
+        conn.commit()
+        row = conn.execute("SELECT min(ts) FROM fixes WHERE device_id = %s AND seq >= %s",
+                           (dev, TRACK_SEQ0)).fetchone()
+    assert row is not None and row[0] is not None
+    return uuid.UUID(str(case_id)), uuid.UUID(str(officer_id)), row[0]
+
+
 def _serve(url: str, work: Path, secret: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PROBATION_DATABASE_URL": url, "PROBATION_MQTT_URL": "mqtt://127.0.0.1:1",
            "PROBATION_JWT_SECRET": secret, "PROBATION_DATA_DIR": str(work / "data"),
@@ -180,6 +210,34 @@ def _serve(url: str, work: Path, secret: str, port: int) -> subprocess.Popen[byt
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env=env,
     )
+
+
+def _track_requests(
+    http: Any, case_id: uuid.UUID, week_start: datetime, headers: dict[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Latency of the week's track and of its first hour (the reference), interleaved."""
+
+    def get(until: datetime, points: int) -> float:
+        q = (f"/api/v1/cases/{case_id}/track?from={_iso(week_start)}&to={_iso(until)}")
+        t = time.perf_counter()
+        r = http.get(q, headers=headers)
+        dt = (time.perf_counter() - t) * 1000
+        if r.status_code != 200 or r.json()["features"][0]["properties"]["points"] != points:
+            raise RuntimeError(f"track request failed: {r.status_code} {r.text[:200]}")
+        return dt
+
+    week, hour = week_start + timedelta(days=7), week_start + timedelta(hours=1)
+    for _ in range(3):
+        get(week, 2000), get(hour, 120)
+    week_ms, hour_ms = [], []
+    for _ in range(TRACK_REQUESTS):
+        week_ms.append(get(week, 2000))
+        hour_ms.append(get(hour, 120))
+    return _summary(week_ms), _summary(hour_ms)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) -> dict[str, Any]:
@@ -221,6 +279,8 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
             generate_s = time.monotonic() - t0
             fixes = conn.execute("SELECT count(*) FROM fixes").fetchone()
             n_fixes = int(fixes[0]) if fixes else 0
+            generations: dict[uuid.UUID, Any] = dict(
+                conn.execute("SELECT id, tokens_valid_after FROM users").fetchall())
             officers = [r[0] for r in conn.execute(
                 "SELECT id FROM users WHERE role = 'officer' ORDER BY username")]
             sups = [r[0] for r in conn.execute(
@@ -230,13 +290,16 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
                 "SELECT a.id, c.officer_id FROM alerts a JOIN cases c ON c.id = a.case_id "
                 "WHERE a.status = 'open' ORDER BY a.created_at DESC LIMIT %s",
                 (cfg.acks + cfg.warmup,)).fetchall()
+            track_case, track_officer, week_start = _week_track(conn)
         out(f"  data ready in {generate_s:.0f} s: {cfg.cases} active cases, {n_fixes:,} fixes")
 
         secret = "bench-" + uuid.uuid4().hex * 2
         s = Settings(jwt_secret=secret)
 
         def token(uid: uuid.UUID, role: Role) -> str:
-            return create_access_token(User(id=uid, username="b", password_hash="", role=role), s)[0]
+            user = User(id=uid, username="b", password_hash="", role=role,
+                        tokens_valid_after=generations[uid])
+            return create_access_token(user, s)[0]
 
         tokens = {uid: token(uid, Role.OFFICER) for uid in officers}
         tokens.update({uid: token(uid, Role.SUPERVISOR) for uid in sups})
@@ -304,11 +367,18 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
             acks = _summary([ack_request(a, o) for a, o in open_alerts[cfg.warmup:]])
             out(f"  alert acknowledgement: p50 {acks['p50_ms']} ms, p95 {acks['p95_ms']} ms, "
                 f"p99 {acks['p99_ms']} ms (target <= {TARGETS['ack_p99_ms']:.0f} ms)")
+            track_week, track_hour = _track_requests(
+                http, track_case, week_start, {"Authorization": f"Bearer {tokens[track_officer]}"})
+            out(f"  week track (20,160 fixes → 2,000 points): p50 {track_week['p50_ms']} ms, "
+                f"p99 {track_week['p99_ms']} ms (target median <= "
+                f"{TARGETS['track_week_p50_ms']:.0f} ms); reference, an hour of it (120 fixes): "
+                f"p50 {track_hour['p50_ms']} ms")
             load_after = os.getloadavg()[0]
             verify = http.get("/api/v1/audit/verify",
                               headers={"Authorization": f"Bearer {tokens[admin[0]]}"}).json()
         ok = (caseload["p99_ms"] <= TARGETS["caseload_p99_ms"]
-              and acks["p99_ms"] <= TARGETS["ack_p99_ms"])
+              and acks["p99_ms"] <= TARGETS["ack_p99_ms"]
+              and track_week["p50_ms"] <= TARGETS["track_week_p50_ms"])
         out(f"  audit chain after the run: {verify}")
         out(f"  machine load average (1 min) before/after the measurements: "
             f"{load_before:.2f}/{load_after:.2f} on {os.cpu_count()} CPUs")
@@ -319,7 +389,8 @@ def run_api_bench(cfg: ApiBenchConfig, *, out: Callable[[str], None] = print) ->
             "generate_s": round(generate_s, 1), "config": {k: str(v) if isinstance(v, Path) else v
                                                            for k, v in asdict(cfg).items()
                                                            if k != "database_url"},
-            "caseload": {**caseload, "by_kind": by_kind}, "ack": acks, "targets": TARGETS,
+            "caseload": {**caseload, "by_kind": by_kind}, "ack": acks,
+            "track_week": track_week, "track_hour": track_hour, "targets": TARGETS,
             "audit_verify": verify, "load_avg_1m": [round(load_before, 2), round(load_after, 2)],
             "pass": ok,
         }

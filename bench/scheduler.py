@@ -2,7 +2,8 @@
 
 Generates, set-based with `generate_series`, N cases each with a bracelet, a circular
 home zone with a 22:00-06:00 curfew (Asia/Almaty) and a few fixes before 22:00, then
-times (median of `repeat` runs, each rolled back so every run sees the same data):
+times (median of `repeat` runs, each rolled back so every run sees the same data;
+the JSON keys add `_s`):
 
 * `silence_steady`: the silence pass when nothing changes (the common case);
 * `silence_transitions`: the pass in which `silent_pct` % of devices go silent and

@@ -209,6 +209,7 @@ class _Stack:
             "PROBATION_DATABASE_URL": self.database_url, "PROBATION_MQTT_URL": self.mqtt_url,
             "PROBATION_DATA_DIR": str(self.work / "data"),
             "PROBATION_ADMIN_PASSWORD": self.password,
+            "PROBATION_TOTP_REQUIRED_ROLES": "[]",  # the simulator signs in as admin
             "PROBATION_JWT_SECRET": secrets.token_urlsafe(48),
             "PROBATION_BIOMETRIC_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "PROBATION_LOCATION_LOST_S": str(int(lag)),

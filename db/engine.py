@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
 import psycopg
 from sqlalchemy import Engine
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -34,18 +32,6 @@ def get_engine(url: str, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
-
-
-@contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session committed on success and rolled back on error (jobs, CLI)."""
-    with Session(get_engine(url)) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:

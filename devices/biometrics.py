@@ -82,3 +82,39 @@ def cosine_similarity(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     if nx == 0.0 or ny == 0.0 or not (np.isfinite(nx) and np.isfinite(ny)):
         return 0.0
     return float(np.clip(np.dot(x, y) / (nx * ny), -1.0, 1.0))
+
+
+def _frames_aad(device_id: uuid.UUID, seq: int) -> bytes:
+    return b"frames" + device_id.bytes + seq.to_bytes(8, "big")
+
+
+def encrypt_frames(key: str | bytes, frames: Sequence[bytes], *, device_id: uuid.UUID,
+                   seq: int) -> bytes:
+    """Check-in frames waiting for verification, encrypted like templates:
+    ``version ‖ nonce ‖ AES-GCM(count(1) ‖ (length(4) ‖ bytes)…)``."""
+    plain = bytes([len(frames)]) + b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+    nonce = os.urandom(NONCE_BYTES)
+    return VERSION + nonce + AESGCM(load_key(key)).encrypt(nonce, plain,
+                                                           _frames_aad(device_id, seq))
+
+
+def decrypt_frames(key: str | bytes, blob: bytes, *, device_id: uuid.UUID,
+                   seq: int) -> list[bytes]:
+    blob = bytes(blob)
+    if blob[:1] != VERSION:
+        raise ValueError("unknown frames format")
+    plain = AESGCM(load_key(key)).decrypt(blob[1:1 + NONCE_BYTES], blob[1 + NONCE_BYTES:],
+                                          _frames_aad(device_id, seq))
+    out, pos = [], 1
+    for _ in range(plain[0]):
+        n = int.from_bytes(plain[pos:pos + 4], "big")
+        out.append(plain[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def encrypt_photo(key: str | bytes, photo: bytes, *, subject_id: uuid.UUID) -> bytes:
+    """An enrolment photo kept at rest (only when the setting keeps photos)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return VERSION + nonce + AESGCM(load_key(key)).encrypt(nonce, photo,
+                                                           b"photo" + subject_id.bytes)

@@ -16,6 +16,7 @@ redelivered check-ins that will not be stored again):
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 
 from alerts.models import AlertType
 from alerts.service import open_episode
-from devices.biometrics import cosine_similarity, decrypt_template, load_key
+from devices.biometrics import cosine_similarity, decrypt_template, encrypt_frames, load_key
 from devices.pipeline import CheckinVerdict, DeviceBatch, StoredCheckin
 from devices.protocol import Checkin
 
@@ -54,6 +55,26 @@ def _template(conn: Conn, case_id: uuid.UUID) -> tuple[uuid.UUID, str, bytes] | 
     return None if row is None else (row[0], row[1], bytes(row[2]))
 
 
+DEFAULT_CHALLENGES = ("turn_left", "turn_right", "blink", "smile")
+
+# Camera frames: decided by `devices.checkin_verifier` after the batch is stored.
+PENDING = CheckinVerdict(False, None, pending=True)
+# An app-computed embedding from a device not marked trusted for biometrics.
+UNTRUSTED = CheckinVerdict(False, None, reason="untrusted_device_biometrics")
+
+
+def random_challenge(challenges: Sequence[str] = DEFAULT_CHALLENGES) -> str:
+    """The gesture a check-in request asks for, drawn with the system's CSPRNG (the app
+    cannot predict it, so pre-recorded frames cannot show it)."""
+    return secrets.choice(list(challenges))
+
+
+def _trusted(conn: Conn, device_id: uuid.UUID) -> bool:
+    row = conn.execute("SELECT trusted_biometrics FROM devices WHERE id = %s",
+                       (device_id,)).fetchone()
+    return bool(row and row[0])
+
+
 def evaluate_checkins(
     conn: Conn,
     *,
@@ -65,12 +86,18 @@ def evaluate_checkins(
 ) -> list[CheckinVerdict]:
     """One verdict per check-in (same order); reads the template, writes nothing.
 
+    Check-ins with camera frames are `pending` (the verifier decides them). Embeddings are
+    judged only from devices trusted for biometrics, else `untrusted_device_biometrics`.
     No case, no enrolled template, another method, an undecryptable template or a
     length mismatch → not passed with similarity None.
     """
     th = thresholds or CheckinThresholds()
     if not checkins:
         return []
+    if all(c.frames is not None for c in checkins):
+        return [PENDING for _ in checkins]
+    if not _trusted(conn, device_id):
+        return [PENDING if c.frames is not None else UNTRUSTED for c in checkins]
     tpl = _template(conn, case_id) if case_id is not None else None
     if tpl is None:
         return [CheckinVerdict(False, None) for _ in checkins]
@@ -83,12 +110,16 @@ def evaluate_checkins(
         return [CheckinVerdict(False, None) for _ in checkins]
     out: list[CheckinVerdict] = []
     for c in checkins:
+        if c.frames is not None:
+            out.append(PENDING)
+            continue
         emb = np.asarray(c.embedding, dtype=np.float64)
         if c.method != method or emb.shape != template.shape:
             out.append(CheckinVerdict(False, None))
             continue
         sim = cosine_similarity(template, emb)
-        out.append(CheckinVerdict(sim >= th.similarity and c.liveness >= th.liveness, sim))
+        live = c.liveness is not None and c.liveness >= th.liveness
+        out.append(CheckinVerdict(sim >= th.similarity and live, sim))
     return out
 
 
@@ -110,7 +141,10 @@ class BiometricCheckins:
 def failure_reason(
     checkin: Checkin, verdict: CheckinVerdict, thresholds: CheckinThresholds
 ) -> str:
-    """Why a check-in did not pass: `no_template`, `face_mismatch` or `liveness`."""
+    """Why a check-in did not pass: the verdict's own reason, else `no_template`,
+    `face_mismatch` or `liveness`."""
+    if verdict.reason is not None:
+        return verdict.reason
     if verdict.similarity is None:
         return "no_template"
     if verdict.similarity < thresholds.similarity:
@@ -134,6 +168,7 @@ def apply_checkin_outcomes(
     case_id: uuid.UUID,
     checkins: Sequence[StoredCheckin],
     thresholds: CheckinThresholds | None = None,
+    key: str | bytes | None = None,
 ) -> list[uuid.UUID]:
     """Act on stored check-ins: mark requests passed, open `checkin_failed`; returns the
     ids of alerts opened."""
@@ -141,21 +176,13 @@ def apply_checkin_outcomes(
     opened: list[uuid.UUID] = []
     for sc in checkins:
         c, v = sc.checkin, sc.verdict
+        if v.pending:
+            if key is None:
+                raise RuntimeError("check-ins with frames need the biometric key")
+            queue_frames(conn, key=key, device_id=device_id, case_id=case_id, checkin=c)
+            continue
         if v.passed:
-            conn.execute(
-                """
-                UPDATE checkin_requests SET status = 'passed', resolved_at = %(ts)s
-                WHERE id = (
-                    SELECT id FROM checkin_requests
-                    WHERE case_id = %(case)s AND status IN ('scheduled', 'sent')
-                      AND (id = %(rid)s OR command_id = %(rid)s OR (due_at - make_interval(secs => %(early)s) <= %(ts)s
-                                            AND %(ts)s <= deadline))
-                    ORDER BY (id = %(rid)s OR command_id = %(rid)s) IS TRUE DESC, due_at
-                    LIMIT 1 FOR UPDATE)
-                """,
-                {"ts": c.ts, "case": case_id, "rid": _request_uuid(c.request_id),
-                 "early": EARLY_S},
-            )
+            mark_request_passed(conn, case_id=case_id, checkin=c)
             continue
         reason = failure_reason(c, v, th)
         ep = open_episode(
@@ -174,17 +201,51 @@ def apply_checkin_outcomes(
     return opened
 
 
+def queue_frames(conn: Conn, *, key: str | bytes, device_id: uuid.UUID,
+                 case_id: uuid.UUID | None, checkin: Checkin) -> None:
+    """Keep a stored check-in's frames, encrypted, for the verifier."""
+    assert checkin.frames is not None
+    conn.execute(
+        "INSERT INTO checkin_frames (device_id, seq, ts, case_id, request_id, challenge,"
+        " ciphertext) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (device_id, checkin.seq, checkin.ts, case_id, checkin.request_id, checkin.challenge,
+         encrypt_frames(key, checkin.frames, device_id=device_id, seq=checkin.seq)),
+    )
+
+
+def mark_request_passed(conn: Conn, *, case_id: uuid.UUID, checkin: Checkin) -> None:
+    """The request a passing check-in answers becomes `passed`."""
+    c = checkin
+    conn.execute(
+        """
+        UPDATE checkin_requests SET status = 'passed', resolved_at = %(ts)s
+        WHERE id = (
+            SELECT id FROM checkin_requests
+            WHERE case_id = %(case)s AND status IN ('scheduled', 'sent')
+              AND (id = %(rid)s OR command_id = %(rid)s OR (due_at - make_interval(secs => %(early)s) <= %(ts)s
+                                    AND %(ts)s <= deadline))
+            ORDER BY (id = %(rid)s OR command_id = %(rid)s) IS TRUE DESC, due_at
+            LIMIT 1 FOR UPDATE)
+        """,
+        {"ts": c.ts, "case": case_id, "rid": _request_uuid(c.request_id),
+         "early": EARLY_S},
+    )
+
+
 class CheckinOutcomes:
     """The `checkin_outcomes` after-store stage: acts on stored check-ins only."""
 
     name = "checkin_outcomes"
 
-    def __init__(self, *, thresholds: CheckinThresholds | None = None) -> None:
+    def __init__(self, *, thresholds: CheckinThresholds | None = None,
+                 key: str | bytes | None = None) -> None:
         self.thresholds = thresholds or CheckinThresholds()
+        self.key = None if key is None else load_key(key)
 
     def on_batch(self, conn: Conn, batches: Sequence[DeviceBatch]) -> None:
         for b in batches:
             if b.checkins and b.case_id is not None:
                 apply_checkin_outcomes(conn, device_id=b.device_id, case_id=b.case_id,
-                                       checkins=b.checkins, thresholds=self.thresholds)
+                                       checkins=b.checkins, thresholds=self.thresholds,
+                                       key=self.key)
 

@@ -25,7 +25,13 @@ import numpy as np
 import orjson
 
 from alerts.models import AlertType
-from alerts.service import EpisodeUpdate, close_episode, open_episode, update_episodes
+from alerts.service import (
+    EpisodeUpdate,
+    close_episode,
+    open_episode,
+    update_episodes,
+    zone_episode_open,
+)
 from devices.pipeline import Conn, DeviceBatch
 from devices.protocol import CommandType
 from geofence import (
@@ -361,7 +367,11 @@ class GeofenceEvaluator:
                 conn, case_id=case_id, type=atype, ended_at=ended, zone_id=zone_id,
                 device_id=b.device_id, evidence=evidence,
             )
-            if closed is not None and atype != AlertType.EXCLUSION_ZONE_APPROACH:
+            # Back to the case's interval once no zone episode of the device is open
+            # (an approach that turned into an entry keeps rapid mode on).
+            if closed is not None and not zone_episode_open(
+                conn, case_id=case_id, device_id=b.device_id
+            ):
                 normal = NORMAL_FIX_INTERVAL_S.get(reg.risk.get(t.case_id, "medium"), 60)
                 self._rapid(conn, b.device_id, normal)
 

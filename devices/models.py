@@ -9,10 +9,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
-from sqlalchemy import Column, String
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import String
 from sqlmodel import Field, SQLModel
 
 from db.types import UTCDateTime, utcnow
@@ -39,6 +37,7 @@ class Device(SQLModel, table=True):
     last_good_fix_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     mqtt_password_hash: str | None = None  # devices/mqtt_auth.py; never the password
     mqtt_password_set_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    trusted_biometrics: bool = False  # app-computed embeddings accepted (admin's choice)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -55,33 +54,6 @@ class DeviceAssignment(SQLModel, table=True):
     unassigned_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
 
 
-class Command(SQLModel, table=True):
-    __tablename__ = "commands"
-
-    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    device_id: uuid.UUID = Field(foreign_key="devices.id")
-    type: str
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
-    requested_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    acked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    result: str | None = None
-    detail: str | None = None
-
-
-class DeadLetter(SQLModel, table=True):
-    __tablename__ = "dead_letters"
-
-    id: int | None = Field(default=None, primary_key=True)
-    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    topic: str
-    reason: str
-    detail: str = ""
-    item_index: int | None = None
-    payload: bytes
-
-
 class CheckinRequest(SQLModel, table=True):
     __tablename__ = "checkin_requests"
 
@@ -95,4 +67,5 @@ class CheckinRequest(SQLModel, table=True):
     command_id: uuid.UUID | None = None
     status: str = "scheduled"
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    challenge: str | None = None  # the gesture asked (check-ins with camera frames)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

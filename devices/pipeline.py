@@ -5,7 +5,7 @@
       resolve devices → accumulate per device → find cases → judge check-ins
       → build rows → lock devices → store (COPY + dedup) → after-store stages
       (`BatchWriter.after_store`: geofence, check-in outcomes, silence gaps; wired
-      in `probation.workers.build_ingestion`) → inventory → acks → dead letters
+      in `probation.runtime.workers.build_ingestion`) → inventory → acks → dead letters
     → commit → acknowledge to the broker
 
 `devices.ingest.IngestWorker` runs the threads; this module holds the pieces
@@ -47,6 +47,7 @@ from devices.protocol import (
     decode,
     parse_topic,
 )
+from devices.redact import redact_payload, redact_text, redact_value
 from devices.service import AckRow, Conn, DeadLetterRow, InventoryUpdate
 
 log = logging.getLogger(__name__)
@@ -234,10 +235,16 @@ class DeviceDirectory:
 
 @dataclass(slots=True)
 class CheckinVerdict:
-    """The outcome of a check-in: whether it passed and the similarity to the template."""
+    """The outcome of a check-in: whether it passed and the similarity to the template.
+
+    `pending`: camera frames, decided later by the check-in verifier off the ingest path;
+    `reason`: why it failed when the judge already knows (e.g. `untrusted_device_biometrics`).
+    """
 
     passed: bool
     similarity: float | None
+    pending: bool = False
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -344,17 +351,18 @@ def _text(s: str) -> str:
 
 
 def dead_letter(raw: RawMessage, rej: Rejected) -> DeadLetterRow:
-    """The dead-letter row of a rejection: the whole payload (capped) or the item as JSON."""
+    """The dead-letter row of a rejection: the whole payload (capped) or the item as JSON,
+    biometric fields (embeddings, frames) replaced by their size."""
     if rej.index is None:
-        body = raw.payload[:MAX_PAYLOAD]
+        body = redact_payload(raw.topic, raw.payload)[:MAX_PAYLOAD]
     else:
         try:
-            body = orjson.dumps(rej.item)
+            body = orjson.dumps(redact_value(rej.item)[0])
         except (TypeError, orjson.JSONEncodeError):
-            body = repr(rej.item).encode("utf-8", "backslashreplace")
+            body = redact_text(repr(rej.item)).encode("utf-8", "backslashreplace")
         body = body[:MAX_PAYLOAD]
     return DeadLetterRow(
-        topic=_text(raw.topic), reason=rej.reason.value, detail=_text(rej.detail),
+        topic=_text(raw.topic), reason=rej.reason.value, detail=_text(redact_text(rej.detail)),
         item_index=rej.index, payload=body,
         fingerprint=fingerprint(raw.topic, rej.index, raw.payload),
     )
@@ -465,7 +473,7 @@ class BatchWriter:
 
     `write` runs `self.stages` in order: that list is the whole path of a batch.
     `after_store` are the stages that act on what was newly stored (in the service:
-    `probation.workers.build_ingestion`); `checkin_judge` decides each check-in before
+    `probation.runtime.workers.build_ingestion`); `checkin_judge` decides each check-in before
     it is stored.
     """
 

@@ -104,6 +104,7 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     EMBEDDING_LENGTH = "embedding_length"
+    BAD_IMAGE = "bad_image"
     UNKNOWN_DEVICE = "unknown_device"
     BAD_TOPIC = "bad_topic"
 
@@ -135,6 +136,9 @@ EVENT_TYPES = frozenset(
     }
 )
 CHECKIN_METHODS = frozenset({"face"})
+CHALLENGES = frozenset({"turn_left", "turn_right", "blink", "smile"})
+FRAMES_MIN = 3
+FRAMES_MAX = 5
 STATUS_STATES = frozenset({"online", "offline"})
 ACK_RESULTS = frozenset({"ok", "error"})
 
@@ -177,17 +181,21 @@ class DeviceEvent:
 
 @dataclass(slots=True)
 class Checkin:
-    """A validated biometric check-in; `embedding` holds floats only."""
+    """A validated biometric check-in: camera `frames` (decoded JPEG/PNG bytes, the backend
+    verifies them) or, from devices trusted for biometrics, an app-computed `embedding`
+    (floats only) and `liveness` (the v1.0 form; then `frames` is None)."""
 
     seq: int
     ts: datetime
     method: str
     embedding: list[float]
-    liveness: float
+    liveness: float | None
     request_id: str | None
     lat: float | None
     lon: float | None
     acc: float | None
+    frames: list[bytes] | None = None
+    challenge: str | None = None
 
 
 @dataclass(slots=True)
@@ -611,16 +619,45 @@ def _checkin(it: Any, limit: datetime, ctx: _Ctx | None) -> Checkin:
     method = _required(it, "method")
     if type(method) is not str or method not in CHECKIN_METHODS:
         _bad_str("method", method, CHECKIN_METHODS, Reason.OUT_OF_RANGE)
+    request_id = it.get("request_id")
+    if request_id is not None and type(request_id) is not str:
+        raise _Invalid(Reason.BAD_TYPE, f"request_id: expected string, got {_tname(request_id)}")
+    if "frames" in it or "embedding" not in it:
+        frames = _frames(_required(it, "frames"))
+        challenge = it.get("challenge")
+        if challenge is None and request_id is not None:
+            raise _Invalid(Reason.MISSING_FIELD, "challenge: required with request_id")
+        if challenge is not None and (type(challenge) is not str or challenge not in CHALLENGES):
+            _bad_str("challenge", challenge, CHALLENGES, Reason.OUT_OF_RANGE)
+        lat, lon, acc = _position(it)
+        return Checkin(seq, dt, method, [], None, request_id, lat, lon, acc, frames, challenge)
     emb = _embedding(_required(it, "embedding"), ctx)
     liveness = _required(it, "liveness")
     t = type(liveness)
     if (t is not float and t is not int) or not 0.0 <= liveness <= 1.0:
         _bad_num("liveness", liveness, "0 <= liveness <= 1")
-    request_id = it.get("request_id")
-    if request_id is not None and type(request_id) is not str:
-        raise _Invalid(Reason.BAD_TYPE, f"request_id: expected string, got {_tname(request_id)}")
     lat, lon, acc = _position(it)
     return Checkin(seq, dt, method, emb, float(liveness), request_id, lat, lon, acc)
+
+
+def _frames(v: Any) -> list[bytes]:
+    """3 to 5 base64 JPEG or PNG images of at most 64 KiB each (headers parsed, not pixels)."""
+    from devices.faces.images import ImageError, frame_bytes, sniff
+
+    if type(v) is not list:
+        raise _Invalid(Reason.BAD_TYPE, f"frames: expected list of base64 strings, got {_tname(v)}")
+    if not FRAMES_MIN <= len(v) <= FRAMES_MAX:
+        raise _Invalid(Reason.OUT_OF_RANGE,
+                       f"frames: {len(v)} frames, expected {FRAMES_MIN} to {FRAMES_MAX}")
+    out = []
+    for i, f in enumerate(v):
+        try:
+            raw = frame_bytes(f)
+            sniff(raw)
+        except ImageError as e:
+            raise _Invalid(Reason(e.reason), f"frames[{i}]: {e}") from None
+        out.append(raw)
+    return out
 
 
 def _status(obj: dict[str, Any], limit: datetime) -> Status:
@@ -809,7 +846,7 @@ def _check_params(ctype: CommandType, params: dict[str, Any]) -> None:
         if not params:
             raise ValueError("set_interval needs fix_interval_s and/or upload_interval_s")
     elif ctype is CommandType.REQUEST_CHECKIN:
-        allowed = required = {"deadline_s"}
+        allowed, required = {"deadline_s", "challenge"}, {"deadline_s"}
     else:
         allowed, required = {"text", "vibrate"}, {"text"}
     unknown = params.keys() - allowed
@@ -823,6 +860,8 @@ def _check_params(ctype: CommandType, params: dict[str, Any]) -> None:
             _int_param(params, name, 5, 3600)
     elif ctype is CommandType.REQUEST_CHECKIN:
         _int_param(params, "deadline_s", 60, 3600)
+        if "challenge" in params and params["challenge"] not in CHALLENGES:
+            raise ValueError(f"challenge must be one of {sorted(CHALLENGES)}")
     else:
         text = params["text"]
         if type(text) is not str or len(text) > NOTIFY_TEXT_MAX:

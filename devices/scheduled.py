@@ -41,6 +41,7 @@ import psycopg
 
 from alerts.models import AlertType
 from alerts.service import close_episode, open_episode
+from devices.checkins import DEFAULT_CHALLENGES, random_challenge
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class SilenceGaps:
     """The `silence_gaps` after-store stage of ingest: `communication_lost` for a silence
     that ended between two silence passes.
 
-    The scheduler finds silences every `scheduler_period_s`; a device that talks again
+    The scheduler finds silences every `scheduler_interval_s`; a device that talks again
     less than a period after its threshold would never be alerted. When a device's first
     uplink after such a silence arrives (before `last_seen` moves), its episode is
     recorded at once, already closed and `late`: it started at last_seen + threshold,
@@ -386,6 +387,7 @@ class DispatchResult:
 def dispatch_checkin_requests(
     conn: Conn, *, now: datetime, publish: Publisher | None,
     stale: timedelta = timedelta(hours=1), limit: int = 1000,
+    challenges: Sequence[str] = DEFAULT_CHALLENGES,
 ) -> DispatchResult:
     """Send every due `scheduled` request as a `request_checkin` command (status → `sent`).
 
@@ -425,13 +427,15 @@ def dispatch_checkin_requests(
             continue
         window = int(min(3600, max(60, (deadline - due_at).total_seconds())))
         new_deadline = max(deadline, now + timedelta(seconds=window))
+        challenge = random_challenge(challenges)
         with conn.transaction():
             create_command(conn, device_id=target, type="request_checkin", command_id=rid,
-                           params={"deadline_s": int((new_deadline - now).total_seconds())})
+                           params={"deadline_s": int((new_deadline - now).total_seconds()),
+                                   "challenge": challenge})
             conn.execute(
                 "UPDATE checkin_requests SET status = 'sent', command_id = %s,"
-                " device_id = %s, deadline = %s WHERE id = %s",
-                (rid, target, new_deadline, rid),
+                " device_id = %s, deadline = %s, challenge = %s WHERE id = %s",
+                (rid, target, new_deadline, challenge, rid),
             )
         sent.append(rid)
     conn.commit()
@@ -584,12 +588,3 @@ def ingest_watermark(conn: Conn, *, max_age: timedelta = timedelta(seconds=60)) 
     ).fetchone()
     at, live, total, newest = row if row is not None else (None, 0, 0, None)
     return IngestWatermark(at, int(live or 0), int(total or 0) - int(live or 0), newest)
-
-
-def open_requests(conn: Conn, *, case_id: uuid.UUID) -> Sequence[tuple[Any, ...]]:
-    """The case's requests still waiting for a check-in (id, status, due_at, deadline)."""
-    return conn.execute(
-        "SELECT id, status, due_at, deadline FROM checkin_requests"
-        " WHERE case_id = %s AND status IN ('scheduled', 'sent') ORDER BY due_at",
-        (case_id,),
-    ).fetchall()

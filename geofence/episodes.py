@@ -574,9 +574,6 @@ class Transitions:
                 inferred=inf,
             )
 
-    def to_list(self) -> list[Transition]:
-        return list(self)
-
     def records(self) -> list[dict[str, Any]]:
         """JSON-able dicts (see `Transition.to_dict`)."""
         return [t.to_dict() for t in self]

@@ -291,7 +291,6 @@ class CaseZones:
         dc, dz = dc[order], dz[order]
         self.direct_ptr: I64 = np.zeros(nc + 1, dtype=np.int64)
         np.cumsum(np.bincount(dc, minlength=nc), out=self.direct_ptr[1:])
-        self.direct_zone: I32 = dz.astype(np.int32)
         self.direct_keys: I64 = dc * max(nz, 1) + dz  # sorted
         self.max_direct = int(np.diff(self.direct_ptr).max()) if nc else 0
         s_case = [cases_of[z] for z in range(nz) if self.shared[z] and not self.att_all[z]]
@@ -380,8 +379,6 @@ class CaseZones:
         if ic.size:
             rank = np.arange(ic.size) - np.searchsorted(ic, ic)
             self.case_islot[ic, rank] = isl
-        g = np.unique(self.case_group2d)
-        self.direct_groups: I64 = g[g != 0]
         self.case_id_arr = np.empty(nc, dtype=object)
         self.case_id_arr[:] = self.case_ids
         self.zone_id_arr = np.empty(nz, dtype=object)

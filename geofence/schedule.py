@@ -379,34 +379,3 @@ def window_starts(
     # After flip k the status is a0 XOR (k even).
     starts = ch[(np.arange(ch.size) % 2 == 0) != a0]
     return [_EPOCH + timedelta(milliseconds=int(t)) for t in starts]
-
-
-def next_change(
-    schedule: Schedule | None, tz: str | ZoneInfo, exceptions: Exceptions, after_ms: int
-) -> int | None:
-    """First instant after ``after_ms`` at which the status flips (searches 8 days)."""
-    _, ch = activity_changes(schedule, tz, exceptions, after_ms, after_ms + 8 * MS_DAY)
-    return int(ch[0]) if ch.size else None
-
-
-def schedule_key(schedule: Schedule | None, exceptions: Exceptions) -> tuple[Any, ...]:
-    """Hashable identity of a (schedule, exceptions) pair; ``()`` means always active."""
-    if schedule is None and not exceptions:
-        return ()
-    return (schedule, exceptions)
-
-
-def describe(schedule: Schedule | None) -> list[dict[str, Any]]:
-    """The schedule back as JSON windows (for debugging/round trips)."""
-    if schedule is None:
-        return []
-    out = []
-    for w in schedule.windows:
-        out.append(
-            {
-                "days": [d for i, d in enumerate(DAY_NAMES) if w.days >> i & 1],
-                "start": f"{w.start_min // 60:02d}:{w.start_min % 60:02d}",
-                "end": f"{w.end_min // 60:02d}:{w.end_min % 60:02d}",
-            }
-        )
-    return out

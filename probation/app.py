@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -18,7 +19,10 @@ from sqlalchemy import text
 from db.engine import get_engine
 from probation import __version__
 from probation.api import install
+from probation.audit import service as audit
 from probation.context import AppContext
+from probation.errors import Unauthorized, problem_responses
+from probation.headers import SecurityHeadersMiddleware
 from probation.settings import Settings
 from probation.users.bootstrap import bootstrap_admin
 
@@ -73,6 +77,7 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap_admin(database_url, settings)
+        audit.ensure_keyed(database_url, settings)
         if accounts is not None:
             accounts.sync()
         yield
@@ -85,6 +90,8 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
         version=__version__,
         description="Supervision API, version 1: caseloads, devices, zones, tracks, alerts, audit.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: probation.console, from local assets
+        redoc_url=None,
     )
     app.state.ctx = ctx
 
@@ -117,9 +124,41 @@ def create_app(settings: Settings, *, database_url: str, mqtt_url: str,
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
              response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-    def metrics() -> Response:
+             description="Needs `Authorization: Bearer` with `PROBATION_METRICS_TOKEN` or an "
+             "admin's access token.",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **problem_responses(401)})
+    def metrics(request: Request) -> Response:
+        _metrics_allowed(request, settings, database_url)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    def on_refused(request: Request, status: int) -> None:
+        audit.record_refusal(database_url, request=request, status=status)
+
+    app.state.on_refused = on_refused
     install(app)
+    from probation.console import install_console
+
+    install_console(app, settings)
+    app.add_middleware(SecurityHeadersMiddleware, tiles=settings.map_tiles)
     return app
+
+
+def _metrics_allowed(request: Request, settings: Settings, database_url: str) -> None:
+    """`/metrics` answers the configured metrics token or an admin's access token."""
+    from sqlmodel import Session
+
+    from probation.deps import _user_for_token
+    from probation.users.models import Role
+
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized()
+    if settings.metrics_token and hmac.compare_digest(token.encode(),
+                                                      settings.metrics_token.encode()):
+        return
+    with Session(get_engine(database_url)) as session:
+        user = _user_for_token(request, session, token)
+        if user.role != Role.ADMIN:
+            raise Unauthorized("invalid_token")

@@ -19,7 +19,8 @@ from probation.cases.models import Case
 from probation.cases.scope import CaseScope
 from probation.context import AppContext
 from probation.errors import Forbidden, NotFound, Unauthorized
-from probation.users.auth import user_id_from_token
+from probation.settings import Settings
+from probation.users.auth import SETUP_SCOPE, decode_token, generation
 from probation.users.models import Role, User
 
 TOKEN_URL = "/api/v1/auth/token"
@@ -59,11 +60,33 @@ def jwt_secret(request: Request) -> str:
     return secret
 
 
-def _user_for_token(request: Request, session: Session, token: str | None) -> User:
+def client_address(request: Request, settings: Settings) -> str:
+    """The client's address: the TCP peer, or the last address a trusted proxy added."""
+    peer = request.client.host if request.client else "unknown"
+    if peer in settings.trusted_proxies:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        while hops and hops[-1] in settings.trusted_proxies:
+            hops.pop()
+        if hops:
+            return hops[-1][:64]
+    return peer
+
+
+def _user_for_token(
+    request: Request, session: Session, token: str | None, *, setup: bool = False
+) -> User:
+    """The user of a valid token of the current generation. A `totp_setup` token passes
+    only where `setup` is true (the caller and their second factor)."""
     if not token:
         raise Unauthorized()
-    user = session.get(User, user_id_from_token(token, jwt_secret(request)))
-    if user is None or not user.is_active:
+    claims = decode_token(token, jwt_secret(request))
+    user = session.get(User, claims.user_id)
+    if user is None or not user.is_active or claims.gen != generation(user):
+        raise Unauthorized("invalid_token")
+    if claims.scope == SETUP_SCOPE and not setup:
+        raise Unauthorized("totp_setup_required")
+    if claims.scope not in (None, SETUP_SCOPE):
         raise Unauthorized("invalid_token")
     request.state.user_id = user.id
     return user
@@ -77,6 +100,16 @@ def get_current_user(
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_setup_user(
+    request: Request, session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> User:
+    """`get_current_user`, also for a token limited to setting up the second factor."""
+    return _user_for_token(request, session, token, setup=True)
+
+
+SetupUser = Annotated[User, Depends(get_setup_user)]
 
 
 async def get_stream_token(

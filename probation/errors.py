@@ -88,11 +88,6 @@ class TooManyRequests(DomainError):
     default_code = "rate_limited"
 
 
-class ServiceUnavailable(DomainError):
-    status = 503
-    default_code = "service_unavailable"
-
-
 class Invalid(DomainError):
     """A 422 naming each bad field."""
 
@@ -247,6 +242,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_domain(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
         errors = exc.errors if isinstance(exc, Invalid) else ()
+        hook = getattr(request.app.state, "on_refused", None)
+        if exc.status in (403, 404) and hook is not None and request.url.path.startswith("/api/"):
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(hook, request, exc.status)
         return problem_response(
             request, exc.status, exc.code, params=exc.params, errors=errors, headers=exc.headers
         )

@@ -52,9 +52,6 @@ def _sane_instant(value: datetime) -> datetime:
     return utc
 
 
-Text = Annotated[str, AfterValidator(clean_text)]
-
-
 Instant = Annotated[AwareDatetime, AfterValidator(_sane_instant),
                     PydField(description="RFC 3339 with an offset (years 1900-2200)")]
 

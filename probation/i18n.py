@@ -14,6 +14,7 @@ Templates use `str.format` named fields; a missing parameter never raises.
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Any, Final, NamedTuple
 
@@ -68,6 +69,13 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "not_authenticated": Message("Not authenticated", "Sign in and send the access token as a Bearer token."),
         "invalid_token": Message("Invalid token", "The access token is invalid or has expired."),
         "invalid_credentials": Message("Invalid credentials", "The username or password is wrong."),
+        "too_many_attempts": Message("Too many attempts", "Too many failed sign-ins: try again in {retry_after} s."),
+        "totp_required": Message("Second factor required", "Send the current code of your authenticator app as `totp`."),
+        "invalid_totp": Message("Wrong code", "The authenticator code is wrong, expired or used already."),
+        "totp_setup_required": Message("Second factor not set up", "Your role requires a second factor: set it up at /api/v1/me/totp first."),
+        "totp_not_started": Message("Nothing to confirm", "Start with action `enable` first."),
+        "totp_required_by_role": Message("Second factor required", "Your role or account requires the second factor; it cannot be turned off."),
+        "wrong_password": Message("Wrong password", "The current password is wrong."),
         "account_locked": Message("Account locked", "Too many failed sign-ins: the account is locked until {until}."),
         "forbidden": Message("Forbidden", "Your role may not do this."),
         "not_found": Message("Not found", "No such resource, or you may not see it."),
@@ -78,6 +86,8 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "http_error": Message("HTTP error", "The request failed with status {status}."),
         "username_taken": Message("Username taken", "A user named {username} exists already."),
         "iin_taken": Message("Person exists", "A person with this IIN is registered already."),
+        "iin_unavailable": Message("IIN not available", "A person with this IIN cannot be registered from your account; an administrator can check it."),
+        "subject_other_case": Message("Person under another case", "The person has an active case outside your caseload, or replacing their template needs a supervisor of their case; ask that case's supervisor or an administrator."),
         "serial_taken": Message("Serial taken", "A device with serial {serial} is registered already."),
         "case_closed": Message("Case closed", "The case is closed and cannot be changed."),
         "device_in_use": Message("Device in use", "The device serves another active case."),
@@ -98,6 +108,13 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "not_authenticated": Message("Требуется вход", "Войдите в систему и передайте токен доступа как Bearer-токен."),
         "invalid_token": Message("Недействительный токен", "Токен доступа недействителен или истёк."),
         "invalid_credentials": Message("Неверные учётные данные", "Неверное имя пользователя или пароль."),
+        "too_many_attempts": Message("Слишком много попыток", "Слишком много неудачных попыток входа: повторите через {retry_after} с."),
+        "totp_required": Message("Нужен второй фактор", "Передайте текущий код приложения-аутентификатора в поле `totp`."),
+        "invalid_totp": Message("Неверный код", "Код аутентификатора неверен, устарел или уже использован."),
+        "totp_setup_required": Message("Второй фактор не настроен", "Ваша роль требует второй фактор: сначала настройте его в /api/v1/me/totp."),
+        "totp_not_started": Message("Нечего подтверждать", "Сначала выполните действие `enable`."),
+        "totp_required_by_role": Message("Второй фактор обязателен", "Ваша роль или учётная запись требует второй фактор; его нельзя отключить."),
+        "wrong_password": Message("Неверный пароль", "Текущий пароль неверен."),
         "account_locked": Message("Учётная запись заблокирована", "Слишком много неудачных попыток входа: учётная запись заблокирована до {until}."),
         "forbidden": Message("Доступ запрещён", "Ваша роль не позволяет выполнить это действие."),
         "not_found": Message("Не найдено", "Ресурс не существует или недоступен вам."),
@@ -108,6 +125,8 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "http_error": Message("Ошибка HTTP", "Запрос завершился с кодом {status}."),
         "username_taken": Message("Имя занято", "Пользователь {username} уже существует."),
         "iin_taken": Message("Лицо уже зарегистрировано", "Лицо с таким ИИН уже зарегистрировано."),
+        "iin_unavailable": Message("ИИН недоступен", "Лицо с этим ИИН нельзя зарегистрировать с вашей учётной записи; обратитесь к администратору."),
+        "subject_other_case": Message("Лицо в другом деле", "У лица есть активное дело вне вашего списка, или замена шаблона требует руководителя этого дела; обратитесь к руководителю дела или администратору."),
         "serial_taken": Message("Серийный номер занят", "Устройство с серийным номером {serial} уже зарегистрировано."),
         "case_closed": Message("Дело закрыто", "Дело закрыто и не может быть изменено."),
         "device_in_use": Message("Устройство занято", "Устройство используется в другом активном деле."),
@@ -128,6 +147,13 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "not_authenticated": Message("Кіру қажет", "Жүйеге кіріп, қол жеткізу токенін Bearer-токен ретінде жіберіңіз."),
         "invalid_token": Message("Жарамсыз токен", "Қол жеткізу токені жарамсыз немесе мерзімі өтіп кеткен."),
         "invalid_credentials": Message("Қате тіркелгі деректері", "Пайдаланушы аты немесе құпиясөз қате."),
+        "too_many_attempts": Message("Әрекеттер тым көп", "Сәтсіз кіру әрекеттері тым көп: {retry_after} с кейін қайталаңыз."),
+        "totp_required": Message("Екінші фактор қажет", "Аутентификатор қолданбасының ағымдағы кодын `totp` өрісінде жіберіңіз."),
+        "invalid_totp": Message("Қате код", "Аутентификатор коды қате, мерзімі өткен немесе бұрын қолданылған."),
+        "totp_setup_required": Message("Екінші фактор бапталмаған", "Сіздің рөліңіз екінші факторды талап етеді: алдымен оны /api/v1/me/totp арқылы баптаңыз."),
+        "totp_not_started": Message("Растайтын ештеңе жоқ", "Алдымен `enable` әрекетін орындаңыз."),
+        "totp_required_by_role": Message("Екінші фактор міндетті", "Рөліңіз немесе тіркелгіңіз екінші факторды талап етеді; оны өшіруге болмайды."),
+        "wrong_password": Message("Қате құпиясөз", "Ағымдағы құпиясөз қате."),
         "account_locked": Message("Тіркелгі бұғатталды", "Сәтсіз кіру әрекеттері тым көп: тіркелгі {until} дейін бұғатталды."),
         "forbidden": Message("Тыйым салынған", "Сіздің рөліңіз бұл әрекетке рұқсат бермейді."),
         "not_found": Message("Табылмады", "Мұндай ресурс жоқ немесе сізге қолжетімсіз."),
@@ -138,6 +164,8 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
         "http_error": Message("HTTP қатесі", "Сұрау {status} кодымен аяқталды."),
         "username_taken": Message("Атау бос емес", "{username} пайдаланушысы бұрыннан бар."),
         "iin_taken": Message("Тұлға тіркелген", "Осы ЖСН бар тұлға бұрыннан тіркелген."),
+        "iin_unavailable": Message("ЖСН қолжетімсіз", "Бұл ЖСН бар тұлғаны сіздің тіркелгіңізден тіркеу мүмкін емес; әкімшіге хабарласыңыз."),
+        "subject_other_case": Message("Тұлға басқа істе", "Тұлғаның сіздің тізіміңізден тыс белсенді ісі бар немесе үлгіні ауыстыру үшін сол істің жетекшісі қажет; іс жетекшісіне немесе әкімшіге хабарласыңыз."),
         "serial_taken": Message("Сериялық нөмір бос емес", "{serial} сериялық нөмірлі құрылғы бұрыннан тіркелген."),
         "case_closed": Message("Іс жабық", "Іс жабылған және оны өзгерту мүмкін емес."),
         "device_in_use": Message("Құрылғы бос емес", "Құрылғы басқа белсенді іске қызмет етеді."),
@@ -157,6 +185,16 @@ PROBLEMS: Final[dict[str, dict[str, Message]]] = {
 
 FIELDS: Final[dict[str, dict[str, str]]] = {
     "en": {
+        "no_face": "No face found in the photo.",
+        "several_faces": "More than one face in the photo.",
+        "face_too_small": "The face is too small: come closer (at least {min_px} px wide).",
+        "blurred": "The photo is blurred.",
+        "turned_away": "The face is turned away: look straight at the camera.",
+        "too_dark": "The photo is too dark.",
+        "too_bright": "The photo is overexposed.",
+        "bad_image": "Not a JPEG or PNG image.",
+        "too_large": "The photo is too large.",
+        "too_many_photos": "Send 1 to 5 photos.",
         "missing": "This field is required.",
         "empty": "Must not be empty.",
         "extra_forbidden": "This field is not allowed.",
@@ -224,8 +262,19 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "invalid_supervisor": "Only officers have a supervisor.",
         "nul_character": "Must not contain NUL characters.",
         "idempotency_key": "Must be 1 to 255 printable ASCII characters.",
+        "invalid": "Is invalid.",
     },
     "ru": {
+        "no_face": "На фото не найдено лицо.",
+        "several_faces": "На фото больше одного лица.",
+        "face_too_small": "Лицо слишком маленькое: подойдите ближе (не менее {min_px} пикселей в ширину).",
+        "blurred": "Фото размыто.",
+        "turned_away": "Лицо отвёрнуто: смотрите прямо в камеру.",
+        "too_dark": "Фото слишком тёмное.",
+        "too_bright": "Фото пересвечено.",
+        "bad_image": "Это не изображение JPEG или PNG.",
+        "too_large": "Фото слишком большое.",
+        "too_many_photos": "Отправьте от 1 до 5 фотографий.",
         "missing": "Обязательное поле.",
         "empty": "Не может быть пустым.",
         "extra_forbidden": "Это поле не допускается.",
@@ -293,8 +342,19 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "invalid_supervisor": "Руководитель указывается только для инспекторов.",
         "nul_character": "Не должно содержать символов NUL.",
         "idempotency_key": "От 1 до 255 печатных символов ASCII.",
+        "invalid": "Некорректное значение.",
     },
     "kk": {
+        "no_face": "Суретте бет табылмады.",
+        "several_faces": "Суретте бірден көп бет бар.",
+        "face_too_small": "Бет тым кішкентай: жақынырақ келіңіз (ені кемінде {min_px} пиксель).",
+        "blurred": "Сурет бұлыңғыр.",
+        "turned_away": "Бет бұрылған: камераға тура қараңыз.",
+        "too_dark": "Сурет тым қараңғы.",
+        "too_bright": "Сурет тым жарық.",
+        "bad_image": "Бұл JPEG немесе PNG суреті емес.",
+        "too_large": "Сурет тым үлкен.",
+        "too_many_photos": "1-ден 5-ке дейін сурет жіберіңіз.",
         "missing": "Міндетті өріс.",
         "empty": "Бос болмауы керек.",
         "extra_forbidden": "Бұл өріске рұқсат жоқ.",
@@ -362,8 +422,88 @@ FIELDS: Final[dict[str, dict[str, str]]] = {
         "invalid_supervisor": "Басшы тек инспекторлар үшін көрсетіледі.",
         "nul_character": "NUL таңбалары болмауы керек.",
         "idempotency_key": "1-ден 255-ке дейін басылатын ASCII таңбасы.",
+        "invalid": "Жарамсыз мән.",
     },
 }
+
+
+#: The reasons the geometry and schedule checks give (`{reason}` of geometry_invalid,
+#: schedule_invalid and value_error), English as they are raised → ru, kk. `{x}` stands for
+#: a part that varies (a field path, a number, a name) and is carried over as it is.
+REASONS: Final[dict[str, tuple[str, str]]] = {
+    "coordinate must be a number": ("координата должна быть числом", "координата сан болуы керек"),
+    "coordinate must be finite": ("координата должна быть конечной", "координата шектеулі болуы керек"),
+    "position must be [lon, lat]": ("точка должна быть [долгота, широта]", "нүкте [бойлық, ендік] болуы керек"),
+    "longitude out of range [-180, 180]": ("долгота вне диапазона [-180, 180]", "бойлық [-180, 180] аралығынан тыс"),
+    "latitude out of range [-90, 90]": ("широта вне диапазона [-90, 90]", "ендік [-90, 90] аралығынан тыс"),
+    "ring must be an array of positions": ("контур должен быть массивом точек", "контур нүктелер жиымы болуы керек"),
+    "ring needs at least 4 positions": ("в контуре нужно не менее 4 точек", "контурда кемінде 4 нүкте болуы керек"),
+    "ring is not closed (first and last positions differ)": ("контур не замкнут (первая и последняя точки различаются)", "контур тұйықталмаған (бірінші және соңғы нүктелер әртүрлі)"),
+    "ring needs at least 3 distinct vertices": ("в контуре нужно не менее 3 разных вершин", "контурда кемінде 3 түрлі төбе болуы керек"),
+    "polygon must be a non-empty array of rings": ("многоугольник должен быть непустым массивом контуров", "көпбұрыш контурлардың бос емес жиымы болуы керек"),
+    "must be 'inclusion' or 'exclusion'": ("допустимо «inclusion» или «exclusion»", "«inclusion» немесе «exclusion» болуы керек"),
+    "must be a number": ("должно быть числом", "сан болуы керек"),
+    "must be a finite number >= 0": ("должно быть конечным числом не меньше 0", "0-ден кем емес шектеулі сан болуы керек"),
+    "exactly one of geometry and circle is required": ("нужно ровно одно из: geometry или circle", "geometry немесе circle өрістерінің дәл біреуі қажет"),
+    "must be an object with center and radius_m": ("должно быть объектом с center и radius_m", "center және radius_m бар нысан болуы керек"),
+    "is required": ("обязательно", "міндетті"),
+    "must be a finite number": ("должно быть конечным числом", "шектеулі сан болуы керек"),
+    "must be > 0": ("должно быть больше 0", "0-ден үлкен болуы керек"),
+    "latitude too close to a pole": ("широта слишком близко к полюсу", "ендік полюске тым жақын"),
+    "must be a GeoJSON object": ("должно быть объектом GeoJSON", "GeoJSON нысаны болуы керек"),
+    "must be a non-empty array of polygons": ("должно быть непустым массивом многоугольников", "көпбұрыштардың бос емес жиымы болуы керек"),
+    "must be 'Polygon' or 'MultiPolygon'": ("допустимо «Polygon» или «MultiPolygon»", "«Polygon» немесе «MultiPolygon» болуы керек"),
+    "zone spans more than 180 degrees of longitude": ("зона шире 180 градусов долготы", "аймақ бойлық бойынша 180 градустан кең"),
+    "zone too close to a pole": ("зона слишком близко к полюсу", "аймақ полюске тым жақын"),
+    "ring is self-intersecting": ("контур самопересекается", "контур өзін-өзі қиып өтеді"),
+    "ring crosses {x}": ("контур пересекает {x}", "контур {x} қиып өтеді"),
+    "ring has zero area": ("у контура нулевая площадь", "контурдың ауданы нөлге тең"),
+    "hole lies outside its shell": ("отверстие лежит вне внешнего контура", "тесік сыртқы контурдан тыс жатыр"),
+    "polygon overlaps polygon {x}": ("многоугольник перекрывает многоугольник {x}", "көпбұрыш {x} көпбұрышымен қабаттасады"),
+    "must be a time 'HH:MM'": ("должно быть временем «ЧЧ:ММ»", "«СС:ММ» уақыты болуы керек"),
+    "time out of range 00:00-23:59": ("время вне диапазона 00:00-23:59", "уақыт 00:00-23:59 аралығынан тыс"),
+    "must be an object or null": ("должно быть объектом или null", "нысан немесе null болуы керек"),
+    "unknown field": ("неизвестное поле", "белгісіз өріс"),
+    "must be a non-empty array (null schedule = always active)": ("должно быть непустым массивом (расписание null = действует всегда)", "бос емес жиым болуы керек (null кесте = әрқашан белсенді)"),
+    "must be an object": ("должно быть объектом", "нысан болуы керек"),
+    "must be a non-empty array of day names": ("должно быть непустым массивом дней недели", "апта күндерінің бос емес жиымы болуы керек"),
+    "must be one of {x}": ("допустимые значения: {x}", "рұқсат етілген мәндер: {x}"),
+    "duplicate day": ("день повторяется", "күн қайталанады"),
+    "must be an RFC 3339 time": ("должно быть временем RFC 3339", "RFC 3339 уақыты болуы керек"),
+    "must carry a UTC offset": ("должно содержать смещение от UTC", "UTC ығысуы көрсетілуі керек"),
+    "must be an array": ("должно быть массивом", "жиым болуы керек"),
+    "needs 'from' and 'to'": ("нужны «from» и «to»", "«from» және «to» қажет"),
+    "must be a string": ("должно быть строкой", "жол болуы керек"),
+    "must be an object with 'from' and 'to'": ("должно быть объектом с «from» и «to»", "«from» және «to» бар нысан болуы керек"),
+    "must be after 'from'": ("должно быть позже «from»", "«from» мәнінен кейін болуы керек"),
+    "unknown IANA timezone {x}": ("неизвестный часовой пояс IANA {x}", "белгісіз IANA уақыт белдеуі {x}"),
+    "out of range": ("вне допустимого диапазона", "рұқсат етілген аралықтан тыс"),
+}
+
+
+def _reason_pattern(template: str) -> re.Pattern[str]:
+    head, _, tail = template.partition("{x}")
+    if not _:
+        return re.compile(re.escape(template) + r"\Z")
+    return re.compile(re.escape(head) + r"(?P<x>.+?)" + re.escape(tail) + r"\Z")
+
+
+_REASON_PATTERNS: Final = [(_reason_pattern(en), texts) for en, texts in REASONS.items()]
+
+
+OR_WORD: Final = {"ru": "или", "kk": "немесе"}
+
+
+def reason_text(reason: str, lang: str) -> str | None:
+    """A check's English reason in `lang` (None when the catalogue does not know it)."""
+    if lang not in ("ru", "kk"):
+        return reason
+    index = 0 if lang == "ru" else 1
+    for pattern, texts in _REASON_PATTERNS:
+        m = pattern.match(reason)
+        if m:
+            return texts[index].replace("{x}", m.groupdict().get("x") or "")
+    return None
 
 
 #: Words that appear as parameter values (alert states), per language; English is as is.
@@ -383,9 +523,18 @@ def problem_text(code: str, lang: str, params: dict[str, Any] | None = None) -> 
 
 
 def field_text(kind: str, lang: str, params: dict[str, Any] | None = None, fallback: str = "") -> str:
-    """Message for one invalid field; `fallback` (pydantic's English) for unknown types."""
+    """Message for one invalid field; for unknown types `fallback` (pydantic's English) in
+    English and the generic "is invalid" in Kazakh and Russian."""
     catalogue = FIELDS.get(lang, FIELDS[DEFAULT_LANGUAGE])
-    template = catalogue.get(kind) or FIELDS[DEFAULT_LANGUAGE].get(kind)
+    template = catalogue.get(kind)
     if template is None:
-        return fallback or kind
-    return _fill(template, params or {})
+        return fallback or kind if lang == DEFAULT_LANGUAGE or lang not in FIELDS else catalogue["invalid"]
+    p = dict(params or {})
+    if "reason" in p:
+        reason = reason_text(str(p["reason"]), lang)
+        if reason is None:  # never English in a ru/kk answer: the generic message instead
+            return catalogue["invalid"]
+        p["reason"] = reason
+    if lang in OR_WORD and isinstance(p.get("expected"), str):  # pydantic's "'a' or 'b'"
+        p["expected"] = p["expected"].replace(" or ", f" {OR_WORD[lang]} ")
+    return _fill(template, p)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +146,22 @@ class Settings(BaseSettings):
     checkin_liveness_min: float = Field(
         default=0.8, description="Liveness score a check-in needs to pass.",
     )
+    face_match_min: float = Field(
+        default=0.955, description="Cosine similarity of every check-in frame's face to the "
+        "enrolled template (the backend's model) a check-in needs: FAR 0.05 %, FRR 5 % in "
+        "`probation bench biometrics` (README 'Biometrics').",
+    )
+    checkin_challenges: list[str] = Field(
+        default=["turn_left", "turn_right", "blink", "smile"],
+        description="Gestures a check-in request may ask for, one at random (JSON list).",
+    )
+    checkin_verifier_processes: int = Field(
+        default=1, description="Processes that verify check-in frames (off the ingest path).",
+    )
+    biometric_keep_photos: bool = Field(
+        default=False, description="Keep enrolment photos (encrypted); by default they are "
+        "discarded once the templates are computed.",
+    )
     checkin_per_day: dict[str, int] = Field(
         default={"high": 3, "medium": 1, "low": 0},
         description="Random check-ins per day per risk level when a case has no policy (JSON).",
@@ -175,6 +190,60 @@ class Settings(BaseSettings):
         default=90, description="Dead letters are kept this many days.",
     )
 
+    map_tiles: str = Field(
+        default="https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        description="The console's map tiles: an XYZ URL template ({z}, {x}, {y}; {s} for "
+        "subdomains). A self-hosted tile server on a closed network; empty: no tiles (zones, "
+        "tracks and positions on a plain background with a scale).",
+    )
+    map_attribution: str = Field(
+        default="© OpenStreetMap contributors",
+        description="Attribution shown with the map tiles (the tile provider's terms).",
+    )
+    # --- session and audit security (issue 14) ---
+    refresh_ttl_s: int = Field(
+        default=12 * 3600,
+        description="Refresh token lifetime in seconds (rotating: each use returns a new one).",
+    )
+    totp_required_roles: list[str] = Field(
+        default=["admin"],
+        description="Roles that must sign in with a TOTP second factor (JSON list); a user "
+        "without one set up gets a token that can only reach `/api/v1/me` and "
+        "`/api/v1/me/totp` until they enable it.",
+    )
+    login_free_attempts: int = Field(
+        default=5, description="Failed sign-ins per username and client address before "
+        "throttling starts (then the wait doubles with each failure).",
+    )
+    login_backoff_max_s: float = Field(
+        default=900, description="Longest wait a throttled sign-in is told to keep (seconds).",
+    )
+    trusted_proxies: list[str] = Field(
+        default=[],
+        description="Addresses of reverse proxies whose X-Forwarded-For names the client "
+        "(JSON list); empty: the TCP peer is the client.",
+    )
+    audit_key: str | None = Field(
+        default=None,
+        description="HMAC key of the audit chain (urlsafe base64, 32 bytes). Kept outside "
+        "the database: generated once into the data dir (0600) when not given.",
+    )
+    audit_anchor_interval_s: float = Field(
+        default=60, description="How often the audit chain head is anchored outside the "
+        "database (the anchor file in the data dir, the log, and the webhook if set).",
+    )
+    audit_anchor_file: Path | None = Field(
+        default=None, description="Where anchors are appended (default: "
+        "<data_dir>/audit-anchors.jsonl).",
+    )
+    audit_anchor_webhook: bool = Field(
+        default=False, description="Also POST each anchor to the alert webhook (signed).",
+    )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token Prometheus sends to `/metrics` (an admin's "
+        "access token works too); without either, `/metrics` answers 401.",
+    )
+
     def secret_file(self, name: str) -> Path:
         return self.data_dir / "secrets" / name
 
@@ -198,6 +267,24 @@ class Settings(BaseSettings):
         """The token-signing secret: the configured one, else the one kept in the data dir."""
         return self._persistent_secret("jwt_secret", self.jwt_secret, secrets.token_urlsafe(48))
 
+    def resolved_audit_key(self) -> bytes:
+        """The audit chain's HMAC key: the configured one, else the one kept in the data dir."""
+        import base64
+
+        raw = self._persistent_secret(
+            "audit_key", self.audit_key, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        )
+        return base64.urlsafe_b64decode(raw.encode())
+
+    def resolved_totp_key(self) -> str:
+        """The key (Fernet) that encrypts users' TOTP secrets, kept in the data dir."""
+        from cryptography.fernet import Fernet
+
+        return self._persistent_secret("totp_key", None, Fernet.generate_key().decode())
+
+    def anchor_path(self) -> Path:
+        return self.audit_anchor_file or self.data_dir / "audit-anchors.jsonl"
+
     def generated_secret(self, name: str, make: str) -> str:
         """A secret generated once (`make`) and kept in the data dir (mode 0600)."""
         return self._persistent_secret(name, None, make)
@@ -215,9 +302,3 @@ class Settings(BaseSettings):
             self.biometric_key,
             base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """The process-wide settings (tests build their own `Settings` instead)."""
-    return Settings()

@@ -1,6 +1,6 @@
 """`probation demo`: the embedded service plus the simulator, with a live line of figures.
 
-The service is what `probation serve` runs (`probation.cli.Service`: embedded PostgreSQL
+The service is what `probation serve` runs (`probation.cli.serve.Service`: embedded PostgreSQL
 and broker where no URLs are set, migrations, the API, the ingest worker, the
 scheduler), in its own data directory (`<data dir>/demo`) so that it never touches a
 `serve` installation. The `admin` password is generated on every start (and reset if the
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class DemoOptions:
     people: int = 200
     speed: float = 10.0
-    duration_s: float = 3_600.0
+    duration_s: float = 300.0  # minutes, not an hour: the run reaches its score
     fix_interval_s: float = 60.0
     seed: int = 1
     host: str = "127.0.0.1"
@@ -140,6 +140,7 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
     from db.server import free_port
     from probation.runtime.embedded import redact
     from probation.settings import Settings
+    from simulator.faces import SHOWABLE
     from simulator.score import fetch_alerts, format_table, load_truth, score
     from simulator.setup import ApiClient
 
@@ -149,7 +150,12 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
     lag_s = opts.speed * opts.duration_s
     settings = base.model_copy(update={
         "data_dir": data_dir, "admin_password": password,
+        # a local demonstration: the simulator signs in as admin without a second factor
+        "totp_required_roles": [],
         "location_lost_s": max(base.location_lost_s, lag_s + 3_600),
+        # the simulated phones send frames of real photos, which show these gestures
+        # (no photo with closed eyes: `simulator.faces`)
+        "checkin_challenges": list(SHOWABLE),
     })
     port = free_port(opts.port, opts.host)
     svc = start_service(settings)
@@ -162,9 +168,12 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
         _wait_health(url)
         sim_url = next(iter(svc.rt.gateway_urls.values()), svc.rt.mqtt_url)
         truth = data_dir / "runs" / f"truth-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        sup_id, sup_password = _demo_supervisor(url, password)
         lines = [
+            f"Console:  {url}/   (the people appear once registered, within about a minute)",
+            f"Login:    admin / {password}",
+            f"Login:    {SUPERVISOR} / {sup_password}   (supervisor of the simulated officers)",
             f"API docs: {url}/docs",
-            f"Login:    admin / {password}   (POST {url}/api/v1/auth/token)",
             f"Broker:   {redact(sim_url)} (topic prefix {settings.mqtt_prefix})",
             f"Data dir: {data_dir}",
             f"Simulating {opts.people} people at {opts.speed:g}x for {opts.duration_s:.0f} s; "
@@ -176,7 +185,8 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
             mqtt=sim_url, api=url, username="admin", password=password,
             people=opts.people, fix_interval_s=opts.fix_interval_s, speed=opts.speed,
             duration_s=opts.duration_s, seed=opts.seed, truth=truth, prefix=settings.mqtt_prefix,
-            rates=opts.rates or Rates(), start=opts.start,
+            rates=opts.rates or Rates(), start=opts.start, checkin_frames=True,
+            supervisor_id=sup_id,
         )
         old = signal.getsignal(signal.SIGINT)
 
@@ -191,29 +201,30 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
         signal.signal(signal.SIGTERM, on_sigint)
         tty = out.isatty()
         with _Display(out, tty) as display:
-            result = run_simulation(cfg, on_progress=display.update, on_phase=display.echo,
-                                    stop=stop)
-        with contextlib.suppress(OSError):
-            officers = truth.with_name(truth.stem + ".setup.json")
-            if officers.exists():
-                import json
 
-                off = json.loads(officers.read_text()).get("officers", {})
-                if off:
-                    name, pw = next(iter(off.items()))
-                    print(f"An officer's login: {name} / {pw}", file=out)
-        print(f"simulation done: {result.stats.get('fixes', 0)} fixes, "
-              f"{result.publisher['messages']} messages; scoring in {opts.score_after_s:.0f} s ...",
+            def officers_ready(logins: dict[str, str]) -> None:
+                name, pw = next(iter(logins.items()))
+                display.echo(f"Login:    {name} / {pw}   (an officer; "
+                             f"{len(logins)} officers, 100 people each)")
+
+            result = run_simulation(cfg, on_progress=display.update, on_phase=display.echo,
+                                    stop=stop, on_officers=officers_ready)
+        interrupted = stop.is_set()
+        print(f"simulation {'stopped' if interrupted else 'done'}: "
+              f"{result.stats.get('fixes', 0)} fixes, {result.publisher['messages']} messages; "
+              + ("scoring now ..." if interrupted else
+                 f"scoring in {opts.score_after_s:.0f} s (Ctrl-C: at once) ..."),
               file=out, flush=True)
-        if not stop.wait(opts.score_after_s):
-            api = ApiClient(url, "admin", password)
-            try:
-                run = load_truth(truth)
-                res = score(run, fetch_alerts(api, run))
-            finally:
-                api.close()
-            for line in format_table(res):
-                print(line, file=out)
+        if not interrupted:
+            stop.wait(opts.score_after_s)  # the scheduler's period; Ctrl-C scores at once
+        api = ApiClient(url, "admin", password)
+        try:
+            run = load_truth(truth)
+            res = score(run, fetch_alerts(api, run))
+        finally:
+            api.close()
+        for line in format_table(res):
+            print(line, file=out, flush=True)
         if opts.keep_serving and not stop.is_set():
             print(f"The service keeps running at {url} (Ctrl-C to stop).", file=out, flush=True)
             while not stop.wait(1):
@@ -226,6 +237,30 @@ def run_demo(opts: DemoOptions, *, start_service: Callable[[Any], Any],
             with contextlib.suppress(Exception):
                 server.thread.join(10)
         svc.stop()
+
+
+SUPERVISOR = "demo-supervisor"
+
+
+def _demo_supervisor(url: str, admin_password: str) -> tuple[str, str]:
+    """The demo's supervisor (created, or given a new password on a later run): id, password."""
+    import httpx
+
+    password = secrets.token_urlsafe(12)
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as http:
+        token = http.post("/auth/token", data={"username": "admin",
+                                               "password": admin_password}).json()["access_token"]
+        h = {"Authorization": f"Bearer {token}"}
+        r = http.post("/users", headers=h, json={
+            "username": SUPERVISOR, "password": password, "role": "supervisor",
+            "full_name": "Demo supervisor"})
+        if r.status_code == 201:
+            return str(r.json()["id"]), password
+        users = http.get("/users", headers=h, params={"limit": 500}).json()["items"]
+        uid = next(str(u["id"]) for u in users if u["username"] == SUPERVISOR)
+        http.patch(f"/users/{uid}", headers=h,
+                   json={"password": password, "is_active": True}).raise_for_status()
+        return uid, password
 
 
 def _wait_health(url: str, timeout: float = 60) -> None:

@@ -399,16 +399,6 @@ def build_trajectory(person: Person, stays: list[Stay], excursions: list[Excursi
     return tr
 
 
-def night_home_stays(stays: list[Stay], tz: ZoneInfo) -> list[Stay]:
-    """The stays at home that cover a curfew window (for planning curfew breaks)."""
-    out = []
-    for s in stays:
-        if s.place.kind != "home" or s.end - s.start < 3_600:
-            continue
-        out.append(s)
-    return out
-
-
 def local_hours(ts: float, tz: ZoneInfo) -> float:
     """Local time of day in hours."""
     dt = datetime.fromtimestamp(ts, tz)
@@ -416,16 +406,9 @@ def local_hours(ts: float, tz: ZoneInfo) -> float:
 
 
 def in_curfew(ts: float, tz: ZoneInfo) -> bool:
-    """Whether `ts` is inside the 22:00-06:00 local window."""
+    """Whether `ts` is inside the CURFEW_START-CURFEW_END local window."""
     h = local_hours(ts, tz)
-    return h >= 22.0 or h < 6.0
-
-
-def stay_at(stays: list[Stay], ts: float) -> Stay | None:
-    for s in stays:
-        if s.start <= ts < s.end:
-            return s
-    return None
+    return h >= CURFEW_START.hour or h < CURFEW_END.hour
 
 
 def random_point_near(place: Place, rng: np.random.Generator, lo: float, hi: float) -> Place:

@@ -8,7 +8,7 @@ at the very end of the run, the moment the run started, and never passes the rea
 few simulated hours over a curfew night); `--start <RFC 3339>` any earlier instant.
 
 What goes out, per device: a retained `status` online at the start; every
-`fix_interval` a fix, uploaded every `upload_interval` (60/120/300 s by risk level) as
+`fix_interval_s` a fix, uploaded every `upload_interval_s` (60/120/300 s by risk level) as
 one `fixes` message of several fixes; events (tamper, power, battery, charging) right
 away; nothing while switched off; everything buffered during a coverage gap, uploaded
 late when it ends (the device keeps its `seq` and `ts`; half the devices send their
@@ -27,6 +27,7 @@ becomes due; `noise_due` records for rule-due episodes without a real violation;
 
 from __future__ import annotations
 
+import base64
 import heapq
 import json
 import logging
@@ -47,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from simulator.faces import Frames
 from simulator.gps import SRC_GPS, SRC_NAMES, GpsModel
 from simulator.people import (
     Person,
@@ -113,6 +115,10 @@ class SimConfig:
     comm_lost_min_s: float = 600.0
     backend_upload_s: dict[str, float] = field(default_factory=lambda: dict(BACKEND_UPLOAD_S))
     tag: str | None = None
+    # check-ins as camera frames of real photos (v1.1) instead of app embeddings from
+    # phones marked trusted (`simulator.faces`)
+    checkin_frames: bool = False
+    supervisor_id: str | None = None  # the simulated officers' supervisor
 
 
 class Sink(Protocol):
@@ -256,6 +262,7 @@ class _Answer:
     outcome: str = field(compare=False)  # pass, fail_face, fail_liveness; deadline: a check
     deadline: float = field(compare=False)
     requested: float = field(compare=False, default=0.0)
+    challenge: str | None = field(compare=False, default=None)
 
 
 class Simulator:
@@ -367,6 +374,8 @@ class Simulator:
         self.passes: dict[int, list[float]] = {}  # person -> real times of passing check-ins
         self.seen_commands: set[str] = set()
         self.templates = [template(cfg.seed, i) for i in range(n)]
+        self.frames = Frames(np.random.default_rng(cfg.seed + 99)) if cfg.checkin_frames else None
+        self.last_frames: dict[int, list[bytes]] = {}
         edges: list[_Edge] = []
         k = 0
         for e in w.plan.events:
@@ -786,7 +795,8 @@ class Simulator:
                         self.up_iv[p] = float(ui)
                         self.next_up[p] = min(self.next_up[p], target + float(ui))
             elif ctype == "request_checkin":
-                self._checkin_request(p, cid, float(params.get("deadline_s", 900)), now)
+                self._checkin_request(p, cid, float(params.get("deadline_s", 900)), now,
+                                      params.get("challenge"))
             elif ctype != "notify":
                 result, detail = "error", f"unknown command {ctype}"
         ack: dict[str, Any] = {"id": cid, "ts": int(clock * 1000), "result": result}
@@ -798,7 +808,8 @@ class Simulator:
         self.sink.publish(self._topic(serial_out, "acks"), orjson.dumps(ack))
         self.stats["messages"] += 1
 
-    def _checkin_request(self, p: int, request_id: str, deadline_s: float, now: float) -> None:
+    def _checkin_request(self, p: int, request_id: str, deadline_s: float, now: float,
+                         challenge: str | None = None) -> None:
         rates = self.cfg.rates
         u = float(self.rng.random())
         deadline = now + deadline_s
@@ -809,7 +820,8 @@ class Simulator:
         if u < rates.checkin_missed + rates.checkin_failed:
             outcome = "fail_face" if self.rng.random() < 0.5 else "fail_liveness"
         delay = float(self.rng.uniform(2.0, max(3.0, min(30.0, 0.3 * deadline_s))))
-        heapq.heappush(self.answers, _Answer(now + delay, p, request_id, outcome, deadline))
+        heapq.heappush(self.answers, _Answer(now + delay, p, request_id, outcome, deadline,
+                                             challenge=challenge))
 
     def _phones(self, now: float, *, all_now: bool = False) -> None:
         while self.answers and (all_now or self.answers[0].due <= now):
@@ -829,6 +841,9 @@ class Simulator:
                 self.stats["checkins_missed"] += 1
                 self._truth(p, "checkin_missed", a.deadline, a.deadline, clock="real",
                             request_id=a.request_id, requested=iso(a.requested))
+            return
+        if self.frames is not None:
+            self._answer_frames(a, now)
             return
         tpl = self.templates[p]
         if a.outcome == "fail_face":
@@ -857,6 +872,48 @@ class Simulator:
                         reason=a.outcome)
             if now + 20 < a.deadline - 5:  # the person tries again, properly
                 heapq.heappush(self.answers, _Answer(now + 20, p, a.request_id, "pass", a.deadline))
+
+    def _answer_frames(self, a: _Answer, now: float) -> None:
+        """Frames of real photos: the enrolled person performing the asked gesture (pass),
+        someone else (fail_face), or a replay of the person's previous check-in, or their
+        photo held still when there is none yet (fail_liveness)."""
+        assert self.frames is not None
+        p = a.person
+        frames: list[bytes] | None
+        if a.outcome == "fail_face":
+            frames = self.frames.impostor()
+        elif a.outcome == "fail_liveness":
+            frames = self.last_frames.get(p) or self.frames.still()
+        else:
+            frames = self.frames.honest(a.challenge)
+            if frames is None:  # a gesture the photos cannot show: counted as a failure
+                a.outcome, frames = "fail_challenge", self.frames.still()
+        if a.outcome == "pass":
+            self.last_frames[p] = frames
+        seq = int(self.seq_ci[p])
+        self.seq_ci[p] += 1
+        k = int(self.cur[p])
+        item: dict[str, Any] = {
+            "seq": seq,
+            "ts": datetime.fromtimestamp(now, self.tz).isoformat(timespec="milliseconds"),
+            "request_id": a.request_id, "method": "face",
+            "challenge": a.challenge or "turn_left",
+            "frames": [base64.b64encode(f).decode() for f in frames],
+            "lat": round(float(self.klat[k]), 6), "lon": round(float(self.klon[k]), 6), "acc": 15.0,
+        }
+        self._send(p, "checkins", [item], phone=True)
+        self.stats[f"checkins_{a.outcome}"] += 1
+        if a.outcome == "pass":
+            self.passes.setdefault(p, []).append(now)
+            return
+        self._truth(p, "checkin_failed", now, now, clock="real", request_id=a.request_id,
+                    reason=a.outcome)
+        if a.outcome == "fail_challenge":  # cannot do better: the request will be missed
+            heapq.heappush(self.answers, _Answer(a.deadline, p, a.request_id, "deadline",
+                                                 a.deadline, now))
+        elif now + 20 < a.deadline - 5:  # the person tries again, properly
+            heapq.heappush(self.answers, _Answer(now + 20, p, a.request_id, "pass", a.deadline,
+                                                 challenge=a.challenge))
 
     # -- the end -----------------------------------------------------------------------
 
@@ -1000,7 +1057,8 @@ class _Helpers:
 
 def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | None = None,
                    on_phase: Callable[[str], None] | None = None,
-                   stop: threading.Event | None = None) -> RunResult:
+                   stop: threading.Event | None = None,
+                   on_officers: Callable[[dict[str, str]], None] | None = None) -> RunResult:
     """Plan, connect, register (or load the setup), run, and close. See the module doc."""
     from simulator.publisher import Publisher
     from simulator.setup import ApiClient, SetupState, new_tag, register
@@ -1067,7 +1125,8 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
                 state = register(api, world.people, tag=cfg.tag, seed=cfg.seed,
                                  case_start=case_start, phones=cfg.phones,
                                  workers=cfg.setup_workers, timezone=cfg.timezone,
-                                 on_person=on_person)
+                                 on_person=on_person, frames=cfg.checkin_frames,
+                                 supervisor_id=cfg.supervisor_id, on_officers=on_officers)
             finally:
                 beat_stop.set()
             state.save(setup_file)

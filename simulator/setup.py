@@ -77,6 +77,10 @@ class ApiClient:
         if r.status_code != 200:
             raise ApiError(f"login as {self.username!r} failed: HTTP {r.status_code} {r.text[:300]}",
                            r.status_code)
+        if r.json().get("scope") == "totp_setup":
+            raise ApiError(f"{self.username!r} must set up a second factor (TOTP) before the "
+                           "simulator can act as them; use an account without one, or "
+                           "PROBATION_TOTP_REQUIRED_ROLES on a test server", 401)
         token = str(r.json()["access_token"])
         with self._lock:
             self._token = token
@@ -129,6 +133,28 @@ class ApiClient:
 
     def post(self, path: str, body: Any = None, *, key: str | None = None) -> Any:
         return self.request("POST", path, json_body=body, key=key)
+
+    def post_files(self, path: str, files: list[tuple[str, tuple[str, bytes, str]]], *,
+                   key: str | None = None) -> Any:
+        """A multipart POST (retried like the others)."""
+        url = self.base + path
+        last: ApiError | None = None
+        for attempt in range(self.retries + 1):
+            r = self.http.post(url, files=files, headers=self._headers(key))
+            if r.status_code == 401 and attempt < self.retries:
+                self.login()
+                continue
+            if r.status_code in (200, 201):
+                return r.json()
+            last = ApiError(f"POST {path}: HTTP {r.status_code} {r.text[:500]}", r.status_code)
+            if r.status_code < 500:
+                raise last
+            time.sleep(min(2 ** attempt * 0.2, 5))
+        assert last is not None
+        raise last
+
+    def patch(self, path: str, body: Any = None) -> Any:
+        return self.request("PATCH", path, json_body=body)
 
     def pages(self, path: str, *, limit: int = 500, **params: Any) -> Iterator[dict[str, Any]]:
         """Every item of a paginated list."""
@@ -210,9 +236,12 @@ def _subject_body(tag: str, seed: int, index: int, attempt: int) -> dict[str, An
 def register(
     api: ApiClient, people: Sequence[Person], *, tag: str, seed: int, case_start: date,
     phones: bool = True, workers: int = 8, timezone: str = "Asia/Almaty",
-    on_person: Callable[[Registered], None] | None = None,
+    on_person: Callable[[Registered], None] | None = None, frames: bool = False,
+    supervisor_id: str | None = None,
+    on_officers: Callable[[dict[str, str]], None] | None = None,
 ) -> SetupState:
-    """Create officers, then every person's subject, case, devices and zones (in parallel)."""
+    """Create officers (under `supervisor_id`, if given; `on_officers` gets their logins at
+    once), then every person's subject, case, devices and zones (in parallel)."""
     state = SetupState(tag=tag, seed=seed, people=len(people), api=api.base)
     me = api.get("/me")
     if me.get("role") != "admin":
@@ -222,10 +251,15 @@ def register(
     for k in range(max(1, math.ceil(len(people) / PEOPLE_PER_OFFICER))):
         username = f"sim-{tag}-officer-{k}"
         password = secrets.token_urlsafe(12)
-        u = api.post("/users", {"username": username, "password": password, "role": "officer",
-                                "full_name": f"Simulated officer {k}"}, key=f"sim-{tag}-user-{k}")
+        body = {"username": username, "password": password, "role": "officer",
+                "full_name": f"Simulated officer {k}"}
+        if supervisor_id:
+            body["supervisor_id"] = supervisor_id
+        u = api.post("/users", body, key=f"sim-{tag}-user-{k}")
         state.officers[username] = password
         officer_ids.append((username, str(u["id"])))
+    if on_officers is not None:
+        on_officers(dict(state.officers))
 
     def one(p: Person) -> Registered:
         officer, officer_id = officer_ids[p.index // PEOPLE_PER_OFFICER % len(officer_ids)]
@@ -242,9 +276,17 @@ def register(
         if subject is None:
             raise ApiError(f"no free IIN found for person {p.index}")
         sid = str(subject["id"])
-        api.post(f"/subjects/{sid}/biometric-template",
-                 {"method": "face", "embedding": [round(float(x), 6) for x in template(seed, p.index)]},
-                 key=f"{k}-template")
+        if frames:  # enrolled from real photos by the backend's model
+            from simulator.faces import ENROLMENT, photo
+
+            api.post_files(f"/subjects/{sid}/biometric-enrolment",
+                           [("photos", (f"{n}.jpg", photo(n), "image/jpeg")) for n in ENROLMENT],
+                           key=f"{k}-enrolment")
+        else:
+            api.post(f"/subjects/{sid}/biometric-template",
+                     {"method": "face",
+                      "embedding": [round(float(x), 6) for x in template(seed, p.index)]},
+                     key=f"{k}-template")
         case = api.post("/cases", {
             "subject_id": sid, "officer_id": officer_id, "court_order_ref": f"SIM-{tag}-{p.index:05d}",
             "starts_on": case_start.isoformat(),
@@ -261,6 +303,8 @@ def register(
             ph = api.post("/devices", {"serial": phone, "kind": "phone", "model": "SimPhone",
                                        "firmware": "1.0"}, key=f"{k}-phone")
             api.post(f"/cases/{cid}/devices", {"device_id": ph["id"]}, key=f"{k}-assign-p")
+            if not frames:  # the app sends its own embeddings (v1.0): trusted devices only
+                api.patch(f"/devices/{ph['id']}", {"trusted_biometrics": True})
         home = api.post(f"/cases/{cid}/zones", {
             "name": "Home (curfew)", "kind": "inclusion",
             "circle": {"center": [round(p.home.lon, 7), round(p.home.lat, 7)],

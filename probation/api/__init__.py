@@ -14,6 +14,7 @@ from probation.api import (
     dead_letters,
     devices,
     investigations,
+    positions,
     reports,
     subjects,
     tracks,
@@ -27,7 +28,7 @@ from probation.idempotency import IdempotencyMiddleware
 ROUTERS: tuple[APIRouter, ...] = (
     auth.router, users.router, subjects.router, cases.router, devices.router, zones.router,
     tracks.router, alerts.router, audit.router, dead_letters.router, investigations.router,
-    reports.router,
+    reports.router, positions.router,
 )
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from probation.audit import service
 from probation.audit.models import AuditEntryPublic, AuditVerification
-from probation.deps import AdminUser, SessionDep, SupervisorOrAdmin
+from probation.deps import AdminUser, ContextDep, SessionDep, SupervisorOrAdmin
 from probation.errors import problem_responses
 from probation.fields import Instant
 from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
@@ -39,7 +39,11 @@ def list_audit(
 
 
 @router.get("/verify", response_model=AuditVerification, summary="Verify the hash chain (admin)",
-            responses=problem_responses(401, 403))
-def verify(session: SessionDep, _: AdminUser) -> AuditVerification:
-    v = service.verify(session)
-    return AuditVerification(ok=v.ok, entries=v.entries, broken_at=v.broken_at, reason=v.reason)
+            responses=problem_responses(401, 403),
+            description="Recomputes every entry's HMAC under the audit key (kept outside the "
+            "database) and checks the anchors written outside the database.")
+def verify(session: SessionDep, ctx: ContextDep, _: AdminUser) -> AuditVerification:
+    anchors = service.read_anchors(ctx.settings.anchor_path())
+    v = service.verify(session, anchors=anchors)
+    return AuditVerification(ok=v.ok, entries=v.entries, broken_at=v.broken_at, reason=v.reason,
+                             head_id=v.head_id, anchors_checked=v.anchors_checked)

@@ -30,7 +30,10 @@ router = APIRouter(prefix="/cases", tags=["cases"])
 
 
 @router.post("", response_model=CasePublic, status_code=201, summary="Open a case",
-             responses=problem_responses(401, 422), dependencies=[Idempotent])
+             responses=problem_responses(401, 403, 422), dependencies=[Idempotent],
+             description="The person must be visible to the caller (422 `unknown_subject` "
+             "otherwise). While the person has an active case outside the caller's caseload, "
+             "only a supervisor of that case or an admin may open another (403, audited).")
 def create_case(session: SessionDep, scope: ScopeDep, body: CaseCreate) -> CasePublic:
     return service.case_public(service.create_case(session, data=body, scope=scope))
 
@@ -110,7 +113,8 @@ def request_checkin(
     body: Annotated[CheckinRequestCreate | None, Body()] = None,
 ) -> CheckinRequestPublic:
     req = telemetry.request_checkin(session, case=case, user_id=scope.user_id,
-                                    deadline_s=(body or CheckinRequestCreate()).deadline_s)
+                                    deadline_s=(body or CheckinRequestCreate()).deadline_s,
+                                    challenges=ctx.settings.checkin_challenges)
     assert req.command_id is not None
     tasks.add_task(publish_command, request, ctx, req.command_id)
     return req

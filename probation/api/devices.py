@@ -18,6 +18,7 @@ from probation.desk.models import (
     DeviceCreated,
     DeviceCredentials,
     DevicePublic,
+    DeviceUpdate,
 )
 from probation.errors import problem_responses
 from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
@@ -77,6 +78,14 @@ def list_devices(
     return Page[DevicePublic](items=items, next_cursor=nxt)
 
 
+@router.patch("/devices/{device_id}", response_model=DevicePublic,
+              summary="Change a device (admin): trust for biometrics",
+              responses=problem_responses(401, 403, 404, 422))
+def update_device(session: SessionDep, actor: AdminUser, device_id: uuid.UUID,
+                  body: DeviceUpdate) -> DevicePublic:
+    return service.update_device(session, device_id=device_id, data=body, actor_id=actor.id)
+
+
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="A device",
             responses=problem_responses(401, 404, 422))
 def get_device(session: SessionDep, scope: ScopeDep, device_id: uuid.UUID) -> DevicePublic:
@@ -86,8 +95,8 @@ def get_device(session: SessionDep, scope: ScopeDep, device_id: uuid.UUID) -> De
 @router.get("/cases/{case_id}/devices", response_model=list[AssignmentPublic],
             summary="A case's device assignments, newest first (history included)",
             responses=problem_responses(401, 404, 422))
-def case_devices(session: SessionDep, case: VisibleCase) -> list[AssignmentPublic]:
-    return service.case_assignments(session, case=case)
+def case_devices(session: SessionDep, scope: ScopeDep, case: VisibleCase) -> list[AssignmentPublic]:
+    return service.case_assignments(session, case=case, actor_id=scope.user_id)
 
 
 @router.post("/cases/{case_id}/devices", response_model=AssignmentPublic, status_code=201,

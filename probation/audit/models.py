@@ -50,5 +50,11 @@ class AuditVerification(SQLModel):
     entries: int = PydField(description="Entries checked.")
     broken_at: int | None = PydField(default=None, description="Id of the first bad entry.")
     reason: str | None = PydField(
-        default=None, description="hash_mismatch (altered) or prev_hash_mismatch (removed or reordered)."
+        default=None, description="key_mismatch (keyed under another key), hash_mismatch "
+        "(altered, or recomputed without the key), prev_hash_mismatch (removed or reordered), "
+        "tail_missing (anchored entries gone: a dropped tail or a truncation), "
+        "anchor_mismatch (an anchored entry changed: the chain was rewritten).",
     )
+    head_id: int | None = PydField(default=None, description="Id of the newest entry checked.")
+    anchors_checked: int = PydField(default=0, description="Anchors (kept outside the "
+                                    "database) the chain was checked against.")

@@ -135,6 +135,7 @@ class CaseLive(CasePublic):
     """A case with its live status (the caseload's rows)."""
 
     subject_name: str
+    subject_iin: str
     compliance: Compliance
     last_fix: LastFix | None
     device: CaseDevice | None

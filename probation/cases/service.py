@@ -18,7 +18,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from alerts.models import AlertType
 from db.types import utcnow
@@ -36,7 +36,7 @@ from probation.cases.models import (
     RiskLevel,
 )
 from probation.cases.scope import CaseScope
-from probation.errors import Conflict, NotFound, invalid
+from probation.errors import Conflict, Forbidden, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_ts, parse_uuid
 from probation.subjects.models import Subject
 from probation.users.models import User
@@ -56,7 +56,7 @@ STALE_FIX_MINUTES = 30
 LIVE_SQL = """
 SELECT c.id, c.subject_id, c.officer_id, c.court_order_ref, c.starts_on, c.ends_on,
        c.risk_level, c.timezone, c.checkin_policy, c.status, c.closed_at, c.created_at,
-       c.updated_at, s.full_name AS subject_name,
+       c.updated_at, s.full_name AS subject_name, s.iin AS subject_iin,
        d.id AS device_id, d.serial, d.kind, d.battery, d.online, d.last_seen,
        f.ts AS fix_ts, f.lat, f.lon, f.acc,
        coalesce(al.open_alerts, 0) AS open_alerts, cc.compliance
@@ -134,7 +134,7 @@ def _to_live(r: Any) -> CaseLive:
         court_order_ref=r["court_order_ref"], starts_on=r["starts_on"], ends_on=r["ends_on"],
         risk_level=r["risk_level"], timezone=r["timezone"], checkin_policy=r["checkin_policy"],
         status=r["status"], closed_at=r["closed_at"], created_at=r["created_at"],
-        updated_at=r["updated_at"], subject_name=r["subject_name"],
+        updated_at=r["updated_at"], subject_name=r["subject_name"], subject_iin=r["subject_iin"],
         compliance=r["compliance"], last_fix=last_fix, device=device,
         open_alerts=r["open_alerts"],
     )
@@ -190,8 +190,23 @@ def _officer(session: Session, scope: CaseScope, officer_id: uuid.UUID) -> User:
 
 
 def create_case(session: Session, *, data: CaseCreate, scope: CaseScope) -> Case:
-    if session.get(Subject, data.subject_id) is None:
+    """Open a case on a person the caller may see. While the person has an active case
+    outside the caller's scope, only a supervisor of that case or an admin may open
+    another (403, audited): an officer cannot take over someone else's person."""
+    from probation.subjects.service import foreign_active_cases, visible
+
+    seen = session.exec(
+        select(Subject.id).where(Subject.id == data.subject_id, visible(scope))
+    ).first()
+    if seen is None:
         raise invalid("subject_id", "unknown_subject")
+    foreign = foreign_active_cases(session, subject_id=data.subject_id, scope=scope)
+    if foreign:
+        audit.record_now(session, user_id=scope.user_id, action="case.create_refused",
+                         resource="subject", resource_id=data.subject_id, case_id=foreign[0],
+                         detail={"reason": "active case outside the caller's scope",
+                                 "case_ids": [str(c) for c in foreign]})
+        raise Forbidden("subject_other_case")
     _officer(session, scope, data.officer_id)
     case = Case(
         subject_id=data.subject_id, officer_id=data.officer_id,
@@ -269,9 +284,4 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def visible_case_ids(session: Session, scope: CaseScope) -> list[uuid.UUID]:
-    """The ids of every case in scope (small sets: a supervisor's team)."""
-    return list(session.exec(scope.case_ids()))
 

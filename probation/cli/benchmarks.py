@@ -98,11 +98,23 @@ def bench_ingest(
         float, typer.Option(help="--geofence: also publish live at this many msgs/s (0: no).")
     ] = 10_000.0,
     live_seconds: Annotated[float, typer.Option(help="--geofence: length of the live run.")] = 30.0,
+    alert_latency: Annotated[
+        bool, typer.Option(help="Instead: publish → committed alert at idle (target p99 <= "
+                           "300 ms), against publish → stored fix in the same run.")
+    ] = False,
+    repetitions: Annotated[int, typer.Option(help="--alert-latency: repetitions.")] = 100,
 ) -> None:
     """Throughput and latency of ingestion through a real broker into the real database."""
     from bench.ingest import BenchConfig, run_ingest_bench
 
     quiet()
+    if alert_latency:
+        from bench.alert_latency import AlertLatencyConfig, run_alert_latency_bench
+
+        emit_result(run_alert_latency_bench(
+            AlertLatencyConfig(repetitions=repetitions, durable=durable), out=typer.echo,
+        ), json_path)
+        return
     if geofence:
         from bench.ingest_geofence import GeofenceBenchConfig, run_geofence_bench
 
@@ -174,7 +186,8 @@ def bench_api(
                            "production); --no-durable turns them off.")
     ] = True,
 ) -> None:
-    """Caseload page (p99 <= 50 ms) and alert acknowledgement (p99 <= 30 ms) under load."""
+    """Caseload page (p99 <= 50 ms), alert acknowledgement (p99 <= 30 ms) and a week's
+    track (median <= 150 ms, against an hour of it) under load."""
     from bench.api import ApiBenchConfig, run_api_bench
 
     quiet()
@@ -187,6 +200,51 @@ def bench_api(
     if not result["pass"]:
         raise typer.Exit(1)
 
+
+
+@bench_app.command("console")
+def bench_console(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (JSON object).")
+    ] = Path("bench-results/console.json"),
+    cases: Annotated[int, typer.Option(help="Active cases, each with a live marker.")] = 2000,
+    rounds: Annotated[int, typer.Option(help="Sign-ins measured (a fresh browser context each).")] = 5,
+    updates: Annotated[int, typer.Option(help="Position and alert updates measured.")] = 10,
+) -> None:
+    """The console in headless Chromium: caseload first paint (<= 1.5 s) and alert visible
+    after commit (<= 1 s), with 2,000 cases and markers."""
+    from bench.console import ConsoleBenchConfig, run_console_bench
+
+    quiet()
+    result = run_console_bench(ConsoleBenchConfig(cases=cases, rounds=rounds, updates=updates),
+                               out=typer.echo)
+    emit_result(result, json_path)
+    if not result["pass"]:
+        raise typer.Exit(1)
+
+
+@bench_app.command("login")
+def bench_login(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here (JSON object).")
+    ] = Path("bench-results/login.json"),
+    seconds: Annotated[float, typer.Option(help="Length of each phase.")] = 20.0,
+    legit: Annotated[int, typer.Option(help="Clients signing in with correct passwords.")] = 4,
+    flood: Annotated[int, typer.Option(help="Clients posting wrong passwords.")] = 16,
+    source: Annotated[
+        Path | None, typer.Option(help="Serve the app from this source tree (an export of "
+                                  "another commit) to compare before and after.")
+    ] = None,
+) -> None:
+    """Logins/s with correct passwords, alone and under a wrong-password flood."""
+    from bench.login import LoginBenchConfig, run_login_bench
+
+    quiet()
+    result = run_login_bench(
+        LoginBenchConfig(seconds=seconds, legit=legit, flood=flood, source=source),
+        out=typer.echo,
+    )
+    emit_result(result, json_path)
 
 
 @bench_app.command("soak")
@@ -250,3 +308,38 @@ def bench_investigations(
     if json_path is not None:
         argv += ["--json", str(json_path)]
     main(argv)
+
+
+@bench_app.command("biometrics")
+def bench_biometrics(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Write the results here (JSON object).")
+    ] = Path("bench-results/biometrics.json"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Directory of face photographs: yale/ (Yale Face Database) and fr/ "
+                     "(face_recognition's examples); see README 'Biometrics'. Without it only "
+                     "the photos in tests/data/faces are used."),
+    ] = None,
+    checkins: Annotated[int, typer.Option(help="Check-ins timed (3 frames each).")] = 20,
+    ingest: Annotated[
+        bool, typer.Option(help="Also measure fix ingestion (private PostgreSQL and mosquitto) "
+                           "without and with 50 check-ins being verified.")
+    ] = False,
+    rate: Annotated[float, typer.Option(help="Fixes/s published in the ingest phases.")] = 2000,
+    seconds: Annotated[float, typer.Option(help="Length of each ingest phase.")] = 20,
+) -> None:
+    """Face model error rates (FAR/FRR, ROC), challenge and replay detection, and time per
+    check-in and per enrolment, on real photographs; with --ingest, fix ingestion while
+    50 check-ins are verified."""
+    import json
+
+    from bench.biometrics import report, run
+
+    result = run(data, json_path, n_timing=checkins)
+    print(report(result))
+    if ingest:
+        from bench.biometrics_ingest import run_ingest_phases
+
+        result["ingest"] = run_ingest_phases(rate=rate, seconds=seconds)
+        json_path.write_text(json.dumps(result, indent=2))

@@ -11,6 +11,7 @@ from probation.cli.common import load_settings
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 user_app = typer.Typer(help="Users.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 
 
 @db_app.command("upgrade")
@@ -23,8 +24,10 @@ def db_upgrade(revision: str = "head") -> None:
     rt = start_embedded(settings, need_broker=False)
     try:
         upgrade(rt.database_url, revision)
+        from probation.audit.service import ensure_keyed
         from probation.runtime.embedded import redact
 
+        ensure_keyed(rt.database_url, settings)  # an unkeyed chain is re-chained (recorded)
         typer.echo(f"database at revision {revision}: {redact(rt.database_url)}")
     finally:
         rt.stop()
@@ -111,3 +114,78 @@ def dead_letters(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit chain under the key and against the anchors; prints JSON, exits 1
+    when it does not hold."""
+    import dataclasses
+    import json
+
+    from sqlmodel import Session
+
+    from db.engine import get_engine
+    from probation.audit import service
+    from probation.runtime.embedded import start_embedded
+
+    settings = load_settings()
+    rt = start_embedded(settings, need_broker=False)
+    try:
+        with Session(get_engine(rt.database_url)) as session:
+            v = service.verify(session, key=settings.resolved_audit_key(),
+                               anchors=service.read_anchors(settings.anchor_path()))
+    finally:
+        rt.stop()
+    typer.echo(json.dumps(dataclasses.asdict(v)))
+    if not v.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("anchor")
+def audit_anchor() -> None:
+    """Write the chain head to the anchor file (and the log, and the webhook if set) now."""
+    import json
+
+    from probation.audit import service
+    from probation.runtime.embedded import start_embedded
+
+    settings = load_settings()
+    rt = start_embedded(settings, need_broker=False)
+    try:
+        typer.echo(json.dumps(service.anchor(rt.database_url, settings)))
+    finally:
+        rt.stop()
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key(
+    new_key_file: Annotated[str, typer.Option(help="Where to write the new key (0600); set "
+                                              "PROBATION_AUDIT_KEY or move it to "
+                                              "<data_dir>/secrets/audit_key afterwards.")],
+) -> None:
+    """Re-chain the log under a new key (checked under the current key first; the outcome
+    and the re-chain are recorded in the log and the anchor file)."""
+    import base64
+    import dataclasses
+    import json
+    import os
+    import secrets
+
+    from probation.audit import service
+    from probation.runtime.embedded import start_embedded
+
+    settings = load_settings()
+    new_key = secrets.token_bytes(32)
+    fd = os.open(new_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.urlsafe_b64encode(new_key).decode() + "\n")
+    rt = start_embedded(settings, need_broker=False)
+    try:
+        before = service.rotate_key(rt.database_url, settings, new_key=new_key)
+        service.anchor(rt.database_url, settings.model_copy(
+            update={"audit_key": base64.urlsafe_b64encode(new_key).decode()}), rechain=True)
+    finally:
+        rt.stop()
+    typer.echo(json.dumps({"previous_chain": dataclasses.asdict(before),
+                           "new_key_id": service.key_id(new_key), "new_key_file": new_key_file}))

@@ -94,16 +94,19 @@ class Service:
         self.app: Any = None
         self.worker: Any = None
         self.scheduler: Any = None
+        self.console_note: str | None = None  # why the console is not served, if it is not
 
     def start(self) -> Service:
         """Start everything but the HTTP server (on failure, stop what was started)."""
         from db.migrate import upgrade
         from probation.app import create_app
+        from probation.console import ensure_assets
         from probation.runtime.embedded import start_embedded
         from probation.runtime.scheduler import SchedulerService
         from probation.runtime.workers import build_ingestion
 
         settings = self.settings
+        self.console_note = ensure_assets()  # npm ci on the first start, when Node is there
         rt = self.rt = start_embedded(settings, gateways=self.gateways)
         try:
             upgrade(rt.database_url)
@@ -198,6 +201,7 @@ def serve(
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         scheme = "https" if tls else "http"
         lines = [
+            svc.console_note or f"Console:  {scheme}://{shown}:{port}/",
             f"API:      {scheme}://{shown}:{port}/api/v1",
             f"Docs:     {scheme}://{shown}:{port}/docs",
             f"Database: {redact(rt.database_url)}",

@@ -52,6 +52,10 @@ def simulate(
     checkin_failed: Annotated[float, RateOpt(help="Share answered with a wrong face or a spoof.")] = 0.1,
     checkin_deadline: Annotated[int, typer.Option(help="Deadline of the officer requests (s).")] = 300,
     max_inflight: Annotated[int, typer.Option(help="Unacknowledged QoS 1 messages at most.")] = 1000,
+    checkin_frames: Annotated[bool, typer.Option(
+        "--checkin-frames/--checkin-embeddings",
+        help="Check-ins as camera frames of real photos, verified by the backend (the person "
+             "enrolled from photos), or as app embeddings from phones marked trusted.")] = True,
 ) -> None:
     """Publish the traffic of N simulated people (bracelets and check-in phones) over MQTT."""
     from simulator.run import Progress, SimConfig, run_simulation
@@ -64,6 +68,7 @@ def simulate(
         rates=_rates(curfew, exclusion, strap, power_off, gaps, checkins, checkin_missed,
                      checkin_failed),
         checkin_deadline_s=checkin_deadline, max_inflight=max_inflight,
+        checkin_frames=checkin_frames,
     )
     last = [0.0]
 
@@ -110,7 +115,7 @@ def score(
 def demo(
     people: Annotated[int, typer.Option(help="Simulated people.")] = 200,
     speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 10.0,
-    duration: Annotated[float, typer.Option(help="Real seconds of simulation.")] = 3600.0,
+    duration: Annotated[float, typer.Option(help="Real seconds of simulation.")] = 300.0,
     fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     host: HostOpt = "127.0.0.1",

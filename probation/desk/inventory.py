@@ -27,6 +27,7 @@ from probation.desk.models import (
     DeviceCreated,
     DeviceCredentials,
     DevicePublic,
+    DeviceUpdate,
 )
 from probation.errors import Conflict, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_text
@@ -57,6 +58,27 @@ def visible(scope: CaseScope) -> ColumnElement[bool]:
 
 def _public(device: Device, case_id: uuid.UUID | None) -> DevicePublic:
     return DevicePublic.model_validate(device, update={"current_case_id": case_id})
+
+
+def update_device(
+    session: Session, *, device_id: uuid.UUID, data: DeviceUpdate, actor_id: uuid.UUID,
+) -> DevicePublic:
+    """Change a device's biometric trust (admin; audited)."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound()
+    before = device.trusted_biometrics
+    device.trusted_biometrics = data.trusted_biometrics
+    device.updated_at = utcnow()
+    session.add(device)
+    session.flush()
+    audit.record(session, user_id=actor_id, action="device.update", resource="device",
+                 resource_id=device.id,
+                 detail={"trusted_biometrics": {"from": before, "to": data.trusted_biometrics}})
+    current = session.exec(
+        select(DeviceAssignment.case_id).where(DeviceAssignment.device_id == device.id, _ACTIVE)
+    ).first()
+    return _public(device, current)
 
 
 def _issue_credentials(device: Device) -> DeviceCredentials:
@@ -118,7 +140,11 @@ def list_devices(
         q = q.where(Device.serial > after[0])
     rows = session.exec(q.order_by(col(Device.serial)).limit(limit + 1)).all()
     items = [_public(d, c) for d, c in rows]
-    return page_of("devices", items, limit, lambda d: [d.serial])
+    page, nxt = page_of("devices", items, limit, lambda d: [d.serial])
+    if page:
+        audit.record(session, user_id=scope.user_id, action="device.list", resource="device",
+                     detail={"device_ids": [str(d.id) for d in page]})
+    return page, nxt
 
 
 def get_device(session: Session, *, device_id: uuid.UUID, scope: CaseScope) -> DevicePublic:
@@ -128,6 +154,8 @@ def get_device(session: Session, *, device_id: uuid.UUID, scope: CaseScope) -> D
     ).first()
     if row is None:
         raise NotFound()
+    audit.record(session, user_id=scope.user_id, action="device.read", resource="device",
+                 resource_id=device_id, case_id=row[1])
     return _public(row[0], row[1])
 
 
@@ -183,14 +211,18 @@ def unassign_device(
     return _assignment_public(assignment, serial)
 
 
-def case_assignments(session: Session, *, case: Case) -> list[AssignmentPublic]:
-    """A case's assignment history, newest first."""
+def case_assignments(
+    session: Session, *, case: Case, actor_id: uuid.UUID
+) -> list[AssignmentPublic]:
+    """A case's assignment history, newest first (audited as a read)."""
     rows = session.exec(
         select(DeviceAssignment, Device.serial)
         .join(Device, col(Device.id) == DeviceAssignment.device_id)
         .where(DeviceAssignment.case_id == case.id)
         .order_by(col(DeviceAssignment.assigned_at).desc())
     ).all()
+    audit.record(session, user_id=actor_id, action="assignment.list", resource="case",
+                 resource_id=case.id, case_id=case.id)
     return [_assignment_public(a, s) for a, s in rows]
 
 

@@ -34,6 +34,7 @@ class DevicePublic(SQLModel):
     last_seen: datetime | None
     last_fix_at: datetime | None
     current_case_id: uuid.UUID | None = None
+    trusted_biometrics: bool = False
     created_at: datetime
     updated_at: datetime
 
@@ -50,6 +51,15 @@ class DeviceCredentials(SQLModel):
 
 class DeviceCreated(DevicePublic):
     credentials: DeviceCredentials
+
+
+class DeviceUpdate(SQLModel):
+    """What an admin may change on a device."""
+
+    trusted_biometrics: bool = PydField(
+        description="Accept check-ins with an app-computed face embedding from this device "
+        "(v1.0 form). Other devices must send camera frames; their embeddings fail with "
+        "`untrusted_device_biometrics`.")
 
 
 class AssignmentCreate(SQLModel):
@@ -105,6 +115,7 @@ class CheckinRequestPublic(SQLModel):
     command_id: uuid.UUID | None
     status: str
     created_at: datetime
+    challenge: str | None = None
 
 
 class AlertPublic(SQLModel):

@@ -7,6 +7,7 @@ Telemetry belongs to a case while its device was assigned to it: the lists join
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlmodel import Session
 
 from db.types import utcnow
 from devices import service as device_service
+from devices.checkins import DEFAULT_CHALLENGES, random_challenge
 from devices.models import CheckinRequest
 from probation.audit import service as audit
 from probation.cases.models import Case, CaseStatus
@@ -99,7 +101,8 @@ def list_checkins(
 
 
 def request_checkin(
-    session: Session, *, case: Case, user_id: uuid.UUID, deadline_s: int
+    session: Session, *, case: Case, user_id: uuid.UUID, deadline_s: int,
+    challenges: Sequence[str] = DEFAULT_CHALLENGES,
 ) -> CheckinRequestPublic:
     """Record an officer's check-in request and its `request_checkin` command (same id, so
     the app's `request_id` names both). The command is published after commit."""
@@ -111,14 +114,16 @@ def request_checkin(
     request_id = uuid.uuid4()
     now = utcnow()
     conn = session.connection().connection.driver_connection
+    challenge = random_challenge(challenges)
     device_service.create_command(
         conn, device_id=device.id, type="request_checkin",  # type: ignore[arg-type]
-        params={"deadline_s": deadline_s}, requested_by=user_id, command_id=request_id,
+        params={"deadline_s": deadline_s, "challenge": challenge}, requested_by=user_id,
+        command_id=request_id,
     )
     req = CheckinRequest(
         id=request_id, case_id=case.id, device_id=device.id, source="officer",
         requested_by=user_id, due_at=now, deadline=now + timedelta(seconds=deadline_s),
-        command_id=request_id, status="sent", created_at=now,
+        command_id=request_id, status="sent", created_at=now, challenge=challenge,
     )
     session.add(req)
     session.flush()

@@ -183,7 +183,8 @@ def _job_checkins(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str,
     out |= resolve_late_checkins(conn, now=now).as_dict()
     pub = svc.publisher()
     publish = None if pub is None else pub.publish_recorded
-    return out | dispatch_checkin_requests(conn, now=now, publish=publish).as_dict()
+    return out | dispatch_checkin_requests(
+        conn, now=now, publish=publish, challenges=svc.settings.checkin_challenges).as_dict()
 
 
 def _job_downlink_resend(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:
@@ -224,7 +225,18 @@ def _job_retention(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str
                          dead_letter_retention=svc.rules.dead_letter_retention)
 
 
+def _job_audit_anchor(svc: SchedulerService, conn: Conn, now: datetime) -> dict[str, Any]:
+    from probation.audit.service import anchor
+
+    return anchor(svc.database_url, svc.settings)
+
+
+def _anchor_interval(s: Settings) -> IntervalTrigger:
+    return IntervalTrigger(seconds=s.audit_anchor_interval_s, start_date=ALIGN, timezone=UTC)
+
+
 JOBS: dict[str, JobSpec] = {j.id: j for j in (
+    JobSpec("audit_anchor", _job_audit_anchor, _anchor_interval),
     JobSpec("silence", _job_silence, _interval),
     JobSpec("curfew", _job_curfew, _interval),
     JobSpec("escalation", _job_escalation, _interval),
@@ -353,6 +365,9 @@ class SchedulerService:
         self.settings = settings or Settings()
         self.mqtt_url = mqtt_url if mqtt_url is not None else self.settings.mqtt_url
         self.rules = RuleConfig.from_settings(self.settings)
+        from probation.audit.service import register_key
+
+        register_key(database_url, self.settings.resolved_audit_key())
         self.runner = f"{socket.gethostname()}:{os.getpid()}"
         self.job_ids = [j for j in (jobs or list(JOBS)) if j in JOBS]
         if not self.mqtt_url:

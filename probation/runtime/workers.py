@@ -12,9 +12,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from devices.checkin_verifier import CheckinVerifier
 from devices.checkins import BiometricCheckins, CheckinOutcomes, CheckinThresholds
 from devices.downlink import CommandPublisher
 from devices.event_alerts import EventAlerts
+from devices.faces.analysis import Thresholds
 from devices.geofencing import GeofenceEvaluator
 from devices.ingest import CommitInfo, IngestWorker
 from devices.pipeline import AfterStoreStage
@@ -32,11 +34,14 @@ class Ingestion:
     worker: IngestWorker
     evaluator: GeofenceEvaluator
     publisher: CommandPublisher
+    verifier: CheckinVerifier | None = None
     _sender: threading.Thread | None = field(default=None, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
 
     def start(self) -> None:
+        if self.verifier is not None:
+            self.verifier.start()
         self.publisher.start()
         self._sender = threading.Thread(target=self._send_loop, name="rapid-mode", daemon=True)
         self._sender.start()
@@ -49,6 +54,8 @@ class Ingestion:
         if self._sender is not None:
             self._sender.join(5)
         self.publisher.stop()
+        if self.verifier is not None:
+            self.verifier.stop()
 
     def wait(self) -> None:
         self.worker.wait()
@@ -70,10 +77,24 @@ class Ingestion:
                     log.exception("rapid-mode command %s not sent (left for resend)", cid)
 
 
+def face_thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(match=settings.face_match_min)
+
+
+def build_verifier(settings: Settings, *, database_url: str) -> CheckinVerifier:
+    """The check-in verifier: frames verified in its own process pool, off ingest."""
+    return CheckinVerifier(
+        database_url=database_url, key=settings.resolved_biometric_key(),
+        thresholds=face_thresholds(settings), processes=settings.checkin_verifier_processes,
+    )
+
+
 def build_ingestion(
-    settings: Settings, *, database_url: str, mqtt_url: str, **worker_kwargs: Any
+    settings: Settings, *, database_url: str, mqtt_url: str, verify: bool = True,
+    **worker_kwargs: Any,
 ) -> Ingestion:
-    """The ingest worker with the geofence, check-in and rapid-mode stages."""
+    """The ingest worker with the geofence, check-in and rapid-mode stages, and (unless
+    `verify` is false) the check-in verifier."""
     thresholds = CheckinThresholds(
         similarity=settings.checkin_similarity_min, liveness=settings.checkin_liveness_min
     )
@@ -88,7 +109,8 @@ def build_ingestion(
     after_store: list[AfterStoreStage] = [
         evaluator,  # zone episodes → zone alerts; rapid-mode commands
         EventAlerts(),  # tamper / battery / power / jamming / beacon events → alerts
-        CheckinOutcomes(thresholds=thresholds),  # requests passed; `checkin_failed` alerts
+        # requests passed; `checkin_failed` alerts; frames queued for the verifier
+        CheckinOutcomes(thresholds=thresholds, key=settings.resolved_biometric_key()),
         SilenceGaps(RuleConfig.from_settings(settings).silence),  # short `communication_lost`
     ]
     holder: list[Ingestion] = []
@@ -103,6 +125,8 @@ def build_ingestion(
         on_commit=lambda info: holder[0].on_commit(info),
         **worker_kwargs,
     )
-    ing = Ingestion(worker=worker, evaluator=evaluator, publisher=publisher)
+    ing = Ingestion(worker=worker, evaluator=evaluator, publisher=publisher,
+                    verifier=build_verifier(settings, database_url=database_url)
+                    if verify else None)
     holder.append(ing)
     return ing

@@ -26,6 +26,7 @@ class Subject(SQLModel, table=True):
     iin: str = Field(unique=True, max_length=12)
     full_name: str
     birth_date: date
+    created_by: uuid.UUID | None = Field(default=None, foreign_key="users.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -108,4 +109,38 @@ class BiometricTemplateStatus(SQLModel):
     subject_id: uuid.UUID
     method: str
     dim: int
+    created_at: datetime
+
+
+class PhotoReason(SQLModel):
+    """Why an enrolment photo was refused: a code and its text in the caller's language."""
+
+    code: str
+    message: str
+
+
+class PhotoVerdict(SQLModel):
+    """The quality verdict on one enrolment photo."""
+
+    index: int
+    accepted: bool
+    faces: int
+    reasons: list[PhotoReason]
+    face_px: int | None = None
+    sharpness: float | None = None
+    yaw: float | None = None
+    brightness: float | None = None
+
+
+class BiometricEnrolmentResult(SQLModel):
+    """What `POST /subjects/{id}/biometric-enrolment` computed: one template per accepted
+    photo (their mean is stored, encrypted; the vectors are never returned)."""
+
+    subject_id: uuid.UUID
+    method: str
+    dim: int
+    templates: int
+    photos: list[PhotoVerdict]
+    photos_kept: bool
+    replaced: bool
     created_at: datetime

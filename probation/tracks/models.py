@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -32,3 +34,13 @@ class TrackCollection(BaseModel):
 
     type: Literal["FeatureCollection"] = "FeatureCollection"
     features: list[TrackFeature]
+
+
+class LivePosition(BaseModel):
+    """A case's newest fix, as the live positions stream sends it."""
+
+    case_id: uuid.UUID
+    ts: datetime
+    lat: float
+    lon: float
+    acc: float

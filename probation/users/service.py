@@ -12,10 +12,13 @@ from sqlmodel import Session, col, select
 from db.engine import get_engine
 from db.types import utcnow
 from probation.audit import service as audit
-from probation.errors import Conflict, NotFound, invalid
+from probation.errors import Conflict, Forbidden, NotFound, Unauthorized, invalid
 from probation.pagination import decode_cursor, page_of, parse_text
-from probation.users.models import Role, User, UserCreate, UserUpdate
-from probation.users.security import hash_password
+from probation.settings import Settings
+from probation.users import totp
+from probation.users.auth import end_sessions, totp_required
+from probation.users.models import Role, TotpStatus, User, UserCreate, UserUpdate
+from probation.users.security import hash_password, password_problem, verify_password
 
 
 class UserError(ValueError):
@@ -31,8 +34,9 @@ def create_user_cli(
         r = Role(role)
     except ValueError:
         raise UserError(f"role must be one of {', '.join(x.value for x in Role)}") from None
-    if len(password) < 8:
-        raise UserError("password must have at least 8 characters")
+    problem = password_problem(password)
+    if problem:
+        raise UserError(f"password: {problem}")
     with Session(get_engine(database_url)) as s:
         if s.exec(select(User).where(User.username == username)).first():
             raise UserError(f"user {username!r} exists")
@@ -124,8 +128,14 @@ def update_user(session: Session, *, user_id: uuid.UUID, data: UserUpdate, actor
     _check_supervisor(session, role, supervisor_id)
     if changes.get("full_name") is not None:
         user.full_name = changes["full_name"]
+    ends = (changes.get("is_active") is False or changes.get("password") is not None
+            or bool(changes.get("totp_reset")) or ("role" in changes and role != user.role))
     if changes.get("is_active") is not None:
         user.is_active = changes["is_active"]
+    if changes.get("totp_required") is not None:
+        user.totp_required = changes["totp_required"]
+    if changes.get("totp_reset"):
+        user.totp_enabled, user.totp_secret, user.totp_pending = False, None, None
     user.role = role
     user.supervisor_id = supervisor_id
     if changes.get("password") is not None:
@@ -134,11 +144,68 @@ def update_user(session: Session, *, user_id: uuid.UUID, data: UserUpdate, actor
         user.failed_logins = 0
         user.locked_until = None
     user.updated_at = utcnow()
+    if ends:
+        end_sessions(session, user=user)
     session.add(user)
     session.flush()
     detail = {k: v for k, v in changes.items() if k != "password"}
+    detail["sessions_ended"] = ends
     if "password" in changes:
         detail["password"] = "changed"
     audit.record(session, user_id=actor.id, action="user.update", resource="user",
                  resource_id=user.id, detail=detail)
     return user
+
+
+def change_own_password(session: Session, *, user: User, current: str, new: str) -> None:
+    """The caller changes their password; every token they hold stops working."""
+    if not verify_password(user.password_hash, current):
+        raise Forbidden("wrong_password")
+    user.password_hash = hash_password(new)
+    user.updated_at = utcnow()
+    end_sessions(session, user=user)
+    audit.record(session, user_id=user.id, action="user.password_change", resource="user",
+                 resource_id=user.id)
+
+
+def totp_action(
+    session: Session, *, user: User, action: str, code: str | None, settings: Settings,
+) -> TotpStatus:
+    """Enable (a pending secret), confirm (the factor is on) or disable the caller's TOTP."""
+    key = settings.resolved_totp_key()
+    required = totp_required(user, settings)
+    if action == "enable":
+        secret = totp.new_secret()
+        user.totp_pending = totp.encrypt(key, secret)
+        session.add(user)
+        audit.record(session, user_id=user.id, action="user.totp_enable", resource="user",
+                     resource_id=user.id)
+        return TotpStatus(enabled=user.totp_enabled, required=required, secret=secret,
+                          otpauth_uri=totp.uri(secret, user.username))
+    if code is None:
+        raise invalid("code", "missing")
+    if action == "confirm":
+        if user.totp_pending is None:
+            raise Conflict("totp_not_started")
+        step = totp.matching_step(totp.decrypt(key, user.totp_pending), code)
+        if step is None:
+            raise Unauthorized("invalid_totp")
+        user.totp_secret, user.totp_pending = user.totp_pending, None
+        user.totp_enabled, user.totp_last_step = True, step
+        end_sessions(session, user=user)  # the setup-only token and any older ones
+        audit.record(session, user_id=user.id, action="user.totp_confirm", resource="user",
+                     resource_id=user.id)
+        return TotpStatus(enabled=True, required=required)
+    # disable
+    if required:
+        raise Conflict("totp_required_by_role")
+    if not user.totp_enabled or user.totp_secret is None:
+        return TotpStatus(enabled=False, required=required)
+    # a current code (the step used to sign in may be the current one: not refused here)
+    if totp.matching_step(totp.decrypt(key, user.totp_secret), code) is None:
+        raise Unauthorized("invalid_totp")
+    user.totp_enabled, user.totp_secret = False, None
+    end_sessions(session, user=user)
+    audit.record(session, user_id=user.id, action="user.totp_disable", resource="user",
+                 resource_id=user.id)
+    return TotpStatus(enabled=False, required=required)

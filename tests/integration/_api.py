@@ -92,13 +92,15 @@ def make_world(database_url: str, settings: Any) -> World:
         for name, role in roles.items():
             uid = uuid.uuid4()
             w.users[name] = uid
-            c.execute(
+            row = c.execute(
                 "INSERT INTO users (id, username, password_hash, role, full_name, supervisor_id) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
+                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING tokens_valid_after",
                 (uid, name, password_hash(), role, name.upper(),
                  w.users.get(sup_of.get(name, ""), None)),
-            )
-            user = User(id=uid, username=name, password_hash="", role=Role(role))
+            ).fetchone()
+            assert row is not None
+            user = User(id=uid, username=name, password_hash="", role=Role(role),
+                        tokens_valid_after=row[0])
             w.tokens[name] = create_access_token(user, settings)[0]
         for i, owner in enumerate(("off1", "off2", "off3", "sup1"), start=1):
             sid, cid, did, zid = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

@@ -76,12 +76,14 @@ class World:
     def device(
         self, *, kind: str = "bracelet", last_seen: datetime | None = None,
         last_fix_at: datetime | None = None, last_good_fix_at: datetime | None = None,
+        trusted_biometrics: bool = False,
     ) -> uuid.UUID:
         did = uuid.uuid4()
         return self._x(
-            "INSERT INTO devices (id, serial, kind, last_seen, last_fix_at, last_good_fix_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            (did, f"D{did.hex[:12]}", kind, last_seen, last_fix_at, last_good_fix_at),
+            "INSERT INTO devices (id, serial, kind, last_seen, last_fix_at, last_good_fix_at,"
+            " trusted_biometrics) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (did, f"D{did.hex[:12]}", kind, last_seen, last_fix_at, last_good_fix_at,
+             trusted_biometrics),
         )
 
     def serial(self, device: uuid.UUID) -> str:

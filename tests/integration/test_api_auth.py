@@ -1,4 +1,4 @@
-"""Sign-in, lock-out, tokens, `/me`, the bootstrap admin and the users routes."""
+"""Sign-in, tokens, `/me`, the bootstrap admin and the users routes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 import jwt
-import psycopg
 from fastapi.testclient import TestClient
 
 from tests.integration._api import PASSWORD, World, auth
@@ -50,39 +49,6 @@ def test_bad_credentials_and_tokens_are_401_problems(app_client: TestClient, wor
                              algorithm="HS256")):
         r = app_client.get("/api/v1/me", headers=auth(token))
         assert r.status_code == 401 and r.json()["code"] == "invalid_token", token
-
-
-def test_ten_failures_lock_the_account_for_15_minutes(
-    app_client: TestClient, world: World, database_url: str
-) -> None:
-    for i in range(9):
-        assert _login(app_client, "off2", f"wrong-{i}").json()["code"] == "invalid_credentials"
-    r = _login(app_client, "off2", "wrong-10")
-    assert r.status_code == 401 and r.json()["code"] == "account_locked"
-    # even the right password is refused while locked
-    r = _login(app_client, "off2", PASSWORD)
-    assert r.json()["code"] == "account_locked"
-    with psycopg.connect(database_url) as c:
-        minutes = c.execute(
-            "SELECT extract(epoch FROM locked_until - now()) / 60 FROM users WHERE username = 'off2'"
-        ).fetchone()
-        assert minutes is not None and 14 < float(minutes[0]) <= 15
-        failed = c.execute(
-            "SELECT count(*) FROM audit_log WHERE action = 'auth.login_failed'"
-        ).fetchone()
-        assert failed is not None and failed[0] == 11
-        # the lock expires
-        c.execute("UPDATE users SET locked_until = now() - interval '1 second' WHERE username = 'off2'")
-        c.commit()
-    assert _login(app_client, "off2", PASSWORD).status_code == 200
-    # an admin can also lift a lock
-    for i in range(10):
-        _login(app_client, "off3", f"x-{i}")
-    assert _login(app_client, "off3", PASSWORD).json()["code"] == "account_locked"
-    r = app_client.patch(f"/api/v1/users/{world.users['off3']}", headers=world.h("admin"),
-                         json={"unlock": True})
-    assert r.status_code == 200 and r.json()["locked_until"] is None
-    assert _login(app_client, "off3", PASSWORD).status_code == 200
 
 
 def test_bootstrap_admin(settings: Any, database_url: str, mqtt_url: str) -> None:

@@ -44,9 +44,14 @@ def test_subjects_and_biometric_enrolment(
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     assert r.json()["has_biometric_template"] is False
+    # a teammate who cannot see the new person is not told who has them
     dup = c.post("/api/v1/subjects", headers=world.h("off2"),
                  json={"iin": iin, "full_name": "Ерлан", "birth_date": "2001-12-31"})
+    assert dup.status_code == 409 and dup.json()["code"] == "iin_unavailable"
+    dup = c.post("/api/v1/subjects", headers=world.h("sup1"),
+                 json={"iin": iin, "full_name": "Ерлан", "birth_date": "2001-12-31"})
     assert dup.status_code == 409 and dup.json()["code"] == "iin_taken"
+    assert dup.json()["subject_id"] == sid
     mismatch = c.post("/api/v1/subjects", headers=world.h("off1"),
                       json={"iin": make_iin(born, "m", serial=77), "full_name": "X",
                             "birth_date": "2001-12-30"})
@@ -264,7 +269,9 @@ def test_events_checkins_and_checkin_requests(
         sub.disconnect()
         sub.loop_stop()
     cmd = orjson.loads(got[0])
-    assert cmd["type"] == "request_checkin" and cmd["params"] == {"deadline_s": 600}
+    assert cmd["type"] == "request_checkin"
+    assert cmd["params"] == {"deadline_s": 600, "challenge": req["challenge"]}
+    assert req["challenge"] in ("turn_left", "turn_right", "blink", "smile")
     assert cmd["id"] == req["id"] == req["command_id"]
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT status, source, requested_by FROM checkin_requests WHERE id = %s",

@@ -1,6 +1,8 @@
 """Biometric check-ins and check-in requests against the real database.
 
-Check-ins go through the ingest pipeline's `BatchWriter` with the biometric judge and the
+These are app-computed embeddings (the v1.0 form) from phones an admin marked trusted
+for biometrics; frames and untrusted devices: `test_biometric_checkins.py`. Check-ins go
+through the ingest pipeline's `BatchWriter` with the biometric judge and the
 check-in outcomes stage, so the stored rows, the verdicts and their side effects are what
 production does.
 """
@@ -23,7 +25,7 @@ import pytest
 
 from db.engine import connect
 from devices.biometrics import encrypt_template
-from devices.checkins import BiometricCheckins, CheckinOutcomes
+from devices.checkins import DEFAULT_CHALLENGES, BiometricCheckins, CheckinOutcomes
 from devices.pipeline import BatchWriter, DeviceDirectory, RawMessage, decode_stage
 from devices.scheduled import (
     CheckinPlanConfig,
@@ -90,7 +92,7 @@ def test_wrong_face_fails_right_face_passes(conn: psycopg.Connection[Any], world
     subject = world.subject()
     enrol(conn, subject, template)
     case = world.case(subject=subject, risk="high")
-    phone = world.device(kind="phone")
+    phone = world.device(kind="phone", trusted_biometrics=True)
     world.assign(phone, case, datetime.now(UTC) - timedelta(days=1))
     now = datetime.now(UTC)
     rid = uuid.uuid4()
@@ -133,7 +135,7 @@ def test_wrong_face_fails_right_face_passes(conn: psycopg.Connection[Any], world
 
 def test_no_template_fails(conn: psycopg.Connection[Any], world: World) -> None:
     case = world.case()
-    phone = world.device(kind="phone")
+    phone = world.device(kind="phone", trusted_biometrics=True)
     world.assign(phone, case, datetime.now(UTC) - timedelta(days=1))
     ingest(conn, world.serial(phone),
            [item(1, datetime.now(UTC), np.ones(DIM), 0.99)])
@@ -163,7 +165,7 @@ def test_unanswered_request_gets_checkin_missed(
     tz = "Asia/Almaty"
     case = world.case(tz=tz, policy={"per_day": 24, "from_hour": 0, "to_hour": 24})
     low = world.case(risk="low")  # no policy, low risk: no random check-ins
-    phone = world.device(kind="phone")
+    phone = world.device(kind="phone", trusted_biometrics=True)
     bracelet = world.device()
     world.assign(bracelet, case, datetime(2026, 1, 1, tzinfo=UTC))
     world.assign(phone, case, datetime(2026, 1, 1, tzinfo=UTC))
@@ -188,7 +190,11 @@ def test_unanswered_request_gets_checkin_missed(
     assert res.sent == 1 and published == [rid]
     cmd = conn.execute("SELECT device_id, type, params FROM commands WHERE id = %s",
                        (rid,)).fetchone()
-    assert cmd == (phone, "request_checkin", {"deadline_s": 900})  # to the phone
+    assert cmd is not None and cmd[:2] == (phone, "request_checkin")  # to the phone
+    challenge = cmd[2].pop("challenge")  # a random gesture, kept with the request
+    assert cmd[2] == {"deadline_s": 900} and challenge in DEFAULT_CHALLENGES
+    assert conn.execute("SELECT challenge FROM checkin_requests WHERE id = %s",
+                        (rid,)).fetchone() == (challenge,)
     assert conn.execute("SELECT status FROM checkin_requests WHERE id = %s",
                         (rid,)).fetchone() == ("sent",)
     conn.commit()
@@ -212,7 +218,7 @@ def test_late_dispatch_keeps_the_full_answer_time_and_drops_stale(
     conn: psycopg.Connection[Any], world: World,
 ) -> None:
     case = world.case()
-    phone = world.device(kind="phone")
+    phone = world.device(kind="phone", trusted_biometrics=True)
     world.assign(phone, case, datetime(2026, 1, 1, tzinfo=UTC))
     now = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     late, stale = uuid.uuid4(), uuid.uuid4()
@@ -240,7 +246,7 @@ def test_a_checkin_stored_after_its_request_was_missed_resolves_the_alert(
     subject = world.subject()
     enrol(conn, subject, template)
     case = world.case(subject=subject)
-    phone = world.device(kind="phone")
+    phone = world.device(kind="phone", trusted_biometrics=True)
     world.assign(phone, case, datetime.now(UTC) - timedelta(days=1))
     deadline = datetime.now(UTC).replace(microsecond=0) - minutes(30)
     rids = [uuid.uuid4(), uuid.uuid4()]

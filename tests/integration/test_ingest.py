@@ -295,6 +295,12 @@ def _reason_cases(prefix: str) -> dict[str, tuple[str, bytes]]:
             topic(prefix, "BAD-1", "checkins"),
             orjson.dumps({"checkins": [checkin | {"embedding": [0.01] * 100}]}),
         ),
+        "bad_image": (  # a check-in frame that is not a JPEG/PNG (base64 of "GIF89a…")
+            topic(prefix, "BAD-1", "checkins"),
+            orjson.dumps({"checkins": [{"seq": 1, "ts": iso(NOW), "method": "face",
+                                        "challenge": "blink",
+                                        "frames": ["R0lGODlhAQABAAAAACw="] * 3}]}),
+        ),
         "unknown_device": (topic(prefix, "NOBODY-1", "fixes"), fixes_payload(fix(1))),
         "bad_topic": (topic(prefix, "bad.serial", "fixes"), fixes_payload(fix(1))),
     }

@@ -23,7 +23,7 @@ import pytest
 from db.engine import connect
 from tests.integration.scheduler_world import World
 
-JOBS = {"silence", "curfew", "escalation", "checkins", "checkin_plan", "downlink_resend",
+JOBS = {"audit_anchor", "silence", "curfew", "escalation", "checkins", "checkin_plan", "downlink_resend",
         "notify", "retention"}
 
 

@@ -48,7 +48,8 @@ def test_fill_and_fallbacks() -> None:
     assert problem_text("serial_taken", "ru").detail.count("{serial}") == 1  # missing param kept
     assert problem_text("no_such_code", "kk").title == PROBLEMS["kk"]["bad_request"].title
     assert field_text("string_too_long", "kk", {"max_length": 5}).startswith("Ең көбі 5")
-    assert field_text("unheard_of", "ru", {}, fallback="pydantic says") == "pydantic says"
+    assert field_text("unheard_of", "en", {}, fallback="pydantic says") == "pydantic says"
+    assert field_text("unheard_of", "ru", {}, fallback="pydantic says") == FIELDS["ru"]["invalid"]
     # alert states are words of the language too
     msg = problem_text("alert_transition", "ru", {"current": "resolved", "target": "acknowledged"})
     assert "«решена»" in msg.detail and "«подтверждена»" in msg.detail

@@ -875,6 +875,7 @@ def test_reason_codes_match_contract() -> None:
         "not_json", "not_object", "wrong_stream_key", "too_large", "too_many_items", "missing_field",
         "bad_type", "out_of_range", "not_finite", "future_timestamp", "bad_timestamp",
         "unknown_event_type", "embedding_length", "unknown_device", "bad_topic",
+        "bad_image",  # v1.1: check-in frames (device-mqtt-v1.md 3a)
     }  # fmt: skip
 
 
@@ -1095,3 +1096,75 @@ def test_bench_decode_runs() -> None:
     from bench.protocol import bench_decode
 
     assert bench_decode(n_messages=20, fixes_per_message=10) > 0
+
+
+# ----------------------------------------------------------------- check-ins with frames (v1.1)
+
+_PNG = None
+
+
+def _png() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    global _PNG
+    if _PNG is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (120, 80, 40)).save(buf, format="PNG")
+        _PNG = base64.b64encode(buf.getvalue()).decode()
+    return _PNG
+
+
+def frames_item(**kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"seq": 6, "ts": "2026-11-25T10:20:31Z", "method": "face",
+                           "challenge": "turn_left", "frames": [_png()] * 3}
+    out.update(kw)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def test_checkin_with_frames_decodes() -> None:
+    import base64
+
+    d = dec("checkins", {"checkins": [frames_item(request_id="r-1")]})
+    (c,) = d.items
+    assert c.frames == [base64.b64decode(_png())] * 3 and c.challenge == "turn_left"
+    assert c.embedding == [] and c.liveness is None and c.request_id == "r-1"
+    (c,) = dec("checkins", {"checkins": [frames_item(challenge=None)]}).items
+    assert c.challenge is None  # no request named: the challenge is optional
+
+
+@pytest.mark.parametrize(("kw", "reason"), [
+    ({"frames": ["aGVsbG8="] * 3}, Reason.BAD_IMAGE),  # base64 of "hello"
+    ({"frames": ["not base64!"] * 3}, Reason.BAD_IMAGE),
+    ({"frames": ["A" * 90_000] * 3}, Reason.TOO_LARGE),
+    ({"frames": [1, 2, 3]}, Reason.BAD_IMAGE),
+    ({"frames": "x"}, Reason.BAD_TYPE),
+    ({"frames": None, "embedding": None}, Reason.MISSING_FIELD),
+    ({"challenge": "wave"}, Reason.OUT_OF_RANGE),
+    ({"challenge": None, "request_id": "r-1"}, Reason.MISSING_FIELD),
+])
+def test_invalid_frames(kw: dict[str, Any], reason: Reason) -> None:
+    it = frames_item(**kw)
+    if "frames" in kw and kw["frames"] is None:
+        it.pop("frames", None)
+    (r,) = dec("checkins", {"checkins": [it]}).rejected
+    assert r.reason is reason
+
+
+def test_frame_count_is_3_to_5() -> None:
+    for n, ok in ((2, False), (3, True), (5, True), (6, False)):
+        d = dec("checkins", {"checkins": [frames_item(frames=[_png()] * n)]})
+        assert (len(d.items) == 1) is ok
+        if not ok:
+            assert d.rejected[0].reason is Reason.OUT_OF_RANGE
+
+
+def test_request_checkin_carries_a_challenge() -> None:
+    raw = encode_command(command_id=CID, ts=NOW, type=CommandType.REQUEST_CHECKIN,
+                         params={"deadline_s": 900, "challenge": "blink"})
+    assert orjson.loads(raw)["params"] == {"deadline_s": 900, "challenge": "blink"}
+    with pytest.raises(ValueError):
+        encode_command(command_id=CID, ts=NOW, type=CommandType.REQUEST_CHECKIN,
+                       params={"deadline_s": 900, "challenge": "wave"})

@@ -22,7 +22,7 @@ from simulator.people import (
     plan_stays,
     routine_polylines,
 )
-from simulator.run import SimConfig, Simulator, TruthWriter, resolve_start
+from simulator.run import SimConfig, Simulator, TruthWriter, _Answer, resolve_start
 from simulator.score import Alert, load_truth, score
 from simulator.setup import Registered, serials
 from simulator.violations import (
@@ -328,3 +328,37 @@ def test_missed_and_failed_checkins_are_truth(tmp_path: Path) -> None:
         ("checkin_failed", "real", 1), ("checkin_missed", "real", 0)]
     assert recs[1]["duration_s"] == 0 and recs[1]["requested"] < recs[1]["start"]
     assert sim.stats["checkins_missed_covered"] == 1
+
+
+def test_checkins_as_frames_of_real_photos(tmp_path: Path) -> None:
+    """Frames mode: the asked gesture from the enrolled person's photos (fresh crops each
+    time), an impostor's photos, a replay of the previous frames; `blink` cannot be shown."""
+    import base64
+
+    from devices.faces.analysis import hamming, phash, to_gray
+    from devices.faces.images import decode
+    from simulator.faces import Frames
+
+    sim, sink = _offline(tmp_path, n=3, hours=1, curfew=0, exclusion=0, strap=0, power_off=0,
+                         gap=0)
+    sim.frames = Frames(np.random.default_rng(5))
+    sim.truth = TruthWriter(tmp_path / "t4.jsonl")
+    sink.messages.clear()
+    now = sim.real_start
+    r = sim.registry[1]
+    for rid, outcome, challenge in (("a", "pass", "turn_left"), ("b", "pass", "turn_left"),
+                                    ("c", "fail_liveness", "smile"), ("d", "fail_face", "smile"),
+                                    ("e", "pass", "blink")):
+        sim._answer_frames(_Answer(now, 1, rid, outcome, now + 300, challenge=challenge), now)
+    items = [b["checkins"][0] for t, b, _ in sink.messages if t.endswith(f"{r.phone}/checkins")]
+    assert [i["request_id"] for i in items] == ["a", "b", "c", "d", "e"]
+    assert all(len(i["frames"]) == 3 and "embedding" not in i for i in items)
+    frames = [[base64.b64decode(f) for f in i["frames"]] for i in items]
+    hashes = [[phash(to_gray(decode(f)[0])) for f in fs] for fs in frames]
+    assert min(hamming(x, y) for x in hashes[0] for y in hashes[1]) > 12  # fresh captures
+    assert frames[2] == frames[1]  # the replay repeats the previous honest check-in
+    assert items[4]["challenge"] == "blink"
+    sim.truth.close()
+    recs = [json.loads(x) for x in (tmp_path / "t4.jsonl").read_text().splitlines()]
+    assert [x.get("reason") for x in recs if x["type"] == "checkin_failed"] == [
+        "fail_liveness", "fail_face", "fail_challenge"]

@@ -1,0 +1,109 @@
+// The API client. The session (access token) lives in this module's memory only: never in
+// localStorage or a cookie. A 401 or the token's expiry asks for sign-in again over the
+// current page (its state kept), then the request is retried.
+import { lang } from './i18n.js';
+
+const session = { token: null, expiresAt: 0, me: null, timer: null };
+const listeners = { signin: [], expire: [] };
+let waiting = null; // a promise resolved at the next sign-in
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem || {};
+  }
+  /** field name -> message, from a 422's `errors`. */
+  fieldErrors() {
+    const out = {};
+    for (const e of this.problem.errors || []) out[e.field] = e.message;
+    return out;
+  }
+}
+
+export function on(event, fn) { listeners[event].push(fn); }
+export function me() { return session.me; }
+export function token() { return session.token; }
+
+function emit(event, arg) { for (const fn of listeners[event]) fn(arg); }
+
+export function waitForSignIn() {
+  if (!waiting) {
+    let resolve;
+    waiting = new Promise((r) => { resolve = r; });
+    waiting.resolve = resolve;
+  }
+  return waiting;
+}
+
+export async function signIn(username, password) {
+  const body = new URLSearchParams({ username, password, grant_type: 'password' });
+  const r = await fetch('/api/v1/auth/token', {
+    method: 'POST', body, headers: { 'Accept-Language': lang() },
+  });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new ApiError(r.status, data);
+  const previous = session.me;
+  session.token = data.access_token;
+  session.expiresAt = Date.now() + data.expires_in * 1000;
+  clearTimeout(session.timer);
+  session.timer = setTimeout(() => expire('expired'), data.expires_in * 1000);
+  session.me = await request('GET', '/me');
+  const sameUser = previous && previous.id === session.me.id;
+  emit('signin', { sameUser });
+  if (waiting) { const w = waiting; waiting = null; w.resolve(); }
+  return session.me;
+}
+
+/** Forget the token; `reason`: 'expired' (keep the page) or 'signout'. */
+export function expire(reason) {
+  if (!session.token && reason !== 'signout') return;
+  session.token = null;
+  clearTimeout(session.timer);
+  if (reason === 'signout') session.me = null;
+  emit('expire', reason);
+}
+
+async function request(method, path, body) {
+  const headers = { Authorization: `Bearer ${session.token}`, 'Accept-Language': lang() };
+  let payload;
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    payload = JSON.stringify(body);
+  }
+  const r = await fetch(`/api/v1${path}`, { method, headers, body: payload });
+  if (r.status === 401) return { retry: true };
+  const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (!r.ok) throw new ApiError(r.status, data);
+  return data;
+}
+
+/** A request on behalf of the signed-in user; waits for (re-)sign-in when needed. */
+export async function api(path, { method = 'GET', body } = {}) {
+  for (;;) {
+    if (!session.token) await waitForSignIn();
+    const out = await request(method, path, body);
+    if (out && out.retry === true && Object.keys(out).length === 1) {
+      expire('expired');
+      continue;
+    }
+    return out;
+  }
+}
+
+/** Every item of a paginated list; `first`: the size of the first page (a small one shows
+ * something sooner), then pages of 500. */
+export async function all(path, onPage, first = 500) {
+  const items = [];
+  let cursor = null;
+  const sep = path.includes('?') ? '&' : '?';
+  do {
+    const limit = items.length ? 500 : first;
+    const url = `${path}${sep}limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+    const page = await api(url);
+    items.push(...page.items);
+    if (onPage) onPage(items, page.next_cursor !== null);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return items;
+}

@@ -1,0 +1,367 @@
+"""The officers' console in a real headless Chromium against `probation serve` on real
+PostgreSQL/TimescaleDB and mosquitto: sign-in, caseload, live alerts and positions from an
+MQTT fix, acknowledge/resolve, the zone editor, playback, languages, scoping, session expiry,
+offline API docs and accessibility. Screenshots go to tests/e2e/artefacts/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from db.server import free_port
+from tests.e2e.conftest import (
+    ADMIN_PASSWORD,
+    JWT_SECRET,
+    PROBATION,
+    Service,
+    _env,
+    stop,
+    wait_healthy,
+)
+from tests.e2e.console_world import HOME, PASSWORD, ZONE_CENTER, World, make_world, wait_for
+
+CONSOLE = Path(__file__).resolve().parents[2] / "console"
+CATALOGUES = {lang: json.loads((CONSOLE / "src" / "i18n" / f"{lang}.json").read_text())
+              for lang in ("en", "ru", "kk")}
+
+
+@pytest.fixture(scope="module")
+def world(service: Service) -> World:
+    w = make_world(service.base, service.mqtt_url, ADMIN_PASSWORD, service.prefix)
+    # ingestion stored every person's position
+    token = w.token("sup1")
+    wait_for(lambda: all(c["last_fix"] for c in httpx.get(
+        f"{service.base}/api/v1/cases", headers={"Authorization": f"Bearer {token}"}
+    ).json()["items"]), what="the first fixes")
+    return w
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
+    errors: list[str] = []
+    ctx.on("weberror", lambda e: errors.append(str(e.error)))
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+    assert errors == [], errors  # no uncaught error in the console's scripts
+
+
+def sign_in(page: Any, base: str, username: str, password: str = PASSWORD,
+            hash_: str = "") -> None:
+    page.goto(f"{base}/{hash_}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#signin-form input[name=username]", username)
+    page.fill("#signin-form input[name=password]", password)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("header.top:not([hidden])")
+
+
+def open_view(page: Any, hash_: str) -> None:
+    page.evaluate("document.querySelector('main').removeAttribute('data-loaded')")
+    page.evaluate(f"location.hash = '{hash_}'")
+    page.wait_for_selector("main[data-loaded='1']")
+
+
+def api(w: World, who: str, path: str) -> Any:
+    r = httpx.get(f"{w.base}/api/v1{path}", headers={"Authorization": f"Bearer {w.token(who)}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def test_sign_in_caseload_and_scope(world: World, context: Any, artefacts: Path) -> None:
+    page = context.new_page()
+    page.goto(f"{world.base}/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#signin-form input[name=username]", "off1")
+    page.fill("#signin-form input[name=password]", "wrong-password")
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#signin-error:has-text('wrong')")
+    page.fill("#signin-form input[name=password]", PASSWORD)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("main[data-loaded='1'] #caseload tbody tr")
+    names = page.locator("#caseload tbody tr td:first-child a").all_inner_texts()
+    assert sorted(names) == ["Асель Нурланова", "Бауыржан Сейткали"]
+    # an officer never sees another officer's case: not listed, not searchable, not by URL
+    page.fill("input[name=q]", "Дина")
+    assert page.locator("#caseload tbody tr").count() == 0
+    iin = api(world, "off1", f"/cases/{world.people['Асель Нурланова'].case_id}")["subject_iin"]
+    page.fill("input[name=q]", iin)
+    assert page.locator("#caseload tbody tr td:first-child a").all_inner_texts() == [
+        "Асель Нурланова"]  # search by IIN
+    page.fill("input[name=q]", "")
+    open_view(page, f"#/case/{world.people['Дина Омарова'].case_id}")
+    assert page.locator("main h1").inner_text() == CATALOGUES["en"]["case.not_found"]
+    assert "Дина" not in page.inner_text("body")
+    page.evaluate("location.hash = '#/cases'")
+    page.wait_for_selector("#caseload tbody tr")
+    page.screenshot(path=str(artefacts / "caseload.png"))
+    # the session token is kept in memory only
+    stored = page.evaluate("JSON.stringify({...localStorage}) + JSON.stringify({...sessionStorage})"
+                           " + document.cookie")
+    assert world.token("off1")[:20] not in stored and "eyJ" not in stored
+    # sign-out clears the page
+    page.click("#signout")
+    page.wait_for_selector("dialog#signin[open]")
+    assert page.locator("#caseload").count() == 0
+
+
+def test_live_alert_queue_map_and_resolution(world: World, context: Any, artefacts: Path) -> None:
+    queue = context.new_page()
+    sign_in(queue, world.base, "off1", hash_="#/alerts")
+    queue.wait_for_selector("main[data-view=alerts][data-loaded='1']")
+    live_map = context.new_page()
+    sign_in(live_map, world.base, "off1", hash_="#/map")
+    live_map.wait_for_selector("main[data-view=map][data-loaded='1']")
+    assert live_map.get_attribute("#live-map", "data-markers") == "2"
+    for page in (queue, live_map):  # both streams connected before the fix is published
+        page.wait_for_selector("body[data-alert-stream=open][data-position-stream=open]")
+    assert live_map.locator(".leaflet-marker-icon.pm-violation").count() == 0
+
+    # a violation opens on the second of 2 fixes inside, at least 30 s apart (the rules)
+    world.first_fix_inside("Асель Нурланова", *ZONE_CENTER)
+    t0 = time.monotonic()
+    world.publish_fix("Асель Нурланова", *ZONE_CENTER)
+    # within 2 s, without a reload: in the queue and on the map
+    queue.wait_for_selector(".alert-item[data-type=exclusion_zone_entered]", timeout=2000)
+    live_map.wait_for_selector(".leaflet-marker-icon.pm-violation", timeout=max(
+        1, 2000 - (time.monotonic() - t0) * 1000))
+    elapsed = time.monotonic() - t0
+    assert elapsed <= 2.0, elapsed
+    live_map.screenshot(path=str(artefacts / "map.png"))
+
+    queue.click(".alert-item[data-type=exclusion_zone_entered]")
+    queue.wait_for_selector("#alert-actions")
+    queue.wait_for_selector("#evidence-map .leaflet-interactive")  # fixes and zone drawn
+    queue.screenshot(path=str(artefacts / "alerts.png"))
+    queue.fill("#alert-actions textarea[name=note]", "Позвонил, выехал")
+    queue.click("#ack")
+    queue.wait_for_selector(f"[data-testid=alert-status]:has-text('{CATALOGUES['en']['alert_status.acknowledged']}')")
+    queue.select_option("#alert-actions select[name=resolution]", "violation_confirmed")
+    queue.fill("#alert-actions textarea[name=note]", "Нарушение подтверждено на месте")
+    queue.click("#resolve")
+    queue.wait_for_selector(f"[data-testid=alert-status]:has-text('{CATALOGUES['en']['alert_status.resolved']}')")
+    timeline = queue.inner_text(".timeline")
+    assert "Позвонил, выехал" in timeline and "Нарушение подтверждено на месте" in timeline
+    queue.wait_for_selector(".alert-item[data-type=exclusion_zone_entered]", state="detached")
+    alerts = api(world, "off1", "/alerts?status=resolved")["items"]
+    assert [a["resolution"] for a in alerts] == ["violation_confirmed"]
+    world.publish_fix("Асель Нурланова", *HOME)  # back home for the tests that follow
+
+
+def test_zone_editor_then_a_fix_inside_raises_an_alert(world: World, context: Any,
+                                                       artefacts: Path) -> None:
+    person = world.people["Бауыржан Сейткали"]
+    page = context.new_page()
+    sign_in(page, world.base, "off1", hash_=f"#/case/{person.case_id}")
+    page.wait_for_selector("main[data-view=case][data-loaded='1']")
+    box = page.locator("#case-map").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.click(".leaflet-pm-icon-polygon")
+    for dx, dy in ((-80, -60), (80, -60), (80, 60), (-80, 60), (-80, -60)):
+        page.mouse.click(cx + dx, cy + dy)
+    page.wait_for_selector("#zone-form[data-shape='1']")
+    # the API's validation error is shown on the field it names
+    page.click("#zone-form button[type=submit]")
+    page.wait_for_selector("#zone-form .field-error[data-for=name]")
+    page.fill("#zone-form input[name=name]", "Рынок")
+    page.fill("#zone-form input[name=buffer_m]", "20")
+    page.click("#add-window")
+    page.fill("#windows input[name=start]", "22:00")
+    page.fill("#windows input[name=end]", "06:00")
+    page.uncheck("#zone-form input[name=always]")
+    page.check("#zone-form input[name=always]")  # always active after all
+    page.click("#zone-form button[type=submit]")
+    page.wait_for_selector("#zone-form[data-saved]")
+    page.wait_for_selector("#zone-list :text('Рынок')")
+    page.screenshot(path=str(artefacts / "case.png"))
+    zones = api(world, "off1", f"/cases/{person.case_id}/zones")["items"]
+    zone = next(z for z in zones if z["name"] == "Рынок")
+    assert zone["kind"] == "exclusion" and zone["buffer_m"] == 20
+    assert zone["geometry"]["type"] == "Polygon" and zone["schedule"] is None
+    ring = zone["geometry"]["coordinates"][0]
+    lon = sum(p[0] for p in ring[:-1]) / (len(ring) - 1)
+    lat = sum(p[1] for p in ring[:-1]) / (len(ring) - 1)
+    world.first_fix_inside(person.name, lat, lon)
+    world.publish_fix(person.name, lat, lon)
+    found = wait_for(lambda: [a for a in api(world, "off1", f"/alerts?case_id={person.case_id}")[
+        "items"] if a["zone_id"] == zone["id"] and a["type"] == "exclusion_zone_entered"],
+        what="the alert of the drawn zone")
+    assert found
+
+
+def test_track_playback_shows_the_crossings(world: World, context: Any, artefacts: Path) -> None:
+    person = world.people["Дина Омарова"]
+    admin = world.token("admin", ADMIN_PASSWORD)
+    r = httpx.post(f"{world.base}/api/v1/cases/{person.case_id}/zones", headers={
+        "Authorization": f"Bearer {admin}"}, json={
+        "name": "Школа", "kind": "exclusion",
+        "circle": {"center": [HOME[1] + 0.01, HOME[0]], "radius_m": 200}})
+    assert r.status_code == 201, r.text
+    start = datetime.now(UTC) - timedelta(seconds=13)
+    path = [(HOME[0], HOME[1] + 0.01 * k / 6) for k in range(13)]  # through the school and on
+    for k, (lat, lon) in enumerate(path):
+        world.publish_fix(person.name, lat, lon, ts=start + timedelta(seconds=k),
+                          acc=250 if k == 2 else 10)
+    wait_for(lambda: len(api(world, "off2", f"/cases/{person.case_id}/track")["features"]) >= 14,
+             what="the track stored")
+    page = context.new_page()
+    sign_in(page, world.base, "off2", hash_=f"#/case/{person.case_id}")
+    page.wait_for_selector("main[data-view=case][data-loaded='1']")
+    page.click("#playback button[type=submit]")
+    page.wait_for_selector("#track-stats[data-crossings]")
+    assert int(page.get_attribute("#track-stats", "data-crossings")) >= 2
+    assert page.locator("#case-map path.crossing").count() >= 2
+    assert page.locator("#case-map path.outlier").count() >= 1
+    assert page.locator("#track-timeline li.crossing").count() >= 2
+    slider = page.locator("#playback input[name=pos]")
+    slider.fill(str(int(slider.get_attribute("max")) // 2))
+    assert page.inner_text("#pos-time")
+    page.screenshot(path=str(artefacts / "playback.png"), full_page=True)
+
+
+UNTRANSLATED_JS = """(catalogue) => {
+  const latin = /[A-Za-z]/;
+  const bad = [];
+  const skip = (el) => el.closest('[translate="no"], script, style, .leaflet-control-attribution');
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const n = walker.currentNode; const el = n.parentElement;
+    const text = n.textContent.trim();
+    if (!text || !el || skip(el) || !el.checkVisibility()) continue;
+    if (latin.test(text)) bad.push(text);
+  }
+  for (const el of document.querySelectorAll('[title], [aria-label], [placeholder]')) {
+    if (skip(el)) continue;
+    for (const a of ['title', 'aria-label', 'placeholder']) {
+      const v = el.getAttribute(a);
+      if (v && latin.test(v)) bad.push(`${a}=${v}`);
+    }
+  }
+  const wrong = [];
+  for (const el of document.querySelectorAll('[data-i18n]')) {
+    if (el.textContent !== catalogue[el.dataset.i18n]) wrong.push(el.dataset.i18n);
+  }
+  return { bad, wrong };
+}"""
+
+
+def test_kazakh_and_russian_with_no_untranslated_label(world: World, context: Any,
+                                                      artefacts: Path) -> None:
+    page = context.new_page()
+    sign_in(page, world.base, "sup1")
+    page.wait_for_selector("main[data-loaded='1']")
+    asel = world.people["Асель Нурланова"].case_id
+    views = ("#/cases", "#/map", "#/alerts", "#/team", f"#/case/{asel}")
+    for lang in ("kk", "ru"):
+        page.select_option("#lang", lang)
+        assert page.evaluate("document.documentElement.lang") == lang
+        for view in views:
+            open_view(page, view)
+            found = page.evaluate(UNTRANSLATED_JS, CATALOGUES[lang])
+            assert found == {"bad": [], "wrong": []}, (lang, view, found)
+            name = view.strip("#/").split("/")[0]
+            page.screenshot(path=str(artefacts / f"{name}-{lang}.png"))
+    # the language is remembered for this user
+    page.click("#signout")
+    page.wait_for_selector("dialog#signin[open]")
+    page.select_option("#lang-signin", "en")
+    page.fill("#signin-form input[name=username]", "sup1")
+    page.fill("#signin-form input[name=password]", PASSWORD)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("header.top:not([hidden])")
+    page.wait_for_selector("main[data-loaded='1']")
+    assert page.evaluate("document.documentElement.lang") == "ru"
+    assert page.inner_text("nav a[href='#/cases']") == CATALOGUES["ru"]["nav.cases"]
+
+
+def test_admin_and_team_views_and_accessibility(world: World, context: Any,
+                                                artefacts: Path) -> None:
+    axe = (CONSOLE / "node_modules" / "axe-core" / "axe.min.js").read_text()
+    page = context.new_page()
+    sign_in(page, world.base, "admin", ADMIN_PASSWORD)
+    page.wait_for_selector("main[data-loaded='1']")
+    results: dict[str, Any] = {}
+    for view in ("#/cases", "#/alerts", "#/team", "#/admin",
+                 f"#/case/{world.people['Асель Нурланова'].case_id}", "#/map"):
+        open_view(page, view)
+        page.add_script_tag(content=axe)
+        found = page.evaluate("""async () => {
+          const r = await axe.run(document, { resultTypes: ['violations'] });
+          return r.violations.filter((v) => ['serious', 'critical'].includes(v.impact))
+            .map((v) => `${v.id}: ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+        }""")
+        results[view] = found
+        if view in ("#/admin", "#/team"):
+            page.screenshot(path=str(artefacts / f"{view.strip('#/')}.png"), full_page=True)
+    assert all(not v for v in results.values()), json.dumps(results, ensure_ascii=False)
+    open_view(page, "#/admin")
+    page.click("#verify")
+    page.wait_for_selector("#verify-result.ok")
+
+
+def test_session_expiry_keeps_the_page(world: World, service: Service, context: Any,
+                                       tmp_path: Path) -> None:
+    """A short-lived token on a second API process of the same service."""
+    port = free_port()
+    log = tmp_path / "api.log"
+    proc = subprocess.Popen(
+        [PROBATION, "api", "--port", str(port)],
+        env=_env(PROBATION_DATABASE_URL=service.database_url, PROBATION_MQTT_URL=service.mqtt_url,
+                 PROBATION_JWT_SECRET=JWT_SECRET, PROBATION_JWT_TTL_S="6",
+                 PROBATION_DATA_DIR=str(tmp_path / "data"), PROBATION_MAP_TILES=""),
+        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, proc, log)
+        page = context.new_page()
+        person = world.people["Асель Нурланова"]
+        sign_in(page, base, "off1", hash_=f"#/case/{person.case_id}")
+        page.wait_for_selector("main[data-view=case][data-loaded='1']")
+        page.evaluate("window.__notReloaded = true")
+        page.fill("#zone-form input[name=name]", "Черновик зоны")
+        page.wait_for_selector("dialog#signin[open]", timeout=15000)
+        assert page.inner_text("#signin-reason") == CATALOGUES["en"]["signin.expired"]
+        page.fill("#signin-form input[name=username]", "off1")
+        page.fill("#signin-form input[name=password]", PASSWORD)
+        page.click("#signin-form button[type=submit]")
+        page.wait_for_selector("dialog#signin", state="hidden")
+        assert page.evaluate("window.__notReloaded") is True
+        assert page.input_value("#zone-form input[name=name]") == "Черновик зоны"
+        # a request after the next expiry waits for sign-in, then goes through
+        page.wait_for_selector("dialog#signin[open]", timeout=15000)
+        page.evaluate("location.hash = '#/cases'")
+        page.fill("#signin-form input[name=username]", "off1")
+        page.fill("#signin-form input[name=password]", PASSWORD)
+        page.click("#signin-form button[type=submit]")
+        page.wait_for_selector("#caseload tbody tr")
+    finally:
+        stop(proc)
+
+
+def test_api_docs_work_without_internet(world: World, context: Any) -> None:
+    page = context.new_page()
+    outside: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(world.base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(f"{world.base}/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=15000)
+    page.goto(f"{world.base}/redoc")
+    page.wait_for_selector("[role=search], .api-content", timeout=20000)
+    assert outside == []
