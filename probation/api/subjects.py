@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
 
 from devices.biometrics import load_key
 from devices.faces.analysis import Thresholds
@@ -73,6 +73,11 @@ def enrol(
 MAX_PHOTO_BYTES = 8 * 1024 * 1024
 
 
+def _visible_subject_id(session: SessionDep, scope: ScopeDep, subject_id: uuid.UUID) -> uuid.UUID:
+    """404 for a person the caller may not see, before the photos are read or validated."""
+    return service.visible_subject(session, subject_id=subject_id, scope=scope).id
+
+
 @router.post(
     "/{subject_id}/biometric-enrolment", response_model=BiometricEnrolmentResult,
     status_code=201, summary="Biometric registration from 1 to 5 photos",
@@ -82,7 +87,8 @@ MAX_PHOTO_BYTES = 8 * 1024 * 1024
     "is stored encrypted (never returned). Photos are discarded unless the "
     "`biometric_keep_photos` setting keeps them (encrypted). Replacing an enrolled template "
     "is audited and needs the case's supervisor or an admin. All photos refused: 422.",
-    responses=problem_responses(401, 403, 404, 422), dependencies=[Idempotent],
+    responses=problem_responses(401, 403, 404, 422),
+    dependencies=[Idempotent, Depends(_visible_subject_id)],
 )
 def enrol_photos(
     request: Request, ctx: ContextDep, session: SessionDep, scope: ScopeDep,
