@@ -50,11 +50,13 @@ def context(browser: Any) -> Iterator[Any]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
     errors: list[str] = []
     ctx.on("weberror", lambda e: errors.append(str(e.error)))
+    ctx.on("console", lambda m: errors.append(m.text) if m.type == "error"
+           and "Content Security Policy" in m.text else None)
     try:
         yield ctx
     finally:
         ctx.close()
-    assert errors == [], errors  # no uncaught error in the console's scripts
+    assert errors == [], errors  # no uncaught error in the console's scripts, nothing blocked
 
 
 def sign_in(page: Any, base: str, username: str, password: str = PASSWORD,
