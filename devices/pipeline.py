@@ -3,7 +3,7 @@
     receive (paho thread) → bounded queue → decode + validate (`decode_stage`)
     → batch (N items / M messages / T ms) → `BatchWriter.stages`:
       resolve devices → accumulate per device → find cases → judge check-ins
-      → build rows → store (COPY + dedup) → lock devices → after-store stages
+      → build rows → lock devices → store (COPY + dedup) → after-store stages
       (`BatchWriter.after_store`: geofence, check-in outcomes, silence gaps; wired
       in `probation.runtime.workers.build_ingestion`) → inventory → acks → dead letters
     → commit → acknowledge to the broker
@@ -492,8 +492,8 @@ class BatchWriter:
             self.find_cases,  # the active case of each device
             self.judge_checkins,  # a verdict per check-in (`checkin_judge`, no side effects)
             self.build_rows,  # rows per device sorted by ts, devices in id order
-            self.store,  # COPY fixes, events, check-ins (deduplicating after a conflict)
-            self.lock_devices,  # row-lock the batch's devices
+            self.lock_devices,  # row-lock the batch's devices (serialises the seq lookup)
+            self.store,  # COPY fixes, events, check-ins; a (device, stream, seq) stored: dup
             self.run_after_store,  # `after_store`, in order, each in its own savepoint
             self.update_inventory,  # last seen / last fix / battery / firmware
             self.apply_acks,  # command acknowledgements; unknown commands → dead letters

@@ -173,7 +173,8 @@ CHECKIN_COLUMNS = ("device_id", "seq", "ts", "case_id", "method", "similarity", 
 CHECKIN_TYPES = ("uuid", "int8", "timestamptz", "uuid", "text", "float4", "float4", "bool",
                  "text", "float8", "float8", "float4")
 
-# (device_id, seq, ts): the dedup key of every telemetry table.
+# (device_id, seq, ts): a stored telemetry row's key (the unique index; the contract's
+# dedup key is (device, stream, seq): see `stored_seqs`).
 Key = tuple[uuid.UUID, int, datetime]
 
 
@@ -195,12 +196,68 @@ def copy_rows(
             cp.write_row(row)
 
 
+def stored_seqs(
+    conn: Conn, *, table: str, keys: Iterable[tuple[uuid.UUID, int]]
+) -> set[tuple[uuid.UUID, int]]:
+    """The (device_id, seq) among `keys` already stored in `table`, whatever their ts.
+
+    The contract's dedup key is (device, stream, seq); the hypertables' unique index
+    must include ts (their partitioning column), so the seq is looked up here: one
+    range scan of the (device_id, seq, ts) index per device and chunk.
+    """
+    by_dev: dict[uuid.UUID, list[int]] = {}
+    for dev, seq in keys:
+        by_dev.setdefault(dev, []).append(seq)
+    if not by_dev:
+        return set()
+    devs = list(by_dev)
+    lo = [min(by_dev[d]) for d in devs]
+    hi = [max(by_dev[d]) for d in devs]
+    cur = conn.execute(
+        f"SELECT t.device_id, t.seq FROM unnest(%s::uuid[], %s::int8[], %s::int8[])"
+        f" AS k(device_id, lo, hi) JOIN {table} t ON t.device_id = k.device_id"
+        " AND t.seq BETWEEN k.lo AND k.hi",
+        (devs, lo, hi),
+    )
+    wanted = {(d, s) for d, seqs in by_dev.items() for s in seqs}
+    return {(d, s) for d, s in cur.fetchall() if (d, s) in wanted}
+
+
+def _new_seqs(
+    conn: Conn, *, table: str, rows: Sequence[Sequence[Any]]
+) -> Sequence[Sequence[Any]]:
+    """`rows` without the items whose (device_id, seq) is stored or came earlier in `rows`."""
+    stored = stored_seqs(conn, table=table, keys=((r[0], r[1]) for r in rows))
+    out = []
+    for r in rows:
+        k = (r[0], r[1])
+        if k not in stored:
+            stored.add(k)
+            out.append(r)
+    return out if len(out) < len(rows) else rows
+
+
 def _store(
     conn: Conn, *, staging: str, table: str, columns: Sequence[str], types: Sequence[str],
     select: str, rows: Sequence[Sequence[Any]], returning: bool, direct: bool,
 ) -> tuple[int, list[Key] | None, bool]:
     if not rows:
         return 0, [] if returning else None, False
+    new = _new_seqs(conn, table=table, rows=rows)
+    if len(new) < len(rows):
+        if not new:
+            return 0, [] if returning else None, True
+        n, keys, _ = _insert(conn, staging=staging, table=table, columns=columns, types=types,
+                             select=select, rows=new, returning=returning, direct=False)
+        return n, keys, True
+    return _insert(conn, staging=staging, table=table, columns=columns, types=types,
+                   select=select, rows=rows, returning=returning, direct=direct)
+
+
+def _insert(
+    conn: Conn, *, staging: str, table: str, columns: Sequence[str], types: Sequence[str],
+    select: str, rows: Sequence[Sequence[Any]], returning: bool, direct: bool,
+) -> tuple[int, list[Key] | None, bool]:
     if direct:
         # Fast path: COPY straight into the table; any stored key aborts it (savepoint).
         try:
@@ -226,7 +283,8 @@ def _store(
 def store_fixes(
     conn: Conn, *, rows: Sequence[Sequence[Any]], returning: bool = False, direct: bool = False,
 ) -> tuple[int, list[Key] | None, bool]:
-    """Store fix rows (FIX_COLUMNS order), skipping keys already stored.
+    """Store fix rows (FIX_COLUMNS order), skipping (device_id, seq) already stored
+    (whatever their ts) and repeated in `rows` (the first is kept).
 
     Returns (rows inserted, their keys if `returning`, whether a key conflict was
     met). With `direct`, a plain COPY into the hypertable is tried first (no

@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from geofence.area import ServiceArea
+
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "probation"
@@ -74,6 +76,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the embedded database, broker state and generated secrets live.",
+    )
+    service_area: tuple[float, float, float, float] = Field(
+        default=(40.5, 46.4, 55.5, 87.4),
+        description="Where zones may lie: [lat_min, lon_min, lat_max, lon_max] in degrees "
+        "(JSON list; default Kazakhstan's bounding box). A zone outside is refused (422, "
+        "with a hint when latitude and longitude look swapped); fixes outside are stored.",
     )
     admin_password: str | None = Field(
         default=None, description="If set and no user exists, an `admin` user is created on start."
@@ -250,6 +258,10 @@ class Settings(BaseSettings):
         with os.fdopen(fd, "w") as f:
             f.write(make)
         return make
+
+    def area(self) -> ServiceArea:
+        """`service_area` as the geofence package's box."""
+        return ServiceArea(*self.service_area)
 
     def resolved_jwt_secret(self) -> str:
         """The token-signing secret: the configured one, else the one kept in the data dir."""

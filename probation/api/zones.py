@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from probation.deps import Idempotent, ScopeDep, SessionDep, VisibleCase, require_role
+from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, VisibleCase, require_role
 from probation.errors import problem_responses
 from probation.pagination import Page
 from probation.users.models import Role, User
@@ -20,7 +20,9 @@ _ZONE_DOC = (
     "`geometry` (GeoJSON Polygon or MultiPolygon, holes allowed) or `circle`; `buffer_m` warns "
     "before an exclusion zone; `schedule` null = always active, else weekly windows in the "
     "case's timezone (an end before the start runs past midnight); `exceptions` are approved "
-    "absences. Invalid geometry or schedule is a 422 naming the field."
+    "absences. Invalid geometry or schedule is a 422 naming the field; so is a zone outside the "
+    "service area (setting `PROBATION_SERVICE_AREA`), with a hint when latitude and "
+    "longitude look swapped."
 )
 
 
@@ -28,9 +30,10 @@ _ZONE_DOC = (
              summary="Add a zone to a case", description=_ZONE_DOC,
              responses=problem_responses(401, 404, 409, 422), dependencies=[Idempotent])
 def create_case_zone(
-    session: SessionDep, scope: ScopeDep, case: VisibleCase, body: ZoneCreate
+    session: SessionDep, scope: ScopeDep, ctx: ContextDep, case: VisibleCase, body: ZoneCreate
 ) -> ZonePublic:
-    return service.create_case_zone(session, case=case, data=body, scope=scope)
+    return service.create_case_zone(session, case=case, data=body, scope=scope,
+                                    area=ctx.settings.area())
 
 
 @router.get("/cases/{case_id}/zones", response_model=Page[ZonePublic],
@@ -65,8 +68,9 @@ def detach_zone(
 def create_shared_zone(
     session: SessionDep, scope: ScopeDep,
     _: Annotated[User, Depends(require_role(Role.SUPERVISOR, Role.ADMIN))], body: ZoneCreate,
+    ctx: ContextDep,
 ) -> ZonePublic:
-    return service.create_shared_zone(session, data=body, scope=scope)
+    return service.create_shared_zone(session, data=body, scope=scope, area=ctx.settings.area())
 
 
 @router.get("/zones/{zone_id}", response_model=ZonePublic, summary="A zone",
@@ -79,9 +83,10 @@ def get_zone(session: SessionDep, scope: ScopeDep, zone_id: uuid.UUID) -> ZonePu
               summary="Change a zone (shared zones: supervisor, admin)",
               responses=problem_responses(401, 403, 404, 422), dependencies=[Idempotent])
 def update_zone(
-    session: SessionDep, scope: ScopeDep, zone_id: uuid.UUID, body: ZoneUpdate
+    session: SessionDep, scope: ScopeDep, ctx: ContextDep, zone_id: uuid.UUID, body: ZoneUpdate
 ) -> ZonePublic:
-    return service.update_zone(session, zone_id=zone_id, data=body, scope=scope)
+    return service.update_zone(session, zone_id=zone_id, data=body, scope=scope,
+                               area=ctx.settings.area())
 
 
 @router.delete("/zones/{zone_id}", status_code=204, response_class=Response,

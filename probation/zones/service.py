@@ -29,6 +29,7 @@ from geofence import (
     validate_exceptions,
     validate_schedule,
 )
+from geofence.area import Placement, ServiceArea, place, zone_points
 from probation.audit import service as audit
 from probation.cases.models import Case, CaseStatus
 from probation.cases.scope import CaseScope
@@ -59,8 +60,20 @@ def _exceptions_json(items: list[ZoneException]) -> list[dict[str, Any]]:
     ]
 
 
-def _validate(zone: Zone) -> None:
-    """Compile the zone as the engine will; a 422 naming the field if it cannot."""
+def _check_area(zone: Zone, area: ServiceArea) -> None:
+    """A 422 if the zone is not inside the service area (with a swap hint if it fits)."""
+    where = place(zone_points(zone.geometry, zone.circle), area)
+    if where is Placement.INSIDE:
+        return
+    code = "outside_service_area_swapped" if where is Placement.SWAPPED else "outside_service_area"
+    raise invalid("geometry" if zone.geometry is not None else "circle", code,
+                  lat_min=area.lat_min, lat_max=area.lat_max,
+                  lon_min=area.lon_min, lon_max=area.lon_max)
+
+
+def _validate(zone: Zone, area: ServiceArea | None) -> None:
+    """Compile the zone as the engine will; a 422 naming the field if it cannot or if it
+    lies outside the service area."""
     try:
         compile_zone(zone_id=str(zone.id), kind=zone.kind, geometry=zone.geometry,
                      circle=zone.circle, buffer_m=zone.buffer_m)
@@ -71,6 +84,8 @@ def _validate(zone: Zone) -> None:
         validate_exceptions(zone.exceptions)
     except InvalidSchedule as e:
         raise Invalid([FieldError(_dotted(e.field), "schedule_invalid", {"reason": e.message})]) from None
+    if area is not None:
+        _check_area(zone, area)
 
 
 def visible(scope: CaseScope) -> ColumnElement[bool]:
@@ -93,7 +108,9 @@ def _public(session: Session, zone: Zone, scope: CaseScope) -> ZonePublic:
     return ZonePublic.model_validate(zone, update={"case_ids": case_ids})
 
 
-def _new_zone(data: ZoneCreate, *, shared: bool, actor_id: uuid.UUID) -> Zone:
+def _new_zone(
+    data: ZoneCreate, *, shared: bool, actor_id: uuid.UUID, area: ServiceArea
+) -> Zone:
     zone = Zone(
         name=data.name, kind=data.kind,
         geometry=data.geometry.model_dump(mode="json") if data.geometry else None,
@@ -102,15 +119,17 @@ def _new_zone(data: ZoneCreate, *, shared: bool, actor_id: uuid.UUID) -> Zone:
         schedule=data.schedule.model_dump(mode="json") if data.schedule else None,
         exceptions=_exceptions_json(data.exceptions), shared=shared, created_by=actor_id,
     )
-    _validate(zone)
+    _validate(zone, area)
     return zone
 
 
-def create_case_zone(session: Session, *, case: Case, data: ZoneCreate, scope: CaseScope) -> ZonePublic:
+def create_case_zone(
+    session: Session, *, case: Case, data: ZoneCreate, scope: CaseScope, area: ServiceArea
+) -> ZonePublic:
     """A zone of one case."""
     if case.status != CaseStatus.ACTIVE:
         raise Conflict("case_closed")
-    zone = _new_zone(data, shared=False, actor_id=scope.user_id)
+    zone = _new_zone(data, shared=False, actor_id=scope.user_id, area=area)
     session.add(zone)
     session.flush()
     session.add(CaseZone(case_id=case.id, zone_id=zone.id))
@@ -121,9 +140,11 @@ def create_case_zone(session: Session, *, case: Case, data: ZoneCreate, scope: C
     return ZonePublic.model_validate(zone, update={"case_ids": [case.id]})
 
 
-def create_shared_zone(session: Session, *, data: ZoneCreate, scope: CaseScope) -> ZonePublic:
+def create_shared_zone(
+    session: Session, *, data: ZoneCreate, scope: CaseScope, area: ServiceArea
+) -> ZonePublic:
     """A shared zone (school, a victim's home) to attach to cases (supervisor, admin)."""
-    zone = _new_zone(data, shared=True, actor_id=scope.user_id)
+    zone = _new_zone(data, shared=True, actor_id=scope.user_id, area=area)
     session.add(zone)
     session.flush()
     bump_zones_config(session)
@@ -172,7 +193,12 @@ def _may_change(zone: Zone, scope: CaseScope) -> None:
         raise Forbidden()
 
 
-def update_zone(session: Session, *, zone_id: uuid.UUID, data: ZoneUpdate, scope: CaseScope) -> ZonePublic:
+def update_zone(
+    session: Session, *, zone_id: uuid.UUID, data: ZoneUpdate, scope: CaseScope,
+    area: ServiceArea,
+) -> ZonePublic:
+    """Change a zone; its place is checked against `area` when geometry or circle change
+    (a zone stored before the check can still be renamed or rescheduled)."""
     zone = _visible_zone(session, zone_id, scope, lock=True)
     _may_change(zone, scope)
     changes = data.model_dump(exclude_unset=True)
@@ -202,7 +228,7 @@ def update_zone(session: Session, *, zone_id: uuid.UUID, data: ZoneUpdate, scope
         zone.schedule = data.schedule.model_dump(mode="json") if data.schedule else None
     if "exceptions" in changes and data.exceptions is not None:
         zone.exceptions = _exceptions_json(data.exceptions)
-    _validate(zone)
+    _validate(zone, area if {"geometry", "circle"} & changes.keys() else None)
     zone.version += 1
     zone.updated_at = utcnow()
     session.add(zone)

@@ -124,7 +124,9 @@ def _fixes(url: str, serial: str) -> int:
 def _env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROBATION_")}
     env.update(PROBATION_DATA_DIR=str(tmp / "data"), PROBATION_ADMIN_PASSWORD="admin-pw-1",
-               PROBATION_MQTT_PORT=str(stable_port()), PROBATION_LOG_LEVEL="INFO")
+               PROBATION_MQTT_PORT=str(stable_port()), PROBATION_LOG_LEVEL="INFO",
+               # about durability: the admin's second factor is tested in tests/security
+               PROBATION_TOTP_REQUIRED_ROLES="[]")
     return env
 
 

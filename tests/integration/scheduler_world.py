@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import psycopg
 
-_seq = itertools.count(1)
+# Far from a test gateway's seqs (1, 2, …): the dedup key is (device, stream, seq), so a
+# published fix reusing a seq stored here would be a duplicate.
+_seq = itertools.count(1_000_000_000)
 
 CURFEW = {"windows": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
                        "start": "22:00", "end": "06:00"}]}

@@ -57,11 +57,14 @@ def _investigator(database_url: str, w: World, settings: Any) -> None:
 
     uid = uuid.uuid4()
     with psycopg.connect(database_url, autocommit=True) as c:
-        c.execute("INSERT INTO users (id, username, password_hash, role) "
-                  "VALUES (%s, 'inv1', 'x', 'investigator')", (uid,))
+        row = c.execute("INSERT INTO users (id, username, password_hash, role) "
+                        "VALUES (%s, 'inv1', 'x', 'investigator') RETURNING tokens_valid_after",
+                        (uid,)).fetchone()
+    assert row is not None
     w.users["inv1"] = uid
-    w.tokens["inv1"] = create_access_token(
-        User(id=uid, username="inv1", password_hash="", role=Role.INVESTIGATOR), settings)[0]
+    w.tokens["inv1"] = create_access_token(  # the token's generation is the stored row's
+        User(id=uid, username="inv1", password_hash="", role=Role.INVESTIGATOR,
+             tokens_valid_after=row[0]), settings)[0]
 
 
 def _query(**over: Any) -> dict[str, Any]:

@@ -114,6 +114,36 @@ def test_invalid_zones_are_422_naming_the_field(
     assert any(e["field"] == field and e["code"] == code for e in errors), errors
 
 
+SWAPPED = {"type": "Polygon", "coordinates": [[[lat, lon] for lon, lat in HOLED["coordinates"][0]]]}
+
+
+@pytest.mark.parametrize(("lang", "hint"), [
+    ("en", "[longitude, latitude]"), ("ru", "[долгота, широта]"), ("kk", "[бойлық, ендік]"),
+])
+def test_a_zone_outside_the_service_area_is_refused_with_the_swap_hint(
+    module_client: TestClient, module_world: World, lang: str, hint: str
+) -> None:
+    c, w = module_client, module_world
+    url = f"/api/v1/cases/{w.cases['off1']}/zones"
+    h = w.h("off1", **{"Accept-Language": lang})
+    r = c.post(url, headers=h, json={**BASE, "geometry": SWAPPED})  # [lat, lon]: the Barents Sea
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    [e] = r.json()["errors"]
+    assert (e["field"], e["code"]) == ("geometry", "outside_service_area_swapped")
+    assert hint in e["message"] and "40.5" in e["message"] and "87.4" in e["message"]
+    r = c.post(url, headers=h, json={**BASE, "circle": {"center": [2.35, 48.85], "radius_m": 50}})
+    assert r.status_code == 422, r.text  # Paris: outside, swapping does not help
+    [e] = r.json()["errors"]
+    assert (e["field"], e["code"]) == ("circle", "outside_service_area")
+    assert hint not in e["message"]
+    r = c.post(url, headers=h, json={**BASE, "geometry": HOLED})  # the same zone, [lon, lat]
+    assert r.status_code == 201, r.text
+    r = c.patch(f"/api/v1/zones/{r.json()['id']}", headers=h,
+                json={"circle": {"center": [43.23, 76.93], "radius_m": 150}})
+    assert r.status_code == 422 and r.json()["errors"][0]["code"] == "outside_service_area_swapped"
+
+
 def test_shared_zones(app_client: TestClient, world: World, database_url: str) -> None:
     c, w = app_client, world
     school = {"name": "School No. 12", "kind": "exclusion", "buffer_m": 200,

@@ -221,6 +221,52 @@ def test_duplicates_10000_fixes_published_twice_interleaved_are_stored_once(
     assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
 
 
+def test_same_seq_with_another_ts_is_a_duplicate_in_every_stream(
+    database_url: str, mqtt_prefix: str, start_worker: Callable[..., IngestWorker], pub: Publisher,
+) -> None:
+    """The contract's dedup key is (device, stream, seq): a re-sent seq with a changed ts
+    is acknowledged, counted as a duplicate and not stored, also after a worker restart."""
+    add_case(database_url, add_device(database_url, "SEQ-1"), template_dim=128)
+    worker = start_worker()
+    before = {s: metric("probation_ingest_duplicates_total", stream=s)
+              for s in ("fixes", "events", "checkins")}
+    t1, t2 = NOW - timedelta(minutes=5), NOW - timedelta(minutes=4)
+    emb = [0.5] * 128
+
+    def items(ts: datetime) -> list[tuple[str, bytes]]:
+        return [
+            (topic(mqtt_prefix, "SEQ-1", "fixes"), fixes_payload(fix(7, ts=ts))),
+            (topic(mqtt_prefix, "SEQ-1", "events"),
+             orjson.dumps({"events": [{"seq": 7, "ts": iso(ts), "type": "strap_open"}]})),
+            (topic(mqtt_prefix, "SEQ-1", "checkins"), orjson.dumps({"checkins": [
+                {"seq": 7, "ts": iso(ts), "method": "face", "embedding": emb, "liveness": 0.9},
+            ]})),
+        ]
+
+    def counts() -> tuple[int, ...]:
+        return tuple(scalar(database_url, f"SELECT count(*) FROM {t}")
+                     for t in ("fixes", "device_events", "checkins"))
+
+    def dups() -> tuple[float, ...]:
+        return tuple(metric("probation_ingest_duplicates_total", stream=s) - before[s]
+                     for s in ("fixes", "events", "checkins"))
+
+    pub.publish_many(items(t1))
+    pub.flush()
+    wait_for(lambda: counts() == (1, 1, 1), what="one item per stream")
+    pub.publish_many(items(t2))  # the same seq, another ts, in a later batch
+    pub.flush()
+    wait_for(lambda: dups() == (1, 1, 1), what="three duplicates counted")
+    worker.stop()  # a late duplicate after a restart (nothing of the past in memory)
+    start_worker()
+    pub.publish_many(items(t2 + timedelta(seconds=1)))
+    pub.flush()
+    wait_for(lambda: dups() == (2, 2, 2), what="duplicates counted after a restart")
+    assert counts() == (1, 1, 1)
+    assert scalar(database_url, "SELECT ts FROM fixes") == t1
+    assert scalar(database_url, "SELECT count(*) FROM dead_letters") == 0
+
+
 # --------------------------------------------------------------------------- bad input
 
 
