@@ -122,7 +122,9 @@ def _serve(url: str, work: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PROBATION_DATABASE_URL": url, "PROBATION_MQTT_URL": "mqtt://127.0.0.1:1",
            "PROBATION_JWT_SECRET": "bench-console-" + uuid.uuid4().hex * 2,
            "PROBATION_DATA_DIR": str(work / "data"), "PROBATION_LOG_LEVEL": "WARNING",
-           "PROBATION_MAP_TILES": "", "PROBATION_JWT_TTL_S": "3600"}
+           "PROBATION_MAP_TILES": "", "PROBATION_JWT_TTL_S": "3600",
+           # the figures are the caseload's, not the second factor's (the e2e tests cover it)
+           "PROBATION_TOTP_REQUIRED_ROLES": "[]"}
     env.pop("PROBATION_ADMIN_PASSWORD", None)
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "bench.console:app_from_env", "--factory",

@@ -3,7 +3,7 @@
 - `Content-Security-Policy`: same-origin scripts, styles, connections; images also from
   the map tile server the console is configured with (`map_tiles`); no framing.
   `/docs` and `/redoc` (their pages start the viewer with an inline script) may run
-  inline scripts, nothing else may.
+  inline scripts and workers from `blob:` (ReDoc's search), nothing else may.
 - `Strict-Transport-Security` when the request came over HTTPS.
 - `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`, `Referrer-Policy:
   no-referrer`.
@@ -37,8 +37,9 @@ def content_security_policy(tiles: str | None, *, docs: bool = False) -> str:
     if origin:
         img += f" {origin}"
     script = "'self' 'unsafe-inline'" if docs else "'self'"
+    worker = ["worker-src 'self' blob:"] if docs else []  # ReDoc's search runs in a blob worker
     return "; ".join([
-        "default-src 'self'", f"script-src {script}", "style-src 'self' 'unsafe-inline'",
+        "default-src 'self'", f"script-src {script}", *worker, "style-src 'self' 'unsafe-inline'",
         f"img-src {img}", "connect-src 'self'", "font-src 'self' data:",
         "object-src 'none'", "base-uri 'self'", "form-action 'self'",
         "frame-ancestors 'none'",

@@ -1,9 +1,9 @@
-// The API client. The session (access token) lives in this module's memory only: never in
-// localStorage or a cookie. A 401 or the token's expiry asks for sign-in again over the
+// The API client. The session (access token; the refresh token, used only to revoke the
+// session on sign-out) lives in this module's memory only: never in localStorage or a cookie. A 401 or the token's expiry asks for sign-in again over the
 // current page (its state kept), then the request is retried.
 import { lang } from './i18n.js';
 
-const session = { token: null, expiresAt: 0, me: null, timer: null };
+const session = { token: null, refresh: null, setupToken: null, expiresAt: 0, me: null, timer: null };
 const listeners = { signin: [], expire: [] };
 let waiting = null; // a promise resolved at the next sign-in
 
@@ -36,15 +36,25 @@ export function waitForSignIn() {
   return waiting;
 }
 
-export async function signIn(username, password) {
+/** Sign in; `totp`: the current code when the user has a second factor. Answers
+ * `{ setup: true }` for a `totp_setup` token (the second factor must be set up first: see
+ * `totpSetup`), the caller otherwise. A 401 `totp_required` is thrown as an ApiError. */
+export async function signIn(username, password, totp) {
   const body = new URLSearchParams({ username, password, grant_type: 'password' });
+  if (totp) body.set('totp', totp);
   const r = await fetch('/api/v1/auth/token', {
     method: 'POST', body, headers: { 'Accept-Language': lang() },
   });
   const data = await r.json().catch(() => ({}));
   if (!r.ok) throw new ApiError(r.status, data);
+  if (data.scope === 'totp_setup') {
+    session.setupToken = data.access_token;
+    return { setup: true };
+  }
+  session.setupToken = null;
   const previous = session.me;
   session.token = data.access_token;
+  session.refresh = data.refresh_token || null;
   session.expiresAt = Date.now() + data.expires_in * 1000;
   clearTimeout(session.timer);
   session.timer = setTimeout(() => expire('expired'), data.expires_in * 1000);
@@ -55,12 +65,36 @@ export async function signIn(username, password) {
   return session.me;
 }
 
+/** `POST /me/totp` with the setup token: `enable` (a new secret and its otpauth URI) or
+ * `confirm` with a code. The setup token is forgotten once the factor is on. */
+export async function totpSetup(action, code) {
+  const r = await fetch('/api/v1/me/totp', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${session.setupToken}`, 'Accept-Language': lang(),
+      'Content-Type': 'application/json' },
+    body: JSON.stringify(code ? { action, code } : { action }),
+  });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new ApiError(r.status, data);
+  if (action === 'confirm') session.setupToken = null;
+  return data;
+}
+
+export function forgetSetup() { session.setupToken = null; }
+
 /** Forget the token; `reason`: 'expired' (keep the page) or 'signout'. */
 export function expire(reason) {
   if (!session.token && reason !== 'signout') return;
   session.token = null;
   clearTimeout(session.timer);
   if (reason === 'signout') session.me = null;
+  if (session.refresh) { // revoked on the server too (the next sign-in gives a new one)
+    fetch('/api/v1/auth/logout', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ refresh_token: session.refresh }),
+    }).catch(() => {});
+    session.refresh = null;
+  }
   emit('expire', reason);
 }
 

@@ -36,10 +36,27 @@ function initialLang() {
   return LANGS.includes(nav) ? nav : 'en';
 }
 
+const setupForm = document.getElementById('totp-setup');
+const totpField = document.getElementById('totp-field');
+
+function showTotpField(show) {
+  totpField.hidden = !show;
+  form.totp.required = show;
+  if (!show) form.totp.value = '';
+}
+
+function showSetup(show) {
+  setupForm.hidden = !show;
+  form.hidden = show;
+  dialog.setAttribute('aria-labelledby', show ? 'totp-title' : 'signin-title');
+}
+
 function askSignIn(reason) {
   document.getElementById('signin-reason').textContent = reason ? t(`signin.${reason}`) : '';
   document.getElementById('signin-error').textContent = '';
   document.getElementById('lang-signin').value = lang();
+  showSetup(false);
+  showTotpField(false);
   if (!dialog.open) dialog.showModal();
   form.username.focus();
 }
@@ -49,13 +66,63 @@ form.addEventListener('submit', async (e) => {
   const err = document.getElementById('signin-error');
   err.textContent = '';
   try {
-    await session.signIn(form.username.value, form.password.value);
+    const out = await session.signIn(form.username.value, form.password.value,
+      totpField.hidden ? undefined : form.totp.value);
+    if (out.setup) { await startSetup(); return; }
     form.password.value = '';
+    showTotpField(false);
     dialog.close();
   } catch (ex) {
+    if (ex.problem?.code === 'totp_required') { // the password was right: now the code
+      showTotpField(true);
+      document.getElementById('signin-reason').textContent = t('signin.totp_prompt');
+      form.totp.focus();
+      return;
+    }
     err.textContent = ex.message;
+    if (ex.problem?.code === 'invalid_totp') { form.totp.value = ''; form.totp.focus(); }
   }
 });
+
+/** A `totp_setup` token: a new secret for the authenticator, confirmed with a code. */
+async function startSetup() {
+  const status = await session.totpSetup('enable');
+  document.getElementById('totp-secret').textContent = status.secret;
+  const link = document.getElementById('totp-uri');
+  link.textContent = status.otpauth_uri;
+  link.href = status.otpauth_uri;
+  document.getElementById('totp-error').textContent = '';
+  setupForm.code.value = '';
+  showSetup(true);
+  setupForm.code.focus();
+}
+
+setupForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const err = document.getElementById('totp-error');
+  err.textContent = '';
+  try {
+    await session.totpSetup('confirm', setupForm.code.value);
+  } catch (ex) {
+    err.textContent = ex.message;
+    return;
+  }
+  // on: sign in again (username and password stay in the form) with the next code
+  showSetup(false);
+  document.getElementById('totp-secret').textContent = '';
+  document.getElementById('totp-uri').textContent = '';
+  document.getElementById('totp-uri').removeAttribute('href');
+  showTotpField(true);
+  document.getElementById('signin-reason').textContent = t('signin.totp_enabled');
+  form.totp.focus();
+});
+
+document.getElementById('totp-cancel').addEventListener('click', () => {
+  session.forgetSetup();
+  form.password.value = '';
+  askSignIn(null);
+});
+
 dialog.addEventListener('cancel', (e) => e.preventDefault()); // no way around sign-in
 
 session.on('signin', ({ sameUser }) => {
