@@ -283,15 +283,21 @@ def _runs(mask: BoolA) -> list[tuple[int, int]]:
 
 # Episode state machine of the monitoring rules (same as geofence.episodes).
 C0, C1, O0, O1 = 0, 1, 2, 3
-SYM_U, SYM_W, SYM_D, SYM_X, SYM_R, SYM_I = 0, 1, 2, 3, 4, 5
+SYM_U, SYM_W, SYM_D, SYM_X, SYM_R, SYM_I, SYM_RC = 0, 1, 2, 3, 4, 5, 6
 _MAP = np.array([
     (0, 1, 2, 3),  # U: uncertain
-    (1, 2, 2, 2),  # W: definite wrong side
-    (2, 2, 2, 2),  # D: (not produced: no single fix opens)
+    (1, 1, 2, 2),  # W: definite wrong side, not (yet) confirming
+    (2, 2, 2, 2),  # D: a W whose run holds OPEN_POINTS fixes spanning OPEN_S
     (0, 1, 2, 2),  # X: wrong side with acc > 500 m (never opens)
-    (0, 0, 3, 0),  # R: definite right side
+    (0, 0, 3, 3),  # R: definite right side, not (yet) confirming a closing
     (0, 0, 0, 0),  # I: zone inactive
+    (0, 0, 0, 0),  # RC: an R whose run holds CLOSE_POINTS fixes spanning CLOSE_S
 ], dtype=np.int8)
+
+# the default confirmation (monitoring-rules.md, "Episodes"): 2 fixes / 30 s opens,
+# 2 fixes / 60 s closes
+OPEN_POINTS, OPEN_S = 2, 30.0
+CLOSE_POINTS, CLOSE_S = 2, 60.0
 
 MIN_MARGIN_M = 10.0
 MAX_OPEN_ACC_M = 500.0
@@ -316,8 +322,7 @@ def symbols(depth: F64, acc: F64, active: BoolA) -> npt.NDArray[np.int8]:
     right = depth <= -m
     weak = acc > MAX_OPEN_ACC_M
     # no single fix opens a violation, however deep (monitoring-rules.md, "Episodes"):
-    # the symbol D is never produced (the simulator's fixes are >= 15 s apart, its
-    # violations last minutes: two wrong-side fixes span the 30 s the rules ask for)
+    # D and RC come only from a run's confirmation (`_ZoneState.confirm`)
     sym = np.where(wrong, np.where(weak, SYM_X, SYM_W), np.where(right, SYM_R, SYM_U))
     return np.where(active, sym, SYM_I).astype(np.int8)
 
@@ -326,6 +331,38 @@ def symbols(depth: F64, acc: F64, active: BoolA) -> npt.NDArray[np.int8]:
 class _ZoneState:
     state: npt.NDArray[np.int8]
     first: F64  # ts of the first wrong-side fix of the pending/open episode
+    run_first: F64  # the current run of definite wrong-side fixes: first ts, count
+    run_count: npt.NDArray[np.int64]
+    right_first: F64  # the current run of right-side fixes: first ts, count
+    right_count: npt.NDArray[np.int64]
+
+    @classmethod
+    def empty(cls, n: int) -> _ZoneState:
+        return cls(np.zeros(n, np.int8), np.zeros(n), np.zeros(n), np.zeros(n, np.int64),
+                   np.zeros(n), np.zeros(n, np.int64))
+
+    def confirm(self, dev: I64, ts: F64, sym: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
+        """Mark the W that confirms an opening (D) and the R that confirms a closing (RC).
+
+        Runs as `geofence.confirm` counts them: uncertain fixes neither count nor break a
+        wrong-side run; R and I break it. W, X and I break a right-side run.
+        """
+        w = sym == SYM_W
+        r = sym == SYM_R
+        w_break = r | (sym == SYM_I)
+        r_break = w | (sym == SYM_X) | (sym == SYM_I)
+        wc = np.where(w_break, 0, self.run_count[dev])
+        wf = np.where(wc == 0, ts, self.run_first[dev])
+        wc = wc + w
+        rc = np.where(r_break, 0, self.right_count[dev])
+        rf = np.where(rc == 0, ts, self.right_first[dev])
+        rc = rc + r
+        self.run_count[dev], self.run_first[dev] = wc, wf
+        self.right_count[dev], self.right_first[dev] = rc, rf
+        out = sym.copy()
+        out[w & (wc >= OPEN_POINTS) & (ts - wf >= OPEN_S)] = SYM_D
+        out[r & (rc >= CLOSE_POINTS) & (ts - rf >= CLOSE_S)] = SYM_RC
+        return out
 
 
 class RuleEvaluator:
@@ -347,8 +384,8 @@ class RuleEvaluator:
         self.e_circle = np.array([z.is_circle for z in self.zones])
         self.e_r = np.array([z.radius_m for z in self.zones])
         self.e_extent = np.array([z.extent_m() for z in self.zones])
-        self.home = _ZoneState(np.zeros(n, np.int8), np.zeros(n))
-        self.excl = _ZoneState(np.zeros(n, np.int8), np.zeros(n))
+        self.home = _ZoneState.empty(n)
+        self.excl = _ZoneState.empty(n)
         self.prev_ts = np.full(n, -np.inf)
         self.prev_lat = np.zeros(n)
         self.prev_lon = np.zeros(n)
@@ -391,7 +428,7 @@ class RuleEvaluator:
     def _advance(self, zs: _ZoneState, name: str, dev: I64, ts: F64,
                  sym: npt.NDArray[np.int8]) -> list[Due]:
         old = zs.state[dev]
-        new = _MAP[sym, old]
+        new = _MAP[zs.confirm(dev, ts, sym), old]
         starting = (old == C0) & (new != C0)
         zs.first[dev[starting]] = ts[starting]
         zs.state[dev] = new

@@ -29,6 +29,7 @@ from simulator.violations import (
     C0,
     C1,
     O0,
+    O1,
     SYM_I,
     SYM_R,
     SYM_U,
@@ -157,6 +158,28 @@ def test_a_right_side_fix_breaks_the_run_and_a_deep_fix_does_not_open_alone() ->
     ev2, p2 = _evaluator()
     assert _step(ev2, p2, NIGHT, 200 + 150, 20) == []  # 150 m deep: still one fix
     assert len(_step(ev2, p2, NIGHT + 60, 200 + 150, 20)) == 1
+
+
+def test_two_wrong_side_fixes_15_s_apart_do_not_open_a_third_30_s_after_the_first_does() -> None:
+    """The simulator's rule model asks for the engine's span (2 fixes / 30 s), not 2 fixes."""
+    ev, p = _evaluator()
+    assert _step(ev, p, NIGHT, 260, 20) == []
+    assert _step(ev, p, NIGHT + 15, 260, 20) == []  # 2 fixes spanning 15 s: not yet
+    assert ev.home.state[0] == C1
+    due = _step(ev, p, NIGHT + 30, 260, 20)
+    assert len(due) == 1 and due[0].first_ts == NIGHT
+
+
+def test_closing_needs_two_right_side_fixes_spanning_60_s() -> None:
+    ev, p = _evaluator()
+    for t in (0, 60):
+        _step(ev, p, NIGHT + t, 300, 20)
+    assert ev.home.state[0] == O0
+    _step(ev, p, NIGHT + 120, 50, 20)
+    _step(ev, p, NIGHT + 150, 50, 20)  # 2 right-side fixes spanning 30 s: still open
+    assert ev.home.state[0] == O1
+    _step(ev, p, NIGHT + 180, 50, 20)
+    assert ev.home.state[0] == C0
 
 
 def test_cell_fixes_never_open_and_the_day_resets() -> None:
