@@ -53,7 +53,13 @@ class DetectedFace:
 
 
 class FaceModel:
-    """The loaded dlib models. Build one per process with `face_model()`."""
+    """The loaded dlib models. Build one per process with `face_model()`.
+
+    dlib's detector, shape predictors and network are not safe to call from two threads
+    at once (the network keeps its layer outputs in the object: concurrent enrolments in
+    the API's thread pool corrupted the heap and killed the process), so every call holds
+    the model's lock. Parallelism comes from processes (the check-in verifier's pool).
+    """
 
     def __init__(self, directory: str | None = None) -> None:
         import dlib  # a compiled extension: imported only where faces are analysed
@@ -64,6 +70,7 @@ class FaceModel:
         self.landmarks68 = dlib.shape_predictor(os.path.join(d, MODEL_FILES["landmarks68"]))
         self.landmarks5 = dlib.shape_predictor(os.path.join(d, MODEL_FILES["landmarks5"]))
         self.embedder = dlib.face_recognition_model_v1(os.path.join(d, MODEL_FILES["embedding"]))
+        self._busy = threading.Lock()
 
     def detect(self, rgb: npt.NDArray[np.uint8]) -> list[DetectedFace]:
         """Faces in an RGB image (H, W, 3), each with its 68 landmarks.
@@ -79,6 +86,11 @@ class FaceModel:
             Image.fromarray(rgb).resize((round(w * scale), round(h * scale)),
                                         Image.Resampling.BILINEAR))
         upsample = 1 if max(h, w) < DETECT_SIDE else 0
+        with self._busy:
+            return self._detect(rgb, small, scale, upsample)
+
+    def _detect(self, rgb: npt.NDArray[np.uint8], small: npt.NDArray[np.uint8], scale: float,
+                upsample: int) -> list[DetectedFace]:
         out = []
         for r in self.detector(small, upsample):
             if scale != 1.0:
@@ -91,8 +103,10 @@ class FaceModel:
 
     def embed(self, rgb: npt.NDArray[np.uint8], face: DetectedFace) -> npt.NDArray[np.float32]:
         """The 128-float embedding of a detected face (aligned on its 5 landmarks)."""
-        shape = self.landmarks5(rgb, face.rect)
-        return np.asarray(self.embedder.compute_face_descriptor(rgb, shape), dtype=np.float32)
+        with self._busy:
+            shape = self.landmarks5(rgb, face.rect)
+            d = self.embedder.compute_face_descriptor(rgb, shape)
+        return np.asarray(d, dtype=np.float32)
 
 
 _lock = threading.Lock()

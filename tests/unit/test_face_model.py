@@ -73,3 +73,30 @@ def test_bad_frame_stops_verification(obama_template):
     v = verify_checkin([photo("obama_portrait"), b"\x89PNG\r\n\x1a\nbroken"],
                        template=obama_template, challenge="blink")
     assert v.reasons == ["bad_image"]
+
+
+_CONCURRENT = """
+from concurrent.futures import ThreadPoolExecutor
+import sys
+import numpy as np
+from devices.faces.verify import assess_photo
+photos = [open(p, 'rb').read() for p in sys.argv[1:]]
+solo = [assess_photo(p).embedding for p in photos]
+with ThreadPoolExecutor(8) as ex:
+    par = list(ex.map(lambda i: assess_photo(photos[i % len(photos)]).embedding, range(48)))
+assert all(np.array_equal(e, solo[i % len(photos)]) for i, e in enumerate(par))
+print("ok")
+"""
+
+
+def test_the_model_survives_concurrent_enrolments_in_one_process():
+    """The API enrols in its thread pool: dlib's objects are not thread-safe, so the model
+    serialises its calls (without that, 8 threads corrupted the heap: SIGABRT/SIGSEGV).
+    Run in a child process so that a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    names = [str(FACES / f"{n}.jpg") for n in ("obama_portrait", "obama_briefing")]
+    r = subprocess.run([sys.executable, "-c", _CONCURRENT, *names], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
