@@ -277,6 +277,7 @@ class EmbeddedMosquitto:
     gateways: dict[str, str] = field(default_factory=dict)
     pid: int | None = field(default=None, init=False)
     adopted: bool = field(default=False, init=False)
+    _sync_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def conf_path(self) -> Path:
@@ -329,8 +330,8 @@ class EmbeddedMosquitto:
 
     def _write(self, name: str, text: str, mode: int = 0o600) -> bool:
         path = self.data_dir / name
-        changed = mqtt_auth.write_private(path, text, mode)
-        self._own(path)
+        changed = mqtt_auth.write_private(path, text, mode, prepare=self._own)
+        self._own(path)  # an unchanged file keeps its content; its owner is made sure of
         return changed
 
     def _password_text(self) -> str:
@@ -403,11 +404,13 @@ class EmbeddedMosquitto:
         log.info("embedded MQTT broker (mosquitto, pid %d) on %s", proc.pid, self.public_url)
 
     def sync(self) -> bool:
-        """Rewrite the password file from `accounts()`; reload the broker if it changed."""
-        changed = self._write("passwd", self._password_text())
-        if changed:
-            self.reload()
-        return changed
+        """Rewrite the password file from `accounts()`; reload the broker if it changed.
+        One at a time: devices registered at once must not interleave their writes."""
+        with self._sync_lock:
+            changed = self._write("passwd", self._password_text())
+            if changed:
+                self.reload()
+            return changed
 
     def reload(self) -> None:
         if self.pid is not None:
@@ -470,11 +473,14 @@ class PasswordFileSync:
     database_url: str
     backend_user: str
     backend_password: str
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def sync(self) -> bool:
-        backend = mqtt_auth.reuse_or_hash(self.backend_user, self.backend_password, self.path)
-        text = mqtt_auth.password_file_text(
-            [(self.backend_user, backend), *device_accounts(self.database_url)]
-        )
-        return mqtt_auth.write_private(self.path, text)
+        with self._lock:
+            backend = mqtt_auth.reuse_or_hash(self.backend_user, self.backend_password,
+                                              self.path)
+            text = mqtt_auth.password_file_text(
+                [(self.backend_user, backend), *device_accounts(self.database_url)]
+            )
+            return mqtt_auth.write_private(self.path, text)
 

@@ -22,7 +22,8 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 BACKEND_USER = "probation.backend"
@@ -117,15 +118,28 @@ def acl_text(prefix: str = "pm/v1", *, backend_user: str = BACKEND_USER,
     return "\n".join(lines) + "\n"
 
 
-def write_private(path: Path, text: str, mode: int = 0o600) -> bool:
-    """Write `text` atomically with `mode`; False (and no write) if the file already has it."""
+def write_private(path: Path, text: str, mode: int = 0o600,
+                  prepare: Callable[[Path], None] | None = None) -> bool:
+    """Write `text` atomically with `mode`; False (and no write) if the file already has it.
+
+    The file is complete, with its mode and (through `prepare`, e.g. a chown) its owner,
+    before it replaces the old one: a broker reloading at any moment reads either file,
+    never a missing or unreadable one (it would drop every client). A unique temporary
+    name: two threads may write at once.
+    """
     if path.exists() and path.read_text() == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        if prepare is not None:
+            prepare(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return True

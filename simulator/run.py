@@ -59,7 +59,7 @@ from simulator.people import (
     make_people,
     plan_stays,
 )
-from simulator.setup import Registered, template
+from simulator.setup import Registered, enrol_from_photos, template
 from simulator.violations import (
     ZONE_ALERT,
     Due,
@@ -277,6 +277,8 @@ class Simulator:
         self.stop_event = threading.Event()
         self.world: World | None = None
         self.registry: list[Registered] = []
+        # persons whose face is enrolled (all of them unless enrolment runs alongside)
+        self.enrolled: set[int] | None = None
         self.truth: TruthWriter | None = None
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.lag_s: float | None = None
@@ -967,6 +969,31 @@ class RunResult:
     publisher: dict[str, float]
 
 
+def _enrol_alongside(sim: Simulator, api: Any, state: Any, setup_file: Path,
+                     phase: Callable[[str], None]) -> threading.Thread:
+    """Enrol the faces from photos while the people are already simulated (so they appear
+    at once); the officer's check-in requests go to enrolled people only."""
+    sim.enrolled = set()
+    t0 = time.monotonic()
+
+    def on_enrolled(r: Registered) -> None:
+        assert sim.enrolled is not None
+        sim.enrolled.add(r.person)
+
+    def run() -> None:
+        try:
+            enrol_from_photos(api, state, on_enrolled=on_enrolled, stop=sim.stop_event)
+            state.save(setup_file)
+            phase(f"enrolled {len(sim.enrolled or ())} faces from photos in "
+                  f"{time.monotonic() - t0:.0f} s")
+        except Exception as e:  # the simulation goes on; the score shows the consequences
+            log.error("enrolment from photos failed: %s", e)
+
+    t = threading.Thread(target=run, name="sim-enrol", daemon=True)
+    t.start()
+    return t
+
+
 def default_setup_file(truth: Path) -> Path:
     return truth.with_name(truth.stem + ".setup.json")
 
@@ -1006,6 +1033,8 @@ class _Helpers:
             if left < cfg.checkin_deadline_s + 15:
                 return
             r = sim.registry[int(rng.integers(len(sim.registry)))]
+            if sim.enrolled is not None and r.person not in sim.enrolled:
+                continue  # not enrolled yet: an officer would not ask for a check-in
             try:
                 self.api.post(f"/cases/{r.case_id}/checkin-requests",
                               {"deadline_s": int(cfg.checkin_deadline_s)},
@@ -1094,6 +1123,7 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
     pub.connect()
     sim.sink = pub
     helpers: _Helpers | None = None
+    enrolling: threading.Thread | None = None
     try:
         if state is None:
             if api is None:
@@ -1136,9 +1166,13 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
         sim.truth = TruthWriter(cfg.truth)
         if api is not None:
             helpers = _Helpers(sim, api)
+        if api is not None and not state.enrolled:
+            enrolling = _enrol_alongside(sim, api, state, setup_file, phase)
         phase(f"simulating for {cfg.duration_s:.0f} s ...")
         sim.run(on_started=helpers.start if helpers is not None else None)
     finally:
+        if enrolling is not None:
+            enrolling.join()
         if helpers is not None:
             helpers.stop()
         pub.close()

@@ -193,6 +193,8 @@ class SetupState:
     api: str
     officers: dict[str, str] = field(default_factory=dict)  # username -> password
     persons: list[Registered] = field(default_factory=list)
+    # enrolment from photos comes after the rest (`enrol_from_photos`): False until done
+    enrolled: bool = True
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,8 +243,13 @@ def register(
     on_officers: Callable[[dict[str, str]], None] | None = None,
 ) -> SetupState:
     """Create officers (under `supervisor_id`, if given; `on_officers` gets their logins at
-    once), then every person's subject, case, devices and zones (in parallel)."""
-    state = SetupState(tag=tag, seed=seed, people=len(people), api=api.base)
+    once), then every person's subject, case, devices and zones (in parallel).
+
+    With `frames` the face is enrolled from photos afterwards (`enrol_from_photos`: the
+    backend's model takes ~0.3 s of CPU per person, which would hold every person back
+    until all are enrolled); until then the case asks for no random check-ins.
+    """
+    state = SetupState(tag=tag, seed=seed, people=len(people), api=api.base, enrolled=not frames)
     me = api.get("/me")
     if me.get("role") != "admin":
         raise ApiError(f"{api.username!r} is {me.get('role')}: the simulator's setup needs an "
@@ -276,13 +283,7 @@ def register(
         if subject is None:
             raise ApiError(f"no free IIN found for person {p.index}")
         sid = str(subject["id"])
-        if frames:  # enrolled from real photos by the backend's model
-            from simulator.faces import ENROLMENT, photo
-
-            api.post_files(f"/subjects/{sid}/biometric-enrolment",
-                           [("photos", (f"{n}.jpg", photo(n), "image/jpeg")) for n in ENROLMENT],
-                           key=f"{k}-enrolment")
-        else:
+        if not frames:
             api.post(f"/subjects/{sid}/biometric-template",
                      {"method": "face",
                       "embedding": [round(float(x), 6) for x in template(seed, p.index)]},
@@ -292,6 +293,7 @@ def register(
             "starts_on": case_start.isoformat(),
             "ends_on": (case_start + timedelta(days=365)).isoformat(),
             "risk_level": p.risk_level, "timezone": timezone,
+            **({"checkin_policy": {"per_day": 0}} if frames else {}),
         }, key=f"{k}-case")
         cid = str(case["id"])
         bracelet, phone = serials(tag, p.index)
@@ -326,6 +328,32 @@ def register(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sim-setup") as ex:
         state.persons = list(ex.map(one, people))
     return state
+
+
+def enrol_from_photos(
+    api: ApiClient, state: SetupState, *, workers: int = 4,
+    on_enrolled: Callable[[Registered], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Enrol every person's face from real photos through the API (the backend's model),
+    then give the case back its risk level's random check-ins (`register` held them)."""
+    from simulator.faces import ENROLMENT, photo
+
+    files = [("photos", (f"{n}.jpg", photo(n), "image/jpeg")) for n in ENROLMENT]
+
+    def one(r: Registered) -> None:
+        if stop is not None and stop.is_set():
+            return
+        k = f"sim-{state.tag}-{r.person}"
+        api.post_files(f"/subjects/{r.subject_id}/biometric-enrolment", files,
+                       key=f"{k}-enrolment")
+        api.patch(f"/cases/{r.case_id}", {"checkin_policy": None})
+        if on_enrolled is not None:
+            on_enrolled(r)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sim-enrol") as ex:
+        list(ex.map(one, state.persons))
+    state.enrolled = stop is None or not stop.is_set()
 
 
 def new_tag() -> str:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devices import mqtt_auth
 from devices.broker import Mosquitto, check_listener
 from devices.mqtt_auth import MESSAGE_SIZE_LIMIT, new_password
 from tests.security import brokers
@@ -159,6 +162,45 @@ def test_registration_and_rotation_reach_the_broker(broker: Broker) -> None:
     assert session.disconnected.wait(10), "a session with the rotated password stayed open"
     assert not bystander.disconnected.is_set()  # the reload cut only that one
     session.c.loop_stop()
+    bystander.stop()
+
+
+def test_registrations_at_once_never_drop_connected_clients(broker: Broker,
+                                                            backend: brokers.Client) -> None:
+    """Devices registered by concurrent requests each rewrite the password file and reload
+    the broker; a reload must never find the file missing or unreadable (mosquitto then
+    drops every client: the backend's ingest was cut off five times while a demo
+    registered 200 people)."""
+    bystander = connect(broker, "DEV_B", broker.passwords["DEV_B"])
+    lock = threading.Lock()
+    fresh = {f"DEV_N{i}": new_password() for i in range(16)}
+
+    def register(user: str) -> None:
+        with lock:  # publish a new dict: the broker's accounts() reads it unlocked
+            broker.hashes = {**broker.hashes, user: mqtt_auth.hash_password(fresh[user])}
+        for _ in range(3):  # and the retries and rotations that follow
+            broker.sync()
+
+    busy = threading.Event()
+
+    def spin() -> None:  # the API's other requests: the GIL switches threads mid-write
+        while not busy.is_set():
+            sum(range(10_000))
+
+    spinners = [threading.Thread(target=spin) for _ in range(3)]
+    threads = [threading.Thread(target=register, args=(u,)) for u in fresh]
+    for t in spinners + threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    busy.set()
+    for t in spinners:
+        t.join()
+    for user in list(fresh)[::6]:
+        assert brokers.wait_accepts(broker, user, fresh[user])
+    time.sleep(1.0)  # the shipped broker's watcher reloads within its poll period
+    assert not backend.disconnected.is_set(), "the backend was disconnected by a reload"
+    assert not bystander.disconnected.is_set(), "a device was disconnected by a reload"
     bystander.stop()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,25 @@ def test_write_private(tmp_path: Path) -> None:
     assert p.stat().st_mode & 0o777 == 0o600
     assert not mqtt_auth.write_private(p, "a")  # unchanged: no write, no reload
     assert mqtt_auth.write_private(p, "b") and p.read_text() == "b"
+
+
+def test_write_private_prepares_the_new_file_before_it_replaces_the_old(tmp_path: Path) -> None:
+    """A broker reloading at any moment must read a complete file with its final owner and
+    mode: `prepare` (the chown) runs on the temporary file while `path` still holds the old
+    content; concurrent writers use distinct temporary files."""
+    p = tmp_path / "passwd"
+    mqtt_auth.write_private(p, "old")
+    seen: list[tuple[str, str, int]] = []
+
+    def prepare(tmp: Path) -> None:
+        seen.append((p.read_text(), tmp.read_text(), tmp.stat().st_mode & 0o777))
+
+    assert mqtt_auth.write_private(p, "new", 0o640, prepare=prepare)
+    assert seen == [("old", "new", 0o640)] and p.read_text() == "new"
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(lambda i: mqtt_auth.write_private(p, f"text {i}\n" * 1000), range(64)))
+    assert p.read_text() in {f"text {i}\n" * 1000 for i in range(64)}
+    assert [f.name for f in tmp_path.iterdir()] == ["passwd"]  # no temporary file left
 
 
 def test_redact() -> None:
