@@ -21,9 +21,10 @@ from fastapi.testclient import TestClient
 
 from devices.faces.images import decode, encode_jpeg
 from devices.mqtt import broker_address, mqtt_client
-from probation.runtime.workers import Ingestion, build_ingestion
+from probation.runtime.workers import Ingestion
 from probation.settings import Settings
 from tests.integration._api import World
+from tests.integration._pipeline import running_ingestion
 
 pytest_plugins = ["tests.integration._api_fixtures"]
 
@@ -120,17 +121,8 @@ class Phone:
 
 @pytest.fixture
 def ingestion(settings: Settings) -> Iterator[Ingestion]:
-    assert settings.database_url and settings.mqtt_url
-    ing = build_ingestion(settings, database_url=settings.database_url,
-                          mqtt_url=settings.mqtt_url, flush_ms=5)
-    assert ing.verifier is not None
-    ing.verifier.poll_s = 0.1
-    ing.start()
-    time.sleep(0.3)
-    try:
+    with running_ingestion(settings, verifier_poll_s=0.1) as ing:
         yield ing
-    finally:
-        ing.stop()
 
 
 def wait_row(url: str, sql: str, args: tuple[Any, ...], timeout: float = 90) -> Any:

@@ -3,46 +3,29 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
-from probation.runtime.workers import Ingestion, build_ingestion
+from probation.runtime.workers import Ingestion
 from probation.settings import Settings
-from tests.integration.test_geofence_wiring import (
+from tests.integration._pipeline import (
     Gateway,
     alerts,
     offset,
+    running_ingestion,
     setup_case,
     wait_alerts,
+    wait_fixes,
 )
 
 
 @pytest.fixture
 def ingestion(settings: Settings) -> Iterator[Ingestion]:
-    assert settings.database_url and settings.mqtt_url
-    ing = build_ingestion(settings, database_url=settings.database_url, mqtt_url=settings.mqtt_url,
-                          flush_ms=5)
-    ing.start()
-    time.sleep(0.3)
-    try:
+    with running_ingestion(settings) as ing:
         yield ing
-    finally:
-        ing.stop()
-
-
-def wait_fixes(url: str, dev: uuid.UUID, n: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with psycopg.connect(url) as c:
-            row = c.execute("SELECT count(*) FROM fixes WHERE device_id = %s", (dev,)).fetchone()
-        if row and row[0] >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{n} fixes not stored")
 
 
 def test_previous_wearers_late_fixes_raise_nothing_on_the_new_case(
