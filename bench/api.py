@@ -33,7 +33,15 @@ from typing import Any
 
 import psycopg
 
-from bench.harness import has_timescaledb, private_postgres, release_servers
+from bench.harness import (
+    CASELOAD_SQL,
+    has_timescaledb,
+    private_postgres,
+    release_servers,
+)
+
+# `app_from_env` stays importable here: `bench login --source` serves older trees by this path
+from bench.harness import app_from_env as app_from_env
 from db.engine import libpq_url
 
 TARGETS = {"caseload_p99_ms": 50.0, "ack_p99_ms": 30.0, "track_week_p50_ms": 150.0}
@@ -58,23 +66,13 @@ class ApiBenchConfig:
     durable: bool = True
 
 
-def app_from_env() -> Any:
-    """The app for `uvicorn --factory` in the server process (URLs from the environment)."""
-    from probation.app import create_app
-    from probation.settings import Settings
-
-    s = Settings()
-    assert s.database_url and s.mqtt_url
-    return create_app(s, database_url=s.database_url, mqtt_url=s.mqtt_url)
-
-
 def _generate(conn: psycopg.Connection[Any], cfg: ApiBenchConfig, out: Callable[[str], None]) -> None:
     n = cfg.cases
     officers = max(1, n // cfg.cases_per_officer)
     sups = max(1, officers // cfg.officers_per_supervisor)
     per_device = max(1, cfg.fixes // n)
     p: dict[str, Any] = {"n": n, "officers": officers, "sups": sups, "per": per_device,
-                         "types": ALERT_TYPES}
+                         "types": ALERT_TYPES, "tag": ""}
     stmts = [
         "INSERT INTO users (id, username, password_hash, role) VALUES "
         "(md5('u-admin')::uuid, 'bench-admin', 'x', 'admin')",
@@ -85,16 +83,7 @@ def _generate(conn: psycopg.Connection[Any], cfg: ApiBenchConfig, out: Callable[
            SELECT md5('o' || i)::uuid, 'bench-off-' || i, 'x', 'officer',
                   md5('s' || (1 + (i - 1) %% %(sups)s))::uuid
            FROM generate_series(1, %(officers)s) i""",
-        """INSERT INTO subjects (id, iin, full_name, birth_date)
-           SELECT md5('p' || i)::uuid, lpad(i::text, 12, '0'), 'Person ' || i, '1990-01-01'
-           FROM generate_series(1, %(n)s) i""",
-        """INSERT INTO cases (id, subject_id, officer_id, court_order_ref, starts_on, ends_on,
-                              risk_level, created_at, updated_at)
-           SELECT md5('c' || i)::uuid, md5('p' || i)::uuid,
-                  md5('o' || (1 + (i - 1) %% %(officers)s))::uuid, 'B-' || i,
-                  '2026-01-01', '2027-12-31', (ARRAY['low','medium','high'])[1 + i %% 3],
-                  now() - i * interval '1 minute', now() - i * interval '1 minute'
-           FROM generate_series(1, %(n)s) i""",
+        *CASELOAD_SQL,
         """INSERT INTO devices (id, serial, kind, battery, online, last_seen)
            SELECT md5('d' || i)::uuid, 'BENCH-' || lpad(i::text, 6, '0'), 'bracelet',
                   20 + i %% 80, i %% 10 <> 0, now() - (i %% 300) * interval '1 second'
@@ -206,7 +195,7 @@ def _serve(url: str, work: Path, secret: str, port: int) -> subprocess.Popen[byt
            "PROBATION_LOG_LEVEL": "WARNING"}
     env.pop("PROBATION_ADMIN_PASSWORD", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.api:app_from_env", "--factory",
+        [sys.executable, "-m", "uvicorn", "bench.harness:app_from_env", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env=env,
     )

@@ -38,7 +38,13 @@ from typing import Any
 
 import psycopg
 
-from bench.harness import has_timescaledb, pct, private_postgres, release_servers
+from bench.harness import (
+    CASELOAD_SQL,
+    has_timescaledb,
+    pct,
+    private_postgres,
+    release_servers,
+)
 from db.engine import libpq_url
 
 TARGETS = {"first_useful_paint_ms": 1500.0, "alert_visible_ms": 1000.0}
@@ -62,19 +68,9 @@ class ConsoleBenchConfig:
     work_dir: Path | None = None
 
 
-def app_from_env() -> Any:
-    """The app for `uvicorn --factory` in the server process (URLs from the environment)."""
-    from probation.app import create_app
-    from probation.settings import Settings
-
-    s = Settings()
-    assert s.database_url and s.mqtt_url
-    return create_app(s, database_url=s.database_url, mqtt_url=s.mqtt_url)
-
-
 def _generate(conn: psycopg.Connection[Any], cfg: ConsoleBenchConfig, password_hash: str) -> None:
     p: dict[str, Any] = {"n": cfg.cases, "officers": max(1, cfg.cases // cfg.cases_per_officer),
-                         "hash": password_hash}
+                         "hash": password_hash, "tag": "cb-"}
     for sql in (
         "INSERT INTO users (id, username, password_hash, role, full_name) VALUES "
         "(md5('cb-admin')::uuid, 'bench-admin', %(hash)s, 'admin', 'Bench Admin')",
@@ -84,16 +80,7 @@ def _generate(conn: psycopg.Connection[Any], cfg: ConsoleBenchConfig, password_h
            SELECT md5('cb-o' || i)::uuid, 'bench-off-' || i, %(hash)s, 'officer',
                   md5('cb-sup')::uuid, 'Officer ' || i
            FROM generate_series(1, %(officers)s) i""",
-        """INSERT INTO subjects (id, iin, full_name, birth_date)
-           SELECT md5('cb-p' || i)::uuid, lpad(i::text, 12, '0'), 'Person ' || i, '1990-01-01'
-           FROM generate_series(1, %(n)s) i""",
-        """INSERT INTO cases (id, subject_id, officer_id, court_order_ref, starts_on, ends_on,
-                              risk_level, created_at, updated_at)
-           SELECT md5('cb-c' || i)::uuid, md5('cb-p' || i)::uuid,
-                  md5('cb-o' || (1 + (i - 1) %% %(officers)s))::uuid, 'B-' || i,
-                  '2026-01-01', '2027-12-31', (ARRAY['low','medium','high'])[1 + i %% 3],
-                  now() - i * interval '1 minute', now() - i * interval '1 minute'
-           FROM generate_series(1, %(n)s) i""",
+        *CASELOAD_SQL,
         """INSERT INTO devices (id, serial, kind, battery, online, last_seen)
            SELECT md5('cb-d' || i)::uuid, 'CB-' || lpad(i::text, 6, '0'), 'bracelet',
                   20 + i %% 80, true, now()
@@ -127,7 +114,7 @@ def _serve(url: str, work: Path, port: int) -> subprocess.Popen[bytes]:
            "PROBATION_TOTP_REQUIRED_ROLES": "[]"}
     env.pop("PROBATION_ADMIN_PASSWORD", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.console:app_from_env", "--factory",
+        [sys.executable, "-m", "uvicorn", "bench.harness:app_from_env", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env=env,
     )

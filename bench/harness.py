@@ -154,3 +154,32 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
                      + b"\n")
+
+
+def app_from_env() -> Any:
+    """The app for `uvicorn --factory` in a bench's server process (URLs from the
+    environment)."""
+    from probation.app import create_app
+    from probation.settings import Settings
+
+    s = Settings()
+    assert s.database_url and s.mqtt_url
+    return create_app(s, database_url=s.database_url, mqtt_url=s.mqtt_url)
+
+
+# Subjects and their cases, spread over the officers, for `%(n)s` people: ids are
+# md5(tag || 'p' || i) (subject), md5(tag || 'c' || i) (case), md5(tag || 'o' || k) (officer)
+CASELOAD_SQL = (
+    """INSERT INTO subjects (id, iin, full_name, birth_date)
+       SELECT md5(%(tag)s || 'p' || i)::uuid, lpad(i::text, 12, '0'), 'Person ' || i,
+              '1990-01-01'
+       FROM generate_series(1, %(n)s) i""",
+    """INSERT INTO cases (id, subject_id, officer_id, court_order_ref, starts_on, ends_on,
+                          risk_level, created_at, updated_at)
+       SELECT md5(%(tag)s || 'c' || i)::uuid, md5(%(tag)s || 'p' || i)::uuid,
+              md5(%(tag)s || 'o' || (1 + (i - 1) %% %(officers)s))::uuid, 'B-' || i,
+              '2026-01-01', '2027-12-31', (ARRAY['low','medium','high'])[1 + i %% 3],
+              now() - i * interval '1 minute', now() - i * interval '1 minute'
+       FROM generate_series(1, %(n)s) i""",
+)
+
