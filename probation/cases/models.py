@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field as PydField
 from pydantic import model_validator
@@ -44,6 +44,8 @@ class Case(SQLModel, table=True):
     risk_level: RiskLevel = Field(sa_type=String)
     timezone: str = "Asia/Almaty"
     checkin_policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB(none_as_null=True)))
+    confirm_points: int | None = None
+    confirm_seconds: float | None = None
     status: CaseStatus = Field(default=CaseStatus.ACTIVE, sa_type=String)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -65,6 +67,15 @@ class CheckinPolicy(SQLModel):
         return self
 
 
+ConfirmPoints = Annotated[int | None, PydField(
+    ge=1, le=20, description="Definite wrong-side fixes that open a violation of this case "
+    "(monitoring-rules.md, \"Episodes\"); null: the service's default (2). Changing it "
+    "needs a supervisor or an admin.")]
+ConfirmSeconds = Annotated[float | None, PydField(
+    ge=0, le=3600, description="Seconds those fixes must span; null: the service's default "
+    "(30). Changing it needs a supervisor or an admin.")]
+
+
 class CaseBase(SQLModel):
     court_order_ref: NameText
     starts_on: date
@@ -72,6 +83,8 @@ class CaseBase(SQLModel):
     risk_level: RiskLevel
     timezone: Timezone = "Asia/Almaty"
     checkin_policy: CheckinPolicy | None = None
+    confirm_points: ConfirmPoints = None
+    confirm_seconds: ConfirmSeconds = None
 
 
 class CaseCreate(CaseBase):
@@ -92,6 +105,8 @@ class CaseUpdate(SQLModel):
     risk_level: RiskLevel | None = None
     timezone: Timezone | None = None
     checkin_policy: CheckinPolicy | None = None
+    confirm_points: ConfirmPoints = None
+    confirm_seconds: ConfirmSeconds = None
     officer_id: uuid.UUID | None = None
 
 

@@ -39,7 +39,7 @@ from probation.cases.scope import CaseScope
 from probation.errors import Conflict, Forbidden, NotFound, invalid
 from probation.pagination import decode_cursor, page_of, parse_ts, parse_uuid
 from probation.subjects.models import Subject
-from probation.users.models import User
+from probation.users.models import Role, User
 from probation.zones.service import bump_zones_config
 
 VIOLATION_TYPES = [
@@ -55,7 +55,8 @@ STALE_FIX_MINUTES = 30
 # page only); with a compliance filter every case in scope is evaluated, then filtered.
 LIVE_SQL = """
 SELECT c.id, c.subject_id, c.officer_id, c.court_order_ref, c.starts_on, c.ends_on,
-       c.risk_level, c.timezone, c.checkin_policy, c.status, c.closed_at, c.created_at,
+       c.risk_level, c.timezone, c.checkin_policy, c.confirm_points, c.confirm_seconds,
+       c.status, c.closed_at, c.created_at,
        c.updated_at, s.full_name AS subject_name, s.iin AS subject_iin,
        d.id AS device_id, d.serial, d.kind, d.battery, d.online, d.last_seen,
        f.ts AS fix_ts, f.lat, f.lon, f.acc,
@@ -133,6 +134,7 @@ def _to_live(r: Any) -> CaseLive:
         id=r["id"], subject_id=r["subject_id"], officer_id=r["officer_id"],
         court_order_ref=r["court_order_ref"], starts_on=r["starts_on"], ends_on=r["ends_on"],
         risk_level=r["risk_level"], timezone=r["timezone"], checkin_policy=r["checkin_policy"],
+        confirm_points=r["confirm_points"], confirm_seconds=r["confirm_seconds"],
         status=r["status"], closed_at=r["closed_at"], created_at=r["created_at"],
         updated_at=r["updated_at"], subject_name=r["subject_name"], subject_iin=r["subject_iin"],
         compliance=r["compliance"], last_fix=last_fix, device=device,
@@ -208,11 +210,14 @@ def create_case(session: Session, *, data: CaseCreate, scope: CaseScope) -> Case
                                  "case_ids": [str(c) for c in foreign]})
         raise Forbidden("subject_other_case")
     _officer(session, scope, data.officer_id)
+    if data.confirm_points is not None or data.confirm_seconds is not None:
+        _may_set_confirmation(scope)
     case = Case(
         subject_id=data.subject_id, officer_id=data.officer_id,
         court_order_ref=data.court_order_ref, starts_on=data.starts_on, ends_on=data.ends_on,
         risk_level=data.risk_level, timezone=data.timezone,
         checkin_policy=data.checkin_policy.model_dump() if data.checkin_policy else None,
+        confirm_points=data.confirm_points, confirm_seconds=data.confirm_seconds,
     )
     session.add(case)
     session.flush()
@@ -220,6 +225,16 @@ def create_case(session: Session, *, data: CaseCreate, scope: CaseScope) -> Case
                  resource_id=case.id, case_id=case.id,
                  detail={"subject_id": str(case.subject_id), "officer_id": str(case.officer_id)})
     return case
+
+
+CONFIRMATION = frozenset({"confirm_points", "confirm_seconds"})
+
+
+def _may_set_confirmation(scope: CaseScope) -> None:
+    """A case's confirmation decides how soon a violation alerts (and whether a short one
+    does at all): a supervisor's or an admin's decision, not the officer's alone."""
+    if scope.role not in (Role.SUPERVISOR, Role.ADMIN):
+        raise Forbidden("confirmation_needs_supervisor")
 
 
 def update_case(session: Session, *, case: Case, data: CaseUpdate, scope: CaseScope) -> Case:
@@ -236,6 +251,9 @@ def update_case(session: Session, *, case: Case, data: CaseUpdate, scope: CaseSc
         raise invalid("ends_on", "date_order", other="starts_on")
     if "officer_id" in changes:
         _officer(session, scope, changes["officer_id"])
+    confirmation = CONFIRMATION.intersection(changes)
+    if confirmation:
+        _may_set_confirmation(scope)
     for k, v in changes.items():
         setattr(case, k, v)
     if "checkin_policy" in changes:
@@ -243,7 +261,7 @@ def update_case(session: Session, *, case: Case, data: CaseUpdate, scope: CaseSc
     case.updated_at = utcnow()
     session.add(case)
     session.flush()
-    if "timezone" in changes:
+    if "timezone" in changes or confirmation:  # the engine reloads the cases' settings
         bump_zones_config(session)
     audit.record(session, user_id=scope.user_id, action="case.update", resource="case",
                  resource_id=case.id, case_id=case.id,

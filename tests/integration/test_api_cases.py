@@ -128,6 +128,46 @@ def test_case_lifecycle(app_client: TestClient, world: World, database_url: str)
     assert v0 is not None and v1 is not None and v1[0] > v0[0]
 
 
+def test_case_confirmation_is_a_supervisors_decision(
+    app_client: TestClient, world: World, database_url: str
+) -> None:
+    """`confirm_points` / `confirm_seconds` (monitoring-rules.md "Episodes": configurable
+    per case): null means the defaults; only a supervisor or an admin may set them (they
+    decide whether a short violation alerts at all); the engine is told (config version)."""
+    c = app_client
+    case = _new_case(c, world, "off1", "off1")
+    assert case["confirm_points"] is None and case["confirm_seconds"] is None
+    r = c.patch(f"/api/v1/cases/{case['id']}", headers=world.h("off1"),
+                json={"confirm_points": 5})
+    assert r.status_code == 403 and r.json()["code"] == "confirmation_needs_supervisor"
+    r = c.post("/api/v1/cases", headers=world.h("off1"), json={
+        "subject_id": case["subject_id"], "officer_id": str(world.users["off1"]),
+        "court_order_ref": "x", "starts_on": "2026-01-01", "ends_on": "2026-02-01",
+        "risk_level": "low", "confirm_seconds": 120})
+    assert r.status_code == 403
+    for bad in ({"confirm_points": 0}, {"confirm_points": 21}, {"confirm_seconds": -1},
+                {"confirm_seconds": 3601}):
+        r = c.patch(f"/api/v1/cases/{case['id']}", headers=world.h("sup1"), json=bad)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == next(iter(bad)), r.text
+    with psycopg.connect(database_url) as conn:
+        v0 = conn.execute("SELECT version FROM config_versions WHERE name = 'zones'").fetchone()
+    r = c.patch(f"/api/v1/cases/{case['id']}", headers=world.h("sup1"),
+                json={"confirm_points": 3, "confirm_seconds": 60})
+    assert r.status_code == 200 and (r.json()["confirm_points"], r.json()["confirm_seconds"]) == (3, 60)
+    got = c.get(f"/api/v1/cases/{case['id']}", headers=world.h("off1")).json()
+    assert (got["confirm_points"], got["confirm_seconds"]) == (3, 60)
+    with psycopg.connect(database_url) as conn:
+        v1 = conn.execute("SELECT version FROM config_versions WHERE name = 'zones'").fetchone()
+        audited = conn.execute("SELECT detail FROM audit_log WHERE action = 'case.update' "
+                               "AND resource_id = %s ORDER BY id DESC LIMIT 1",
+                               (case["id"],)).fetchone()
+    assert v0 is not None and v1 is not None and v1[0] > v0[0]
+    assert audited is not None and audited[0] == {"confirm_points": 3, "confirm_seconds": 60.0}
+    r = c.patch(f"/api/v1/cases/{case['id']}", headers=world.h("admin"),
+                json={"confirm_points": None, "confirm_seconds": None})
+    assert r.status_code == 200 and r.json()["confirm_points"] is None
+
+
 def test_caseload_live_status_filters_and_pagination(
     app_client: TestClient, world: World, database_url: str
 ) -> None:

@@ -108,3 +108,28 @@ def test_a_reentry_within_ten_minutes_reopens_the_same_alert(
     assert got[0]["episode_open"]
     gw.close()
 
+
+
+def test_a_cases_own_confirmation_is_what_the_running_engine_applies(
+    settings: Settings, ingestion: Ingestion
+) -> None:
+    """3 fixes / 60 s on this case (set as the API sets it: the columns, then the config
+    version): two fixes inside spanning 30 s, which open under the defaults, do not."""
+    url = settings.database_url
+    assert url
+    case, dev, _ = setup_case(url, "RC-1")
+    with psycopg.connect(url) as c:
+        c.execute("UPDATE cases SET confirm_points = 3, confirm_seconds = 60 WHERE id = %s",
+                  (case,))
+        c.execute("UPDATE config_versions SET version = version + 1 WHERE name = 'zones'")
+    gw = Gateway(settings, "RC-1")
+    t = datetime.now(UTC) - timedelta(minutes=10)
+    gw.fixes([(t + timedelta(seconds=30 * i), *offset(600 - 100 * i), 5.0) for i in range(4)])
+    gw.fixes([(t + timedelta(seconds=120 + 30 * i), *offset(0, 5 * i), 5.0) for i in range(2)])
+    wait_fixes(url, dev, 6)
+    time.sleep(0.5)
+    assert alerts(url, case) == []
+    gw.fixes([(t + timedelta(seconds=180), *offset(0, 10), 5.0)])  # the third, 60 s on
+    got = wait_alerts(url, case, 1)
+    assert got[0]["type"] == "exclusion_zone_entered"
+    gw.close()
