@@ -307,11 +307,12 @@ class PersonResult:
 
 def summarise(
     place: CompiledZone, lat: F64, lon: F64, acc: F64, is_dominated: npt.NDArray[np.bool_],
-    run: I64, gap_list: list[Gap],
+    run: I64, gap_list: list[Gap], p_dist: tuple[F64, F64] | None = None,
 ) -> PersonResult:
     """The answer from fixes with their dominance flags and run numbers (non-decreasing),
-    whichever subset of a track they are, as long as it holds every fix with p > 0."""
-    p, dist = fix_probabilities(place, lat, lon, acc)
+    whichever subset of a track they are, as long as it holds every fix with p > 0;
+    ``p_dist``: `fix_probabilities` of these fixes when already computed (in a batch)."""
+    p, dist = fix_probabilities(place, lat, lon, acc) if p_dist is None else p_dist
     p = np.where(is_dominated, 0.0, p)
     if p.size and p.any():
         starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
