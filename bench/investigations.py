@@ -12,10 +12,15 @@ bulk-loaded with binary COPY.
 
 Queries: places centred on a random fix's position (so that people are there) at a
 random time: ``small`` = a 500 m circle x 1 hour, ``large`` = a 2 km circle x 24 hours.
-Each query is the service's own `search` (both SQL steps, the probability model, the
-answer objects), timed end to end on a warm cache; p50/p99 over ``--queries`` of each
-kind, once without and once with an extra btree index on ``fixes (lat, lon)`` (the
-spatial index option; the default schema has only the time and per-device indexes).
+Each query is the service's own `search` (near fixes, pruning and its probes, the kept
+cases' tracks, the probability model, the answer objects), timed end to end on a warm
+cache; p50/p99 over ``--queries`` of each kind, once without and once with an extra
+btree index on ``fixes (lat, lon)`` (the spatial index option; the default schema has
+only the time and per-device indexes).
+
+``--keep DIR`` keeps the private PostgreSQL (and the world loaded into it) in ``DIR``
+for the next run with the same ``--cases``, ``--interval-s`` and ``--seed``: loading 5 M
+fixes takes minutes, a reused world seconds.
 
 Reference: for ``--check`` queries of each kind, a brute-force scan: every fix of the
 table read once into memory, each query answered from all of them (window by time in
@@ -329,11 +334,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{k:>34}: {v}")
     if a.json_path:
         write_json(Path(a.json_path), res)
-    targets = (res["no_spatial_index.small"]["p99_ms"] <= 200
-               and res["no_spatial_index.large"]["p99_ms"] <= 1000)
-    print(f"targets (p99: 500 m x 1 h <= 200 ms, 2 km x 24 h <= 1 s; default schema): "
-          f"{'met' if targets else 'NOT met'}; brute-force agreement "
-          f"{res['identical_answers']}/{res['checked_against_brute_force']}")
+    small, large = res["no_spatial_index.small"], res["no_spatial_index.large"]
+    for what, key in (("p50", "p50_ms"), ("p99", "p99_ms")):
+        met = small[key] <= 200 and large[key] <= 1000
+        print(f"targets at {what} (500 m x 1 h <= 200 ms: {small[key]} ms; 2 km x 24 h <= 1 s: "
+              f"{large[key]} ms; default schema): {'met' if met else 'NOT met'}")
+    print(f"brute-force agreement {res['identical_answers']}/{res['checked_against_brute_force']}")
 
 
 if __name__ == "__main__":
