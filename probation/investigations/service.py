@@ -385,9 +385,13 @@ def match(place: CompiledZone, track: Track, start: datetime, end: datetime,
                               track.near_min_acc * proximity.DOMINANCE <= track.acc,
                               track.run, gap_list, track.p_dist)
     near = res.dist <= NEAR_M
-    index = {float(t): k for k, t in enumerate(track.ts_s.tolist())}
+
+    def near_fix(t: float) -> bool:  # the last fix at instant t, if one is, is near
+        k = int(np.searchsorted(track.ts_s, t, side="right")) - 1
+        return k >= 0 and track.ts_s[k] == t and bool(near[k])
+
     gaps = [Gap(from_=_dt(g.start_s), to=_dt(g.end_s), minutes=round((g.end_s - g.start_s) / 60, 1),
-                near_place=any(bool(near[index[t]]) for t in (g.start_s, g.end_s) if t in index))
+                near_place=near_fix(g.start_s) or near_fix(g.end_s))
             for g in gap_list]
     if res.probability < max(min_probability, proximity.P_FLOOR) and not any(
             g.near_place for g in gaps):
@@ -395,14 +399,20 @@ def match(place: CompiledZone, track: Track, start: datetime, end: datetime,
     c = res.closest
     support = res.support[np.argsort(-res.p[res.support], kind="stable")[:MAX_SUPPORT]]
     support.sort()
-    return ProximityMatch(
+    # built without validation (the values are of the fields' types already): validating
+    # 20 supporting fixes per match cost 0.23 s of a 2.3 s search with 287 matches
+    ts, lat, lon, acc = (a.tolist() for a in (track.ts_s, track.lat, track.lon, track.acc))
+    p = res.p.tolist()
+    return ProximityMatch.model_construct(
         case_id=track.case_id, subject_id=track.subject_id,
         probability=round(res.probability, 4),
-        closest=ClosestApproach(ts=_dt(track.ts_s[c]), lat=track.lat[c], lon=track.lon[c],
-                                acc=track.acc[c], distance_m=round(res.closest_m, 1)),
-        fixes=[SupportingFix(ts=_dt(track.ts_s[i]), lat=track.lat[i], lon=track.lon[i],
-                             acc=track.acc[i], p=round(float(res.p[i]), 4)) for i in support],
-        supporting_fixes=int(res.support.size), fixes_in_window=track.n, gaps=gaps,
+        closest=ClosestApproach.model_construct(
+            ts=_dt(ts[c]), lat=lat[c], lon=lon[c], acc=acc[c],
+            distance_m=round(res.closest_m, 1)),
+        fixes=[SupportingFix.model_construct(ts=_dt(ts[i]), lat=lat[i], lon=lon[i],
+                                             acc=acc[i], p=round(p[i], 4))
+               for i in support.tolist()],
+        supporting_fixes=int(res.support.size), fixes_in_window=int(track.n), gaps=gaps,
     )
 
 
