@@ -384,7 +384,7 @@ def match(place: CompiledZone, track: Track, start: datetime, end: datetime,
     res = proximity.summarise(place, track.lat, track.lon, track.acc,
                               track.near_min_acc * proximity.DOMINANCE <= track.acc,
                               track.run, gap_list, track.p_dist)
-    near = res.dist <= NEAR_M
+    near = (res.dist <= NEAR_M) & (track.acc <= ACC_MAX_M)  # unusable fixes flag nothing
 
     def near_fix(t: float) -> bool:  # the last fix at instant t, if one is, is near
         k = int(np.searchsorted(track.ts_s, t, side="right")) - 1

@@ -99,6 +99,9 @@ def _build(url: str, n_cases: int = 40, seed: int = 5) -> Synth:
             if i == 6:  # cell fixes on the place, each next to a GPS fix 3 km away
                 track = [(T0 + timedelta(hours=5, minutes=k), LAT0 + (0 if k % 2 else 3000) / M_LAT,
                           LON0, 2000.0 if k % 2 else 15.0) for k in range(41)]
+            if i == 7:  # one fix over 3 km on the place, then 40 silent minutes: nothing
+                track = [(T0 + timedelta(hours=6), LAT0, LON0, 4000.0),
+                         (T0 + timedelta(hours=6, minutes=40), LAT0, LON0 + 5000 / M_LON, 10.0)]
             rows += [(d, 1000 + k, *r) for k, r in enumerate(track)]
         cur.executemany("INSERT INTO fixes (device_id, seq, ts, lat, lon, acc) "
                         "VALUES (%s, %s, %s, %s, %s, %s)", rows)
@@ -176,13 +179,15 @@ def test_same_answers_as_a_scan_over_every_fix(
 
 def test_the_world_reaches_the_pruning_edges(synth: Synth, database_url: str) -> None:
     """The cases the equivalence test relies on: kept for a gap alone, for undominated cell
-    fixes alone; and a case whose cell fixes on the place are all dominated is left out."""
+    fixes alone; and a case whose cell fixes on the place are all dominated, or whose only
+    fix there is over 3 km, is left out."""
     zone = compile_zone(zone_id="place", kind="exclusion",
                         circle={"center": [LON0, LAT0], "radius_m": 500})
     got = {m.case_id: m for m in _search(database_url, zone, T0, T0 + timedelta(hours=HOURS),
                                          0.01)}
-    walker, silent, cell, dominated = (synth.cases[k] for k in (3, 4, 5, 6))
+    walker, silent, cell, dominated, unusable = (synth.cases[k] for k in (3, 4, 5, 6, 7))
     assert got[walker].probability > 0.99
     assert got[silent].probability == 0.0 and any(g.near_place for g in got[silent].gaps)
     assert 0.0 < got[cell].probability < 0.1
     assert dominated not in got
+    assert unusable not in got
