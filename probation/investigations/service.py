@@ -2,23 +2,25 @@
 
 Three steps; only the last reads whole tracks, and only those of cases that may match:
 
-1. **near fixes** (one binary COPY, no window function): the fixes in the window (chunk
-   exclusion on `ts`, then the per-chunk `ts` index) within `NEAR_M` of the place's
-   bounding box, or coarser (acc > `NEAR_M` / reach per metre) and within their own
-   reach (5 sigma) of it, each with its case (the assignment at the fix's time, the
-   caller's scope).
+1. **near fixes** (one statement, its rows sent as five binary arrays, no window
+   function): the fixes in the window (chunk exclusion on `ts`, then the per-chunk `ts`
+   index) within `NEAR_M` of the place's bounding box, or coarser (acc > `NEAR_M` /
+   reach per metre) and within their own reach (5 sigma) of it, each with its case (the
+   assignment at the fix's time, the caller's scope).
 2. **pruning** (numpy; every test errs on the side of keeping a case): a case is kept
    when an upper bound of its probability, ``1 - prod(1 - pu)`` over its reaching fixes
    (`proximity.p_upper_bound`) that no fix of step 1 dominates, reaches the threshold
-   with its fine fixes alone; otherwise its coarse reaching fixes get a dominance probe
-   and it is kept if the bound still reaches the threshold. A case below the threshold
-   is still kept when one of its fixes within 1 km may bound a gap: a fix whose
-   neighbour in step 1 is more than 15 minutes away gets a probe (any fix of the case
-   within 15 minutes?). Probes go in one statement through the `(device_id, ts)` index.
-3. **tracks** of the kept cases (binary COPY through the `(device_id, ts)` index): every
-   fix of the case's devices in the window, answered by `from_full_track` and `match`,
-   the very functions of the brute-force reference (`bench/investigations.py` and the
-   tests), so the answers are those of a scan over all fixes.
+   with its fine fixes alone; otherwise its coarse reaching fixes, largest bound first,
+   get dominance probes until the rest cannot reach the threshold, and it is kept if
+   the bound still reaches it. A case below the threshold is still kept when one of its
+   fixes within 1 km may bound a gap: a fix whose neighbour in step 1 is more than 15
+   minutes away gets a probe (any fix of the case within 15 minutes?). All probes go in
+   one statement through the `(device_id, ts)` index.
+3. **tracks** of the kept cases (binary arrays again, through the `(device_id, ts)`
+   index): every fix of the case's devices in the window, answered by `from_full_track`
+   and `match`, the very functions of the brute-force reference (`bench/investigations.py`
+   and `tests/integration/test_proximity_search.py`), so the answers are those of a scan
+   over all fixes.
 
 Results are computed afresh for each request and never cached.
 """
