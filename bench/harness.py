@@ -35,8 +35,9 @@ def private_postgres(
     timescale_settings: dict[str, str] | None = None,
 ) -> LocalPostgres:
     """Start a PostgreSQL in `work / "pg"` (with TimescaleDB when a system install has it,
-    then also `timescale_settings`) and create `database`. `durable=False` turns fsync,
-    synchronous commit and full-page writes off."""
+    then also `timescale_settings`) and create `database` unless it exists (a cluster
+    kept from an earlier run is started again). `durable=False` turns fsync, synchronous
+    commit and full-page writes off."""
     bins = system_bin_dirs()
     ts_bin = next((b for b in bins if timescaledb_available(b)), None)
     conf = dict(settings)
@@ -50,7 +51,8 @@ def private_postgres(
     )
     pg.start()
     with psycopg.connect(pg.url(), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{database}"')
+        if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            c.execute(f'CREATE DATABASE "{database}"')
     return pg
 
 

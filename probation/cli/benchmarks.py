@@ -295,6 +295,9 @@ def bench_investigations(
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 1,
     database_url: Annotated[str | None, typer.Option(help="A throwaway database (default: a "
                             "private PostgreSQL, TimescaleDB when installed).")] = None,
+    keep: Annotated[Path | None, typer.Option(help="Keep the private PostgreSQL in this "
+                    "directory and reuse the world it holds on the next run (same --cases, "
+                    "--interval-s, --seed): no reload.")] = None,
 ) -> None:
     """Proximity searches (500 m x 1 h, 2 km x 24 h) on a week of fixes, p50/p99, with and
     without a (lat, lon) index, answers checked against a brute-force scan."""
@@ -305,6 +308,8 @@ def bench_investigations(
             "--check", str(check), "--seed", str(seed)]
     if database_url:
         argv += ["--database-url", database_url]
+    if keep is not None:
+        argv += ["--keep", str(keep)]
     if json_path is not None:
         argv += ["--json", str(json_path)]
     main(argv)

@@ -72,6 +72,7 @@ RUN_GAP_S = 600.0
 DOMINANCE = 5.0
 GAP_S = 900.0
 P_FLOOR = 1e-4  # smaller probabilities are reported as 0
+ACC_MAX_M = 3000.0  # coarser fixes (68 % radius above 3 km) say nothing about a place
 
 _GL_NODES = 48
 _RADIAL_STRATA = 24
@@ -188,18 +189,45 @@ def _place_quadrature(gx: F64, gy: F64, cell: float, x: F64, y: F64, sigma: F64)
     return np.minimum(out, 1.0)
 
 
+def distance_m(place: CompiledZone, lat: F64, lon: F64) -> F64:
+    """Distance in metres from each fix to the place (0 inside), as `fix_probabilities`."""
+    if place.is_circle:
+        return np.maximum(haversine_m(lat, lon, place.lat0, place.lon0) - place.radius_m, 0.0)
+    return np.maximum(place.signed_distance(lat, lon), 0.0)
+
+
 def fix_probabilities(place: CompiledZone, lat: F64, lon: F64, acc: F64) -> tuple[F64, F64]:
-    """(p inside, distance in metres from the fix to the place, 0 inside) per fix."""
+    """(p inside, distance in metres from the fix to the place, 0 inside) per fix; fixes
+    coarser than ``ACC_MAX_M`` are not used (p = 0)."""
     sigma = sigma_of(acc)
+    usable = np.asarray(acc) <= ACC_MAX_M
     if place.is_circle:
         centre = haversine_m(lat, lon, place.lat0, place.lon0)
-        p = p_in_circle(centre, place.radius_m, sigma)
+        p = np.zeros(centre.shape)
+        if usable.any():
+            p[usable] = p_in_circle(centre[usable], place.radius_m, sigma[usable])
         dist = np.maximum(centre - place.radius_m, 0.0)
     else:
-        p = p_in_polygon(place, lat, lon, sigma)
+        p = np.zeros(np.shape(lat))
+        if usable.any():
+            p[usable] = p_in_polygon(place, lat[usable], lon[usable], sigma[usable])
         dist = np.maximum(place.signed_distance(lat, lon), 0.0)
     p = np.where(p < P_FLOOR, 0.0, p)
     return p, dist
+
+
+def p_upper_bound(place: CompiledZone, dist: F64, acc: F64) -> F64:
+    """Per fix, a bound that `fix_probabilities` never exceeds (for pruning): the chance
+    that the true position lies ``dist`` or more from the reported one,
+    ``exp(-dist^2 / (2 sigma^2))``, plus the circle quadrature's error; 1 for a polygon
+    within reach (its quadratures may overshoot by a stratum); 0 beyond reach or for
+    fixes that are not used."""
+    sigma = sigma_of(acc)
+    live = (dist <= reach_m(acc)) & (np.asarray(acc) <= ACC_MAX_M)
+    if not place.is_circle:
+        return live.astype(np.float64)
+    bound = np.minimum(np.exp(-0.5 * (dist / sigma) ** 2) + 1e-5, 1.0)
+    return np.where(live, bound, 0.0)
 
 
 def window_min(ts_s: F64, values: F64, half_s: float) -> F64:
@@ -279,11 +307,12 @@ class PersonResult:
 
 def summarise(
     place: CompiledZone, lat: F64, lon: F64, acc: F64, is_dominated: npt.NDArray[np.bool_],
-    run: I64, gap_list: list[Gap],
+    run: I64, gap_list: list[Gap], p_dist: tuple[F64, F64] | None = None,
 ) -> PersonResult:
     """The answer from fixes with their dominance flags and run numbers (non-decreasing),
-    whichever subset of a track they are, as long as it holds every fix with p > 0."""
-    p, dist = fix_probabilities(place, lat, lon, acc)
+    whichever subset of a track they are, as long as it holds every fix with p > 0;
+    ``p_dist``: `fix_probabilities` of these fixes when already computed (in a batch)."""
+    p, dist = fix_probabilities(place, lat, lon, acc) if p_dist is None else p_dist
     p = np.where(is_dominated, 0.0, p)
     if p.size and p.any():
         starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
@@ -292,9 +321,10 @@ def summarise(
         probability = 0.0 if total < P_FLOOR else min(total, 1.0)
     else:
         probability = 0.0
-    eligible = dist <= NEAR_M
+    usable = acc <= ACC_MAX_M
+    eligible = (dist <= NEAR_M) & usable
     if not eligible.any():
-        eligible = dist <= reach_m(acc)
+        eligible = (dist <= reach_m(acc)) & usable
     closest = int(np.flatnonzero(eligible)[np.argmin(dist[eligible])]) if eligible.any() else -1
     return PersonResult(
         probability=probability, closest=closest,

@@ -135,3 +135,31 @@ def test_a_cell_fix_between_precise_fixes_is_dominated() -> None:
     v = rng.uniform(1, 3000, 300)
     brute = np.array([v[np.abs(t - x) <= 600].min() for x in t])
     assert np.array_equal(window_min(t, v, 600.0), brute)
+
+
+@pytest.mark.parametrize("place", [circle, square])
+def test_the_pruning_bound_is_never_below_p(place) -> None:  # type: ignore[no-untyped-def]
+    """`p_upper_bound` (the search's pruning) >= the p the answer computes, for fixes of
+    every accuracy at every distance; 0 beyond reach and for fixes over 3 km."""
+    from probation.investigations.proximity import (
+        distance_m,
+        fix_probabilities,
+        p_upper_bound,
+        reach_m,
+    )
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    acc = np.exp(rng.uniform(np.log(0.5), np.log(5000.0), n))
+    r = rng.uniform(0, 1, n) * (300 + 6 * acc)
+    a = rng.uniform(0, 2 * math.pi, n)
+    lat, lon = LAT0 + r * np.sin(a) / M_LAT, LON0 + r * np.cos(a) / M_LON
+    z = place()
+    p, dist = fix_probabilities(z, lat, lon, acc)
+    bound = p_upper_bound(z, distance_m(z, lat, lon), acc)
+    assert np.array_equal(dist, distance_m(z, lat, lon))
+    assert (bound >= p).all()
+    assert (p[acc > 3000.0] == 0).all() and (bound[acc > 3000.0] == 0).all()
+    assert (bound[dist > reach_m(acc)] == 0).all()
+    if z.is_circle:  # the bound prunes (a polygon's is 1 within reach)
+        assert ((p > 0) & (bound < 1)).any()
