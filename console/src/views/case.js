@@ -5,7 +5,7 @@ import { all, api, download, me } from '../api.js';
 import { fmtDate, fmtDateTime, fmtNumber, t, tv } from '../i18n.js';
 import { COLORS, geomanStrings, makeMap, zoneLayer } from '../maps.js';
 import { isoToLocal, localToIso } from '../tz.js';
-import { esc, html, showFieldErrors, toast } from '../util.js';
+import { clearFieldErrors, esc, html, showFieldErrors, toast } from '../util.js';
 
 const DAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'];
 const OUTLIER_ACC_M = 100;
@@ -271,7 +271,7 @@ ${z.buffer_m ? ` · ${esc(t('zone.buffer_of', { n: fmtNumber(z.buffer_m) }))}` :
     toast(t('report.downloading'));
     try {
       await download(`/cases/${id}/report.pdf?${q}`, `case-${id}.pdf`);
-      rep.querySelectorAll('.field-error').forEach((x) => x.remove());
+      clearFieldErrors(rep);
       toast(t('report.done'));
     } catch (err) { showFieldErrors(rep, err); } finally { button.disabled = false; }
   });

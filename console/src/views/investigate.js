@@ -7,7 +7,7 @@ import { fmtDateTime, fmtNumber, t } from '../i18n.js';
 import { geomanStrings, makeMap } from '../maps.js';
 import { loadCaseload, store } from '../store.js';
 import { isoToLocal, localToIso } from '../tz.js';
-import { esc, html, showFieldErrors } from '../util.js';
+import { clearFieldErrors, esc, html, showFieldErrors } from '../util.js';
 
 const TZ = 'Asia/Almaty'; // the service's home timezone (the cases' default)
 const MAX_WINDOW_MS = 7 * 24 * 3600e3;
@@ -49,8 +49,13 @@ export async function render(main) {
 <form id="inv-form" class="zone-form" novalidate>
 <h2 data-i18n="inv.place"></h2>
 <p class="muted small" data-i18n="inv.place_hint"></p>
-<div data-field="circle"><p id="place-state" class="shape-state" data-field="geometry" role="status"></p></div>
-<p class="muted small">${esc(t('inv.timezone', { tz: TZ }))}</p>
+<p id="place-state" class="shape-state" data-field="geometry" role="status"></p>
+<fieldset id="circle-fields" data-field="circle"><legend data-i18n="inv.circle"></legend>
+<label><span data-i18n="inv.lat"></span> <input type="number" name="lat" step="any" min="-90" max="90" translate="no"></label>
+<label><span data-i18n="inv.lon"></span> <input type="number" name="lon" step="any" min="-180" max="180" translate="no"></label>
+<label><span data-i18n="inv.radius"></span> <input type="number" name="radius_m" step="1" min="1" max="10000" data-field="circle.radius_m"></label>
+</fieldset>
+<p class="muted small">${esc(t('inv.timezone', { tz: '\u0001' })).replace('\u0001', `<span translate="no">${TZ}</span>`)}</p>
 <label><span data-i18n="inv.from"></span> <input type="datetime-local" name="from" data-field="from" required></label>
 <label><span data-i18n="inv.to"></span> <input type="datetime-local" name="to" data-field="to" required></label>
 <label><span data-i18n="inv.reason"></span> <textarea name="reason" rows="3" data-field="reason" required minlength="10"></textarea></label>
@@ -86,14 +91,39 @@ export async function render(main) {
     else state.textContent = t('inv.place_polygon');
     form.dataset.place = shape ? (shape instanceof L.Circle ? 'circle' : 'polygon') : '';
   };
-  map.on('pm:create', (e) => {
-    if (shape && shape !== e.layer) map.removeLayer(shape);
-    shape = e.layer;
+  // a circle's centre and radius are also typed (a crime scene's coordinates), both ways
+  const toFields = () => {
+    if (!(shape instanceof L.Circle)) { form.lat.value = ''; form.lon.value = ''; form.radius_m.value = ''; return; }
+    const ll = shape.getLatLng();
+    form.lat.value = ll.lat.toFixed(6);
+    form.lon.value = ll.lng.toFixed(6);
+    form.radius_m.value = String(Math.round(shape.getRadius()));
+  };
+  const useShape = (layer) => {
+    if (shape && shape !== layer) map.removeLayer(shape);
+    shape = layer;
     shape.setStyle({ color: '#000', weight: 2, dashArray: '6 4', fillOpacity: 0.05 });
-    shape.on('pm:edit', describe);
+    shape.on('pm:edit', () => { toFields(); describe(); });
     shape.pm.enable({ allowSelfIntersection: false });
+    toFields();
     describe();
-  });
+  };
+  map.on('pm:create', (e) => useShape(e.layer));
+  const fromFields = () => {
+    const lat = parseFloat(form.lat.value);
+    const lon = parseFloat(form.lon.value);
+    const r = parseFloat(form.radius_m.value);
+    if (![lat, lon, r].every(Number.isFinite) || Math.abs(lat) > 90 || Math.abs(lon) > 180 || r <= 0) return;
+    if (shape instanceof L.Circle) {
+      shape.setLatLng([lat, lon]);
+      shape.setRadius(r);
+      describe();
+    } else {
+      useShape(L.circle([lat, lon], { radius: r }).addTo(map));
+    }
+    map.fitBounds(shape.getBounds().pad(0.3), { maxZoom: 17 });
+  };
+  for (const name of ['lat', 'lon', 'radius_m']) form[name].addEventListener('change', fromFields);
   describe();
 
   const now = Date.now();
@@ -129,7 +159,7 @@ export async function render(main) {
     try {
       answer = await api('/investigations/proximity', { method: 'POST', body });
     } catch (err) { showFieldErrors(form, err); return; } finally { button.disabled = false; }
-    form.querySelectorAll('.field-error').forEach((x) => x.remove());
+    clearFieldErrors(form);
     show(answer);
   });
 
