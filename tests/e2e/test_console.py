@@ -374,7 +374,7 @@ def test_admin_and_team_views_and_accessibility(world: World, context: Any,
     page.wait_for_selector("main[data-loaded='1']")
     results: dict[str, Any] = {}
     for view in ("#/cases", "#/alerts", "#/team", "#/admin",
-                 f"#/case/{world.people['Асель Нурланова'].case_id}", "#/map"):
+                 f"#/case/{world.people['Асель Нурланова'].case_id}", "#/map", "#/investigate"):
         open_view(page, view)
         found = page.evaluate("""async () => {
           const r = await axe.run(document, { resultTypes: ['violations'] });
