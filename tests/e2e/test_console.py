@@ -421,9 +421,11 @@ def test_admin_and_team_views_and_accessibility(world: World, context: Any,
     bauyrzhan = world.people["Бауыржан Сейткали"].case_id
     open_view(page, f"#/case/{bauyrzhan}")
     label = f"Школа №12 · {CATALOGUES['en']['zone_kind.exclusion']}"
+    free = int(page.get_attribute("#zone-form select[name=shared_id]", "data-count"))
     page.select_option("#zone-form select[name=shared_id]", label=label)
     page.click("#attach")
     page.wait_for_selector("#zone-list :text('Школа №12')")
+    page.wait_for_selector(f"#zone-form select[name=shared_id][data-count='{free - 1}']")
     assert label not in page.locator("#zone-form select[name=shared_id] option").all_inner_texts()
     page.locator("#zone-form").screenshot(path=str(artefacts / "shared-zone-picker.png"))
     attached = api(world, "off1", f"/cases/{bauyrzhan}/zones")["items"]

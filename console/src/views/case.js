@@ -249,8 +249,8 @@ ${z.buffer_m ? ` · ${esc(t('zone.buffer_of', { n: fmtNumber(z.buffer_m) }))}` :
       try {
         await api(`/cases/${id}/zones/${encodeURIComponent(form.shared_id.value)}`, { method: 'POST' });
         zoneList = await all(`/cases/${id}/zones`);
+        await fillShared(); // the picker first: the listed zone then says it is done
         drawZones(zoneList);
-        await fillShared();
         toast(t('zone.attached'));
       } catch (err) { showFieldErrors(form, err); }
     };
