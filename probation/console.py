@@ -39,11 +39,13 @@ VENDOR = {
     "geoman": "@geoman-io/leaflet-geoman-free/dist",
     "swagger-ui": "swagger-ui-dist",
     "redoc": "redoc/bundles",
+    "qrcode": "qrcode/build",  # the second factor's setup QR code
 }
 #: One file per package that proves it is installed.
 _MARKERS = ("leaflet/dist/leaflet.js", "leaflet.markercluster/dist/leaflet.markercluster.js",
             "@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.js",
-            "swagger-ui-dist/swagger-ui-bundle.js", "redoc/bundles/redoc.standalone.js")
+            "swagger-ui-dist/swagger-ui-bundle.js", "redoc/bundles/redoc.standalone.js",
+            "qrcode/build/qrcode.js")
 
 
 def assets_present(node_modules: Path = NODE_MODULES) -> bool:

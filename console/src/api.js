@@ -141,3 +141,35 @@ export async function all(path, onPage, first = 500) {
   } while (cursor);
   return items;
 }
+
+/** Download a file the API makes (a PDF report) with the in-memory token: fetched as a
+ * blob and saved under `filename` (a plain link could not carry the bearer token). */
+export async function download(path, filename) {
+  for (;;) {
+    if (!session.token) await waitForSignIn();
+    const r = await fetch(`/api/v1${path}`, {
+      headers: { Authorization: `Bearer ${session.token}`, 'Accept-Language': lang() },
+    });
+    if (r.status === 401) { expire('expired'); continue; }
+    if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
+    const blob = await r.blob();
+    const url = URL.createObjectURL(blob);
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = filename;
+    a.hidden = true;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    return blob.size;
+  }
+}
+
+/** Remember the caller's language on the server (`PATCH /me`), for any browser. */
+export async function saveLanguage(language) {
+  if (!session.token || !session.me) return;
+  try {
+    session.me = await api('/me', { method: 'PATCH', body: { language } });
+  } catch { /* kept locally; the next switch tries again */ }
+}

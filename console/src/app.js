@@ -10,6 +10,7 @@ const VIEWS = {
   alerts: () => import('./views/alerts.js'),
   case: () => import('./views/case.js'),
   team: () => import('./views/team.js'),
+  investigate: () => import('./views/investigate.js'),
   admin: () => import('./views/admin.js'),
 };
 
@@ -21,10 +22,13 @@ export const config = { tiles: '', attribution: '' };
 
 function langKey() { const m = session.me(); return m ? `probation.lang.${m.id}` : 'probation.lang'; }
 
-function chooseLang(l) {
+/** Switch the language; `save`: remember it on the server for the signed-in user. */
+function chooseLang(l, save = true) {
   setLang(l);
   localStorage.setItem(langKey(), l); // the language only: the session stays in memory
   localStorage.setItem('probation.lang', l);
+  const who = session.me();
+  if (save && who && who.language !== l) session.saveLanguage(l);
   for (const id of ['lang', 'lang-signin']) document.getElementById(id).value = l;
   if (current.route) render(true);
 }
@@ -91,6 +95,10 @@ async function startSetup() {
   const link = document.getElementById('totp-uri');
   link.textContent = status.otpauth_uri;
   link.href = status.otpauth_uri;
+  const qr = document.getElementById('totp-qr');
+  /* global QRCode */
+  await QRCode.toCanvas(qr, status.otpauth_uri, { width: 200, margin: 2, errorCorrectionLevel: 'M' });
+  qr.dataset.uri = status.otpauth_uri;
   document.getElementById('totp-error').textContent = '';
   setupForm.code.value = '';
   showSetup(true);
@@ -112,6 +120,9 @@ setupForm.addEventListener('submit', async (e) => {
   document.getElementById('totp-secret').textContent = '';
   document.getElementById('totp-uri').textContent = '';
   document.getElementById('totp-uri').removeAttribute('href');
+  const qr = document.getElementById('totp-qr');
+  qr.getContext('2d').clearRect(0, 0, qr.width, qr.height);
+  delete qr.dataset.uri;
   showTotpField(true);
   document.getElementById('signin-reason').textContent = t('signin.totp_enabled');
   form.totp.focus();
@@ -126,17 +137,21 @@ document.getElementById('totp-cancel').addEventListener('click', () => {
 dialog.addEventListener('cancel', (e) => e.preventDefault()); // no way around sign-in
 
 session.on('signin', ({ sameUser }) => {
-  const saved = localStorage.getItem(langKey());
-  if (saved && saved !== lang()) chooseLang(saved);
-  else localStorage.setItem(langKey(), lang());
   const who = session.me();
+  // the language the user chose, kept on the server (any browser); else this browser's
+  const saved = LANGS.includes(who.language) ? who.language : localStorage.getItem(langKey());
+  if (saved && saved !== lang()) chooseLang(saved, !who.language);
+  else {
+    localStorage.setItem(langKey(), lang());
+    if (!who.language) session.saveLanguage(lang());
+  }
   document.getElementById('whoami').textContent = who.full_name || who.username;
   document.querySelector('header.top').hidden = false;
   document.querySelectorAll('nav [data-role]').forEach((a) => {
     a.hidden = !a.dataset.role.split(' ').includes(who.role);
   });
   document.body.dataset.role = who.role;
-  live.start();
+  if (who.role !== 'investigator') live.start(); // an investigator has no caseload to follow
   if (!sameUser) { // another person: nothing of the previous one stays on screen
     resetStore();
     render(true);
@@ -163,8 +178,9 @@ for (const id of ['lang', 'lang-signin']) {
 }
 
 function parseRoute() {
-  const parts = (location.hash.replace(/^#\/?/, '') || 'cases').split('/');
-  const name = VIEWS[parts[0]] ? parts[0] : 'cases';
+  const home = session.me()?.role === 'investigator' ? 'investigate' : 'cases';
+  const parts = (location.hash.replace(/^#\/?/, '') || home).split('/');
+  const name = VIEWS[parts[0]] ? parts[0] : home;
   return { name, args: parts.slice(1), hash: location.hash };
 }
 

@@ -66,3 +66,18 @@ export function markerIcon(compliance, label = '') {
     iconSize: [16, 16],
   });
 }
+
+const GEOMAN = {
+  tooltips: ['firstVertex', 'continueLine', 'finishPoly', 'finishRect', 'startCircle', 'finishCircle'],
+  actions: ['finish', 'cancel', 'removeLastVertex'],
+  buttonTitles: ['drawPolyButton', 'drawCircleButton', 'drawRectButton', 'editButton', 'cutButton'],
+};
+
+/** The drawing plugin's labels from our catalogues. */
+export function geomanStrings() {
+  const out = {};
+  for (const [group, keys] of Object.entries(GEOMAN)) {
+    out[group] = Object.fromEntries(keys.map((k) => [k, t(`geoman.${group}.${k}`)]));
+  }
+  return out;
+}

@@ -23,10 +23,15 @@ export function toast(message, kind = 'info') {
   el.timer = setTimeout(() => { el.className = ''; }, 5000);
 }
 
-/** Show a 422's field errors next to the inputs they name (data-field="<name>"). */
-export function showFieldErrors(form, err) {
+/** Remove the field errors shown in `form` (after a request went through). */
+export function clearFieldErrors(form) {
   form.querySelectorAll('.field-error').forEach((e) => e.remove());
   form.querySelectorAll('[aria-invalid]').forEach((e) => e.removeAttribute('aria-invalid'));
+}
+
+/** Show a 422's field errors next to the inputs they name (data-field="<name>"). */
+export function showFieldErrors(form, err) {
+  clearFieldErrors(form);
   const fields = err.fieldErrors ? err.fieldErrors() : {};
   let shown = 0;
   for (const [name, message] of Object.entries(fields)) {

@@ -18,6 +18,7 @@ from probation.errors import TooManyRequests, Unauthorized, invalid, problem_res
 from probation.settings import Settings
 from probation.users import auth, service
 from probation.users.models import (
+    MeUpdate,
     PasswordChange,
     RefreshRequest,
     Token,
@@ -110,6 +111,14 @@ def logout(session: SessionDep, body: RefreshRequest) -> Response:
             responses=problem_responses(401))
 def me(user: SetupUser) -> UserPublic:
     return UserPublic.model_validate(user)
+
+
+@router.patch("/me", response_model=UserPublic, summary="Change the caller's preferences",
+              responses=problem_responses(401, 422),
+              description="`language` (`kk`, `ru`, `en`): the console's language for this user, "
+              "read at sign-in so it follows them to any browser.")
+def update_me(session: SessionDep, user: CurrentUser, body: MeUpdate) -> UserPublic:
+    return UserPublic.model_validate(service.set_own_preferences(session, user=user, data=body))
 
 
 @router.post("/me/password", status_code=204, summary="Change the caller's password",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 
 from probation.deps import ContextDep, Idempotent, ScopeDep, SessionDep, VisibleCase, require_role
 from probation.errors import problem_responses
-from probation.pagination import Page
+from probation.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 from probation.users.models import Role, User
 from probation.zones import service
 from probation.zones.models import ZoneCreate, ZonePublic, ZoneUpdate
@@ -71,6 +71,20 @@ def create_shared_zone(
     ctx: ContextDep,
 ) -> ZonePublic:
     return service.create_shared_zone(session, data=body, scope=scope, area=ctx.settings.area())
+
+
+@router.get("/zones", response_model=Page[ZonePublic],
+            summary="The shared zones (supervisor, admin)",
+            responses=problem_responses(401, 403, 422),
+            description="Every shared zone, by name: what may be attached to a case with "
+            "`POST /api/v1/cases/{id}/zones/{zone_id}` (the console's picker).")
+def list_shared_zones(
+    session: SessionDep, scope: ScopeDep,
+    _: Annotated[User, Depends(require_role(Role.SUPERVISOR, Role.ADMIN))],
+    limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None,
+) -> Page[ZonePublic]:
+    items, nxt = service.list_shared_zones(session, scope=scope, limit=limit, cursor=cursor)
+    return Page[ZonePublic](items=items, next_cursor=nxt)
 
 
 @router.get("/zones/{zone_id}", response_model=ZonePublic, summary="A zone",

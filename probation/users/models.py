@@ -44,9 +44,12 @@ class User(SQLModel, table=True):
     totp_enabled: bool = False
     totp_last_step: int | None = None
     totp_required: bool = False
+    language: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
+
+Language = Literal["kk", "ru", "en"]
 
 Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 
@@ -133,11 +136,20 @@ class UserUpdate(SQLModel):
         default=None, description="true: remove the user's second factor (a lost phone).")
 
 
+class MeUpdate(BaseModel):
+    language: Language = PydField(
+        description="The caller's language (`kk`, `ru`, `en`): the console uses it from "
+        "the next sign-in on.")
+
+
 class UserPublic(UserBase):
     id: uuid.UUID
     is_active: bool
     locked_until: datetime | None
     totp_enabled: bool = False
     totp_required: bool = False
+    language: Language | None = PydField(
+        default=None, description="The language the user chose (`PATCH /api/v1/me`), "
+        "null until they choose one.")
     created_at: datetime
     updated_at: datetime

@@ -17,7 +17,7 @@ from probation.pagination import decode_cursor, page_of, parse_text
 from probation.settings import Settings
 from probation.users import totp
 from probation.users.auth import end_sessions, totp_required
-from probation.users.models import Role, TotpStatus, User, UserCreate, UserUpdate
+from probation.users.models import MeUpdate, Role, TotpStatus, User, UserCreate, UserUpdate
 from probation.users.security import hash_password, password_problem, verify_password
 
 
@@ -166,6 +166,17 @@ def change_own_password(session: Session, *, user: User, current: str, new: str)
     end_sessions(session, user=user)
     audit.record(session, user_id=user.id, action="user.password_change", resource="user",
                  resource_id=user.id)
+
+
+def set_own_preferences(session: Session, *, user: User, data: MeUpdate) -> User:
+    """The caller's own preferences (today: the language the console shows them)."""
+    user.language = data.language
+    user.updated_at = utcnow()
+    session.add(user)
+    session.flush()
+    audit.record(session, user_id=user.id, action="user.preferences", resource="user",
+                 resource_id=user.id, detail={"language": data.language})
+    return user
 
 
 def totp_action(

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, text, true
+from sqlalchemy import ColumnElement, and_, exists, or_, text, true, tuple_
 from sqlmodel import Session, col, select
 
 from db.types import utcnow
@@ -34,6 +34,7 @@ from probation.audit import service as audit
 from probation.cases.models import Case, CaseStatus
 from probation.cases.scope import CaseScope
 from probation.errors import Conflict, FieldError, Forbidden, Invalid, NotFound, invalid
+from probation.pagination import decode_cursor, page_of, parse_text, parse_uuid
 from probation.users.models import Role
 from probation.zones.models import CaseZone, Zone, ZoneCreate, ZoneException, ZonePublic, ZoneUpdate
 
@@ -151,6 +152,22 @@ def create_shared_zone(
     audit.record(session, user_id=scope.user_id, action="zone.create", resource="zone",
                  resource_id=zone.id, detail={"kind": zone.kind, "shared": True})
     return ZonePublic.model_validate(zone, update={"case_ids": []})
+
+
+def list_shared_zones(
+    session: Session, *, scope: CaseScope, limit: int, cursor: str | None
+) -> tuple[list[ZonePublic], str | None]:
+    """The shared zones (supervisor, admin: the roles that may see every one), by name, to
+    pick one to attach to a case."""
+    after = decode_cursor("shared_zones", cursor, parse_text, parse_uuid)
+    q = select(Zone).where(col(Zone.shared), col(Zone.deleted_at).is_(None))
+    if after is not None:
+        q = q.where(tuple_(col(Zone.name), col(Zone.id)) > tuple_(after[0], after[1]))
+    rows = list(session.exec(q.order_by(col(Zone.name), col(Zone.id)).limit(limit + 1)))
+    page, nxt = page_of("shared_zones", rows, limit, lambda z: [z.name, str(z.id)])
+    audit.record(session, user_id=scope.user_id, action="zone.list", resource="zone",
+                 detail={"shared": True, "count": len(page)})
+    return [_public(session, z, scope) for z in page], nxt
 
 
 def list_case_zones(session: Session, *, case: Case, scope: CaseScope) -> list[ZonePublic]:

@@ -32,6 +32,19 @@ def test_password_flow_gives_a_short_lived_jwt(app_client: TestClient, world: Wo
     assert "password_hash" not in me
 
 
+def test_the_language_is_kept_per_user(app_client: TestClient, world: World) -> None:
+    """`PATCH /me` `{"language"}`: the console's language follows the user (an addition)."""
+    h = auth(_login(app_client, "off1", PASSWORD).json()["access_token"])
+    assert app_client.get("/api/v1/me", headers=h).json()["language"] is None
+    r = app_client.patch("/api/v1/me", headers=h, json={"language": "de"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "language"
+    r = app_client.patch("/api/v1/me", headers=h, json={"language": "kk"})
+    assert r.status_code == 200 and r.json()["language"] == "kk"
+    h2 = auth(_login(app_client, "off1", PASSWORD).json()["access_token"])  # a new session
+    assert app_client.get("/api/v1/me", headers=h2).json()["language"] == "kk"
+    assert app_client.patch("/api/v1/me", json={"language": "ru"}).status_code == 401
+
+
 def test_bad_credentials_and_tokens_are_401_problems(app_client: TestClient, world: World, settings: Any) -> None:
     for user, pw in (("off1", "wrong-password"), ("nobody", PASSWORD)):
         r = _login(app_client, user, pw)

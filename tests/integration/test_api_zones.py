@@ -152,6 +152,12 @@ def test_shared_zones(app_client: TestClient, world: World, database_url: str) -
     r = c.post("/api/v1/zones", headers=w.h("sup1"), json=school)
     assert r.status_code == 201 and r.json()["shared"] is True and r.json()["case_ids"] == []
     zid = r.json()["id"]
+    # the shared zones are listed for a picker (supervisor, admin), a case's own zone is not
+    assert c.get("/api/v1/zones", headers=w.h("off1")).status_code == 403
+    listed = c.get("/api/v1/zones?limit=1", headers=w.h("sup2")).json()
+    assert [z["id"] for z in listed["items"]] == [zid] and listed["next_cursor"] is None
+    assert str(w.zones["off1"]) not in [z["id"] for z in c.get(
+        "/api/v1/zones", headers=w.h("admin")).json()["items"]]
     assert c.get(f"/api/v1/zones/{zid}", headers=w.h("off1")).status_code == 404  # not attached yet
     assert c.get(f"/api/v1/zones/{zid}", headers=w.h("sup2")).status_code == 200  # supervisors see shared
     for owner in ("off1", "off3"):

@@ -12,7 +12,7 @@ export async function render(main) {
 <label><span data-i18n="signin.username"></span> <input name="username" data-field="username"></label>
 <label><span data-i18n="admin.full_name"></span> <input name="full_name" data-field="full_name"></label>
 <label><span data-i18n="signin.password"></span> <input name="password" type="password" autocomplete="new-password" data-field="password"></label>
-<label><span data-i18n="admin.role"></span> <select name="role" data-field="role">${['officer', 'supervisor', 'admin'].map((r) => `<option value="${r}">${esc(tv('role', r))}</option>`).join('')}</select></label>
+<label><span data-i18n="admin.role"></span> <select name="role" data-field="role">${['officer', 'supervisor', 'admin', 'investigator'].map((r) => `<option value="${r}">${esc(tv('role', r))}</option>`).join('')}</select></label>
 <label><span data-i18n="admin.supervisor"></span> <select name="supervisor_id" data-field="supervisor_id"></select></label>
 <button type="submit" data-i18n="admin.create_user"></button></form>
 <table class="grid" id="users"><thead><tr><th data-i18n="signin.username"></th><th data-i18n="admin.full_name"></th><th data-i18n="admin.role"></th><th data-i18n="admin.supervisor"></th><th data-i18n="admin.state"></th><th></th></tr></thead><tbody></tbody></table>

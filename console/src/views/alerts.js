@@ -1,7 +1,7 @@
 // Alert queue: open and acknowledged alerts, newest critical first, live; the selected
 // alert's evidence on a map, its timeline, and the actions.
 /* global L */
-import { all, api } from '../api.js';
+import { all, api, download } from '../api.js';
 import { fmtDateTime, fmtAge, fmtDuration, fmtNumber, t, tv } from '../i18n.js';
 import { subscribe } from '../live.js';
 import { makeMap, zoneLayer } from '../maps.js';
@@ -133,6 +133,7 @@ ${ev.max_depth_m !== undefined ? `<dt data-i18n="alerts.depth"></dt><dd>${esc(t(
   <label><span data-i18n="alerts.note"></span> <textarea name="note" data-field="note" rows="2"></textarea></label>
   <button type="button" id="resolve" data-i18n="alerts.resolve" disabled></button>
   <button type="button" id="add-note" data-i18n="alerts.add_note"></button>
+  <button type="button" id="alert-report" data-i18n="report.button"></button>
 </form>
 <h3 data-i18n="alerts.timeline"></h3>
 <ol class="timeline"></ol>`);
@@ -150,6 +151,15 @@ ${ev.max_depth_m !== undefined ? `<dt data-i18n="alerts.depth"></dt><dd>${esc(t(
     detail.querySelector('#ack').onclick = () => act('acknowledge', note() ? { note: note() } : {}, 'alerts.acknowledged');
     detail.querySelector('#resolve').onclick = () => act('resolve', { resolution: form.resolution.value, note: note() }, 'alerts.resolved');
     detail.querySelector('#add-note').onclick = () => act('notes', { text: form.note.value }, 'alerts.noted');
+    detail.querySelector('#alert-report').onclick = async (e) => {
+      const button = e.currentTarget;
+      button.disabled = true;
+      toast(t('report.downloading'));
+      try {
+        await download(`/alerts/${id}/report.pdf`, `alert-${id}.pdf`);
+        toast(t('report.done'));
+      } catch (err) { toast(err.message, 'error'); } finally { button.disabled = false; }
+    };
     await refreshDetail(id);
   };
 

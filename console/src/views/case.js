@@ -1,11 +1,11 @@
 // Case page: the person and the order, devices, zones (listed, drawn, edited), and the
 // track playback with crossings, outliers, events and check-ins on one timeline.
 /* global L */
-import { all, api, me } from '../api.js';
+import { all, api, download, me } from '../api.js';
 import { fmtDate, fmtDateTime, fmtNumber, t, tv } from '../i18n.js';
-import { COLORS, makeMap, zoneLayer } from '../maps.js';
+import { COLORS, geomanStrings, makeMap, zoneLayer } from '../maps.js';
 import { isoToLocal, localToIso } from '../tz.js';
-import { esc, html, showFieldErrors, toast } from '../util.js';
+import { clearFieldErrors, esc, html, showFieldErrors, toast } from '../util.js';
 
 const DAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'];
 const OUTLIER_ACC_M = 100;
@@ -32,21 +32,6 @@ function exceptionRow(x, i, tz) {
 <label>${esc(t('zone.to'))} <input type="datetime-local" name="to" value="${to}" data-field="exceptions.${i}.to"></label>
 <label>${esc(t('zone.reason'))} <input name="reason" value="${esc(x?.reason || '')}" data-field="exceptions.${i}.reason"></label>
 <button type="button" class="remove">${esc(t('zone.remove'))}</button></fieldset>`;
-}
-
-const GEOMAN = {
-  tooltips: ['firstVertex', 'continueLine', 'finishPoly', 'finishRect', 'startCircle', 'finishCircle'],
-  actions: ['finish', 'cancel', 'removeLastVertex'],
-  buttonTitles: ['drawPolyButton', 'drawCircleButton', 'drawRectButton', 'editButton', 'cutButton'],
-};
-
-/** The drawing plugin's labels from our catalogues. */
-function geomanStrings() {
-  const out = {};
-  for (const [group, keys] of Object.entries(GEOMAN)) {
-    out[group] = Object.fromEntries(keys.map((k) => [k, t(`geoman.${group}.${k}`)]));
-  }
-  return out;
 }
 
 export async function render(main, args) {
@@ -97,9 +82,15 @@ ${c.device ? `<p>${esc(t('case.battery'))}: ${c.device.battery === null ? '—' 
 <button type="submit" data-i18n="zone.save"></button>
 <button type="button" id="zone-new" data-i18n="zone.new"></button>
 ${me().role !== 'officer' ? `<fieldset><legend data-i18n="zone.attach"></legend>
-<label><span data-i18n="zone.shared_id"></span> <input name="shared_id" data-field="zone_id" translate="no"></label>
+<label><span data-i18n="zone.shared_pick"></span> <select name="shared_id" data-field="zone_id"></select></label>
 <button type="button" id="attach" data-i18n="zone.attach_button"></button></fieldset>` : ''}
 </form></div>
+<h2 data-i18n="report.case_title"></h2>
+<form id="case-report" class="playback">
+<label><span data-i18n="report.from"></span> <input type="datetime-local" name="from" data-field="from"></label>
+<label><span data-i18n="report.to"></span> <input type="datetime-local" name="to" data-field="to"></label>
+<button type="submit" data-i18n="report.button"></button>
+</form>
 <h2 data-i18n="playback.title"></h2>
 <form id="playback" class="playback">
 <label><span data-i18n="playback.from"></span> <input type="datetime-local" name="from" data-field="from"></label>
@@ -241,15 +232,49 @@ ${z.buffer_m ? ` · ${esc(t('zone.buffer_of', { n: fmtNumber(z.buffer_m) }))}` :
   });
   const attach = main.querySelector('#attach');
   if (attach) {
+    // the shared zones not attached yet (name, kind): picked, not typed
+    const fillShared = async () => {
+      const shared = await all('/zones').catch(() => []);
+      const attached = new Set(zoneList.map((z) => z.id));
+      const free = shared.filter((z) => !attached.has(z.id));
+      form.shared_id.innerHTML = free.length
+        ? `<option value="">${esc(t('zone.shared_choose'))}</option>${free.map((z) => `<option value="${z.id}">${esc(z.name)} · ${esc(tv('zone_kind', z.kind))}</option>`).join('')}`
+        : `<option value="">${esc(t('zone.shared_none'))}</option>`;
+      form.shared_id.disabled = !free.length;
+      attach.disabled = !free.length;
+      form.shared_id.dataset.count = String(free.length);
+    };
     attach.onclick = async () => {
+      if (!form.shared_id.value) return;
       try {
-        await api(`/cases/${id}/zones/${encodeURIComponent(form.shared_id.value.trim())}`, { method: 'POST' });
+        await api(`/cases/${id}/zones/${encodeURIComponent(form.shared_id.value)}`, { method: 'POST' });
         zoneList = await all(`/cases/${id}/zones`);
+        await fillShared(); // the picker first: the listed zone then says it is done
         drawZones(zoneList);
         toast(t('zone.attached'));
       } catch (err) { showFieldErrors(form, err); }
     };
+    await fillShared();
   }
+
+  // ---- court report of a period ----
+  const rep = main.querySelector('#case-report');
+  rep.from.value = isoToLocal(new Date(Date.now() - 7 * 24 * 3600e3).toISOString(), tz);
+  rep.to.value = isoToLocal(new Date(Date.now() + 60e3).toISOString(), tz);
+  rep.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const button = rep.querySelector('button[type=submit]');
+    const q = new URLSearchParams();
+    if (rep.from.value) q.set('from', localToIso(rep.from.value, tz));
+    if (rep.to.value) q.set('to', localToIso(rep.to.value, tz));
+    button.disabled = true;
+    toast(t('report.downloading'));
+    try {
+      await download(`/cases/${id}/report.pdf?${q}`, `case-${id}.pdf`);
+      clearFieldErrors(rep);
+      toast(t('report.done'));
+    } catch (err) { showFieldErrors(rep, err); } finally { button.disabled = false; }
+  });
 
   // ---- playback ----
   const pb = main.querySelector('#playback');
