@@ -245,7 +245,9 @@ class GpsModel:
         step_h = np.clip(np.where(np.isfinite(dt), dt, 0.0), 0.0, None) / 3600.0
         # outages: no fix until they end
         in_out = ts < self._outage_until[dev]
-        start = ~in_out & (u[:, 0] < -np.expm1(-rp.gaps_per_hour * step_h))
+        # a new outage only after a fix since the last one ended (never back to back)
+        start = ~in_out & (self._last_fix_t[dev] >= self._outage_until[dev]) \
+            & (u[:, 0] < -np.expm1(-rp.gaps_per_hour * step_h))
         if start.any():
             k = np.flatnonzero(start)
             dur = np.minimum(quantile_draw(rp.gap_s_quantiles, u[k, 1]), rp.max_outage_s)
