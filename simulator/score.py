@@ -19,7 +19,12 @@ episode start (`started_at`) lies in ``[start - before, end + after]`` on the tr
 clock (`TOLERANCE`, per type: zone violations 5 min either side, since the episode
 starts at the first wrong-side fix, which GPS error may put a little before or after the
 true crossing; device events 2 min; real-clock violations, whose alerts the scheduler
-raises on its 30 s period, 2 min before and 3 min after). An alert may match several
+raises on its 30 s period, 2 min before and 3 min after). A re-violation that reopened an
+alert (one visit = one alert: its `reopened` timeline entry, monitoring-rules.md
+"Episodes") detects a truth record the same way, from the re-violation's start and the
+reopening's time, but does not make the alert's first episode true: an alert born of noise
+and reopened by a real violation is both a false alarm and a detection
+(`matched_by_reopening` counts the records detected so). An alert may match several
 records and a record several alerts (an episode that closed and reopened): recall is
 the share of truth records matched by at least one alert, precision the share of alerts
 that match at least one record. Delay: from the violation's start (mapped to the wall
@@ -123,12 +128,31 @@ class Alert:
     started_at: float
     created_at: float
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: re-violations that reopened this alert (one visit = one alert): (their episode's
+    #: start, when the alert was reopened), from the timeline's `reopened` entries
+    reopened: list[tuple[float, float]] = field(default_factory=list)
 
     @classmethod
     def from_api(cls, a: dict[str, Any]) -> Alert:
         return cls(id=str(a["id"]), case_id=str(a["case_id"]), type=str(a["type"]),
                    started_at=ts(a["started_at"]) or 0.0, created_at=ts(a["created_at"]) or 0.0,
-                   evidence=dict(a.get("evidence") or {}))
+                   evidence=dict(a.get("evidence") or {}),
+                   reopened=reopenings(a.get("timeline") or []))
+
+    def starts(self) -> list[tuple[float, float]]:
+        """(episode start, alert raised) of the first episode and of every reopening."""
+        return [(self.started_at, self.created_at), *self.reopened]
+
+
+def reopenings(timeline: Iterable[dict[str, Any]]) -> list[tuple[float, float]]:
+    out = []
+    for e in timeline:
+        if e.get("kind") == "reopened":
+            start = ts((e.get("data") or {}).get("started_at"))
+            at = ts(e.get("at"))
+            if start is not None and at is not None:
+                out.append((start, at))
+    return out
 
 
 def parse_truth(lines: Iterable[str]) -> TruthRun:
@@ -211,6 +235,7 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
     artifacts: dict[str, int] = defaultdict(int)
     after_run: dict[str, int] = defaultdict(int)
     false_ids: list[str] = []
+    by_reopen: set[int] = set()
     for a in mine:
         if is_clock_artifact(a, run, location_lost_s=location_lost_s):
             artifacts[a.type] += 1
@@ -220,10 +245,13 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         for i in by_key.get((a.case_id, a.type), []):
             t = run.truths[i]
             hi = (t.end if t.end is not None else t.start) + after + slack_s
-            if t.start - before - slack_s <= a.started_at <= hi:
-                hit = True
-                prev = matched_truth.get(i)
-                matched_truth[i] = a.created_at if prev is None else min(prev, a.created_at)
+            for k, (start, raised) in enumerate(a.starts()):
+                if t.start - before - slack_s <= start <= hi:
+                    hit = hit or k == 0  # born of noise and reopened by a violation: both
+                    prev = matched_truth.get(i)
+                    matched_truth[i] = raised if prev is None else min(prev, raised)
+                    if k:
+                        by_reopen.add(i)
         if hit:
             per_alerts[a.type] += 1
             per_matched[a.type] += 1
@@ -278,6 +306,7 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         "gps_model": run.meta.get("gps_model", "simple"),
         "noise_bursts": dict(sorted(_kinds(run.noise).items())),
         "false_alarms_near_noise": near_noise,
+        "matched_by_reopening": len(by_reopen),
         "bar": bar(run, matched_truth, n_false / pdays if pdays > 0 else None),
         "missed": missed,
         "false_alarm_ids": false_ids[:100],
@@ -332,8 +361,12 @@ def fetch_alerts(api: Any, run: TruthRun) -> list[Alert]:
     from simulator.violations import iso
 
     since = iso(run.real_start - 600)
-    return [Alert.from_api(a) for a in api.pages("/alerts", since=since)
-            if not run.cases or str(a["case_id"]) in run.cases]
+    out = [Alert.from_api(a) for a in api.pages("/alerts", since=since)
+           if not run.cases or str(a["case_id"]) in run.cases]
+    for a in out:  # zone alerts: their reopenings, from the timeline
+        if a.type in SIM_TYPES_ZONE:
+            a.reopened = reopenings(api.get(f"/alerts/{a.id}").get("timeline") or [])
+    return out
 
 
 def format_table(result: dict[str, Any]) -> list[str]:
