@@ -53,13 +53,12 @@ def test_a_spike_after_a_gap_is_found_with_its_distance() -> None:
     assert c.ordinary_spikes == 0
 
 
-def test_a_multipath_excursion_is_found_and_a_real_walk_is_not() -> None:
+def test_a_multipath_excursion_is_found_and_a_real_ride_is_not() -> None:
     rng = np.random.default_rng(3)
     x, y, t = _still(240, rng)
     x[100:104] += 500.0  # 4 fixes 500 m away, back at once: multipath
-    # a real walk 300 m out and back at 1.4 m/s (7 minutes each way)
-    out = np.concatenate([np.linspace(0, 300, 15), np.linspace(300, 0, 15)])
-    x[180:210] += out
+    # a real ride out and back at 4 m/s: as far, but slower than multipath moves
+    x[180:183] += [120.0, 240.0, 120.0]
     c = measure_piece(_track(x, y, t, acc=5.0))
     assert len(c.excursions) == 1
     dur, dist, fixes = c.excursions[0]

@@ -83,7 +83,7 @@ def test_simulator_rules_agree_with_the_geofence_engine(tmp_path: Path) -> None:
 
 
 def test_with_realistic_noise_they_differ_only_at_noise_bursts(tmp_path: Path) -> None:
-    engine, mine, truths, path = _episodes(tmp_path, "realistic", n=40, minutes=8)
+    engine, mine, truths, path = _episodes(tmp_path, "realistic", n=30, minutes=6)
     bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for line in path.read_text().splitlines():
         r = json.loads(line)
