@@ -20,8 +20,9 @@ not, or with a bad one: the planned check-in violations), every command is ackno
 
 Truth (JSON lines, see `simulator.score` for the format): a `run` record,
 then one `violation` record per alert the monitoring rules make due, written when it
-becomes due; `noise_due` records for rule-due episodes without a real violation; an
-`end` record. Real-clock violations (check-ins, communication lost) carry
+becomes due; `noise_due` records for rule-due episodes without a real violation;
+`noise` records for the realistic GPS model's spikes and multipath excursions (their
+fixes are left out of the rule model, see `simulator.violations`); an `end` record. Real-clock violations (check-ins, communication lost) carry
 ``"clock": "real"``, the others ``"sim"``.
 """
 
