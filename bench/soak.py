@@ -64,6 +64,7 @@ class SoakConfig:
     max_inflight: int = 1_000
     settle_timeout_s: float = 1_800.0  # a backlog is drained before scoring (reported)
     ingest_workers: int = 1  # more than one: a shared subscription ($share/ingest/...)
+    gps_model: str = "realistic"  # simulator.gps.GPS_MODELS
 
 
 # --------------------------------------------------------------------------- processes
@@ -362,6 +363,7 @@ def run_soak(cfg: SoakConfig, *, out: Callable[[str], None] = print) -> dict[str
             duration_s=cfg.minutes * 60, seed=cfg.seed, truth=work / "truth.jsonl",
             start=cfg.start, rates=cfg.rates, checkin_deadline_s=cfg.checkin_deadline_s,
             setup_workers=cfg.setup_workers, max_inflight=cfg.max_inflight,
+            gps_model=cfg.gps_model,
         )
         sampling = threading.Thread(target=sampler, name="soak-sampler", daemon=True)
         sampling.start()

@@ -20,8 +20,9 @@ not, or with a bad one: the planned check-in violations), every command is ackno
 
 Truth (JSON lines, see `simulator.score` for the format): a `run` record,
 then one `violation` record per alert the monitoring rules make due, written when it
-becomes due; `noise_due` records for rule-due episodes without a real violation; an
-`end` record. Real-clock violations (check-ins, communication lost) carry
+becomes due; `noise_due` records for rule-due episodes without a real violation;
+`noise` records for the realistic GPS model's spikes and multipath excursions (their
+fixes are left out of the rule model, see `simulator.violations`); an `end` record. Real-clock violations (check-ins, communication lost) carry
 ``"clock": "real"``, the others ``"sim"``.
 """
 
@@ -49,7 +50,7 @@ import numpy.typing as npt
 import orjson
 
 from simulator.faces import Frames
-from simulator.gps import SRC_GPS, SRC_NAMES, GpsModel
+from simulator.gps import NOISE_NAMES, SRC_GPS, SRC_NAMES, GpsModel
 from simulator.people import (
     Person,
     Stay,
@@ -119,6 +120,7 @@ class SimConfig:
     # phones marked trusted (`simulator.faces`)
     checkin_frames: bool = False
     supervisor_id: str | None = None  # the simulated officers' supervisor
+    gps_model: str = "realistic"  # simulator.gps.GPS_MODELS
 
 
 class Sink(Protocol):
@@ -245,6 +247,14 @@ class TruthWriter:
 # --------------------------------------------------------------------------- the simulator
 
 
+def _take(obs: Any, k: I64) -> Any:
+    """The rows `k` of a `NoisyFixes`."""
+    from dataclasses import fields, replace
+
+    return replace(obs, **{f.name: getattr(obs, f.name)[k] for f in fields(obs)
+                           if getattr(obs, f.name) is not None})
+
+
 @dataclass(order=True)
 class _Edge:
     t: float
@@ -363,7 +373,7 @@ class Simulator:
         self.fbuf: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         self.ebuf: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         self.ev_dirty: set[int] = set()
-        self.gps = GpsModel(n, np.random.SeedSequence([cfg.seed, 55]))
+        self.gps = GpsModel.named(cfg.gps_model, n, np.random.SeedSequence([cfg.seed, 55]))
         self.rules = RuleEvaluator(w.people, self.tz)
         self.last_pub = np.zeros(n)  # real time of the last uplink (bracelet)
         self.comm_thr = np.array([
@@ -517,9 +527,23 @@ class Simulator:
 
     def _emit_fixes(self, dev: I64, ts: F64) -> None:
         lat, lon, indoor, spd, hdg = self._positions(dev, ts)
-        obs = self.gps.observe(dev, ts, lat, lon, indoor)
+        obs = self.gps.observe(dev, ts, lat, lon, indoor, still=spd < 0.3)
         self._battery(dev, ts)
-        for due in self.rules.step(dev, ts, obs.lat, obs.lon, obs.acc):
+        if obs.valid is not None and not obs.valid.all():  # no fix (an outage)
+            k = np.flatnonzero(obs.valid)
+            self.stats["fixes_not_obtained"] += int(dev.size - k.size)
+            dev, ts, spd, hdg = dev[k], ts[k], spd[k], hdg[k]
+            obs = _take(obs, k)
+            if not dev.size:
+                return
+        clean = np.ones(dev.size, dtype=bool)
+        if obs.noise is not None and obs.noise.any():
+            self._noise(dev, ts, obs)
+            clean = obs.noise == 0
+        # the rules on the fixes that are not noise: truth treats every spike and
+        # excursion fix as an outlier (see simulator.violations, "Noise")
+        for due in self.rules.step(dev[clean], ts[clean], obs.lat[clean], obs.lon[clean],
+                                   obs.acc[clean]):
             self._zone_due(due)
         seqs = self.seq_fix[dev].tolist()
         self.seq_fix[dev] += 1
@@ -538,6 +562,25 @@ class Simulator:
                     fix["hdg"] = hd % 360
             self.fbuf[p].append(fix)
         self.stats["fixes"] += int(dev.size)
+
+    def _noise(self, dev: I64, ts: F64, obs: Any) -> None:
+        """Truth records of the noise bursts that start (spikes, multipath excursions)."""
+        assert obs.noise is not None and obs.burst_start is not None
+        self.stats["noise_fixes"] += int(np.count_nonzero(obs.noise))
+        if self.truth is None:
+            return
+        for k in np.flatnonzero(obs.burst_start).tolist():
+            p = int(dev[k])
+            if p >= len(self.registry):
+                continue
+            r = self.registry[p]
+            kind = NOISE_NAMES[int(obs.noise[k])]
+            self.stats[f"noise_{kind}"] += 1
+            self.truth.write({"record": "noise", "kind": kind, "case_id": r.case_id,
+                              "serial": r.bracelet, "person": p, "start": iso(float(ts[k])),
+                              "end": iso(float(obs.burst_end[k])),
+                              "offset_m": round(float(obs.offset_m[k]), 1),
+                              "acc": float(obs.acc[k])})
 
     # -- devices ---------------------------------------------------------------------
 
@@ -945,6 +988,7 @@ class Simulator:
             "sim_end_planned": iso(self.sim_start + cfg.speed * cfg.duration_s),
             "timezone": cfg.timezone, "prefix": cfg.prefix, "tag": cfg.tag,
             "rates": {k: getattr(cfg.rates, k) for k in cfg.rates.__dataclass_fields__},
+            "gps_model": cfg.gps_model,
             "cases": [r.case_id for r in self.registry],
         }
 

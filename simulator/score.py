@@ -8,6 +8,10 @@ The truth file (JSON lines, written by `probation simulate`):
   "clock": "sim" | "real", "start", "end", "duration_s", ...}``, one per alert the
   monitoring rules make due (zone violations only when the rules confirm them);
 - ``{"record": "noise_due", ...}``: rule-due episodes caused by GPS noise (no truth);
+- ``{"record": "noise", "kind": "spike" | "multipath", "case_id", "start", "end",
+  "offset_m", "acc"}``: a noise burst of the realistic GPS model (no truth: an alert it
+  causes is a false alarm; the score counts the false alarms that start within
+  `NOISE_NEAR_S` of a burst of their case, `false_alarms_near_noise`);
 - ``{"record": "end", "sim_end", "real_end", ...}`` last.
 
 Matching rule: an alert matches a truth record of the same case and type when its
@@ -15,7 +19,12 @@ episode start (`started_at`) lies in ``[start - before, end + after]`` on the tr
 clock (`TOLERANCE`, per type: zone violations 5 min either side, since the episode
 starts at the first wrong-side fix, which GPS error may put a little before or after the
 true crossing; device events 2 min; real-clock violations, whose alerts the scheduler
-raises on its 30 s period, 2 min before and 3 min after). An alert may match several
+raises on its 30 s period, 2 min before and 3 min after). A re-violation that reopened an
+alert (one visit = one alert: its `reopened` timeline entry, monitoring-rules.md
+"Episodes") detects a truth record the same way, from the re-violation's start and the
+reopening's time, but does not make the alert's first episode true: an alert born of noise
+and reopened by a real violation is both a false alarm and a detection
+(`matched_by_reopening` counts the records detected so). An alert may match several
 records and a record several alerts (an episode that closed and reopened): recall is
 the share of truth records matched by at least one alert, precision the share of alerts
 that match at least one record. Delay: from the violation's start (mapped to the wall
@@ -59,6 +68,7 @@ TOLERANCE: dict[str, tuple[float, float]] = {
 DEFAULT_TOLERANCE = (120.0, 120.0)  # device events (tamper, power, battery)
 LOCATION_LOST_S = 1_800.0
 CURFEW_BAR_S = 120.0
+NOISE_NEAR_S = 300.0
 
 
 def ts(value: str | float | None) -> float | None:
@@ -96,6 +106,8 @@ class TruthRun:
     truths: list[Truth] = field(default_factory=list)
     noise_due: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: noise bursts: (case_id, kind, start, end)
+    noise: list[tuple[str, str, float, float]] = field(default_factory=list)
 
     @property
     def person_days(self) -> float:
@@ -116,12 +128,31 @@ class Alert:
     started_at: float
     created_at: float
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: re-violations that reopened this alert (one visit = one alert): (their episode's
+    #: start, when the alert was reopened), from the timeline's `reopened` entries
+    reopened: list[tuple[float, float]] = field(default_factory=list)
 
     @classmethod
     def from_api(cls, a: dict[str, Any]) -> Alert:
         return cls(id=str(a["id"]), case_id=str(a["case_id"]), type=str(a["type"]),
                    started_at=ts(a["started_at"]) or 0.0, created_at=ts(a["created_at"]) or 0.0,
-                   evidence=dict(a.get("evidence") or {}))
+                   evidence=dict(a.get("evidence") or {}),
+                   reopened=reopenings(a.get("timeline") or []))
+
+    def starts(self) -> list[tuple[float, float]]:
+        """(episode start, alert raised) of the first episode and of every reopening."""
+        return [(self.started_at, self.created_at), *self.reopened]
+
+
+def reopenings(timeline: Iterable[dict[str, Any]]) -> list[tuple[float, float]]:
+    out = []
+    for e in timeline:
+        if e.get("kind") == "reopened":
+            start = ts((e.get("data") or {}).get("started_at"))
+            at = ts(e.get("at"))
+            if start is not None and at is not None:
+                out.append((start, at))
+    return out
 
 
 def parse_truth(lines: Iterable[str]) -> TruthRun:
@@ -130,6 +161,7 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
     end: dict[str, Any] = {}
     truths: list[Truth] = []
     noise = 0
+    bursts: list[tuple[str, str, float, float]] = []
     for line in lines:
         line = line.strip()
         if not line:
@@ -142,6 +174,9 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
             end = rec
         elif kind == "noise_due":
             noise += 1
+        elif kind == "noise":
+            a = ts(rec["start"]) or 0.0
+            bursts.append((str(rec["case_id"]), str(rec["kind"]), a, ts(rec.get("end")) or a))
         elif kind == "violation":
             truths.append(Truth(type=rec["type"], case_id=str(rec["case_id"]),
                                 clock=rec.get("clock", "sim"), start=ts(rec["start"]) or 0.0,
@@ -157,7 +192,7 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
     return TruthRun(people=int(run["people"]), speed=speed, sim_start=sim_start,
                     real_start=real_start, sim_end=sim_end, real_end=real_end,
                     cases={str(c) for c in run.get("cases", [])}, truths=truths,
-                    noise_due=noise, meta=run)
+                    noise_due=noise, meta=run, noise=bursts)
 
 
 def load_truth(path: Path) -> TruthRun:
@@ -200,6 +235,7 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
     artifacts: dict[str, int] = defaultdict(int)
     after_run: dict[str, int] = defaultdict(int)
     false_ids: list[str] = []
+    by_reopen: set[int] = set()
     for a in mine:
         if is_clock_artifact(a, run, location_lost_s=location_lost_s):
             artifacts[a.type] += 1
@@ -209,10 +245,13 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         for i in by_key.get((a.case_id, a.type), []):
             t = run.truths[i]
             hi = (t.end if t.end is not None else t.start) + after + slack_s
-            if t.start - before - slack_s <= a.started_at <= hi:
-                hit = True
-                prev = matched_truth.get(i)
-                matched_truth[i] = a.created_at if prev is None else min(prev, a.created_at)
+            for k, (start, raised) in enumerate(a.starts()):
+                if t.start - before - slack_s <= start <= hi:
+                    hit = hit or k == 0  # born of noise and reopened by a violation: both
+                    prev = matched_truth.get(i)
+                    matched_truth[i] = raised if prev is None else min(prev, raised)
+                    if k:
+                        by_reopen.add(i)
         if hit:
             per_alerts[a.type] += 1
             per_matched[a.type] += 1
@@ -224,6 +263,8 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         per_alerts[a.type] += 1
         per_false[a.type] += 1
         false_ids.append(a.id)
+    false_set = set(false_ids)
+    near_noise = _near_noise(run, [a for a in mine if a.id in false_set])
     delays: dict[str, list[float]] = defaultdict(list)
     sim_delays: dict[str, list[float]] = defaultdict(list)
     truths_per: dict[str, int] = defaultdict(int)
@@ -262,12 +303,37 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         "clock_artifacts": dict(artifacts),
         "after_run": dict(after_run),
         "noise_due": run.noise_due,
+        "gps_model": run.meta.get("gps_model", "simple"),
+        "noise_bursts": dict(sorted(_kinds(run.noise).items())),
+        "false_alarms_near_noise": near_noise,
+        "matched_by_reopening": len(by_reopen),
         "bar": bar(run, matched_truth, n_false / pdays if pdays > 0 else None),
         "missed": missed,
         "false_alarm_ids": false_ids[:100],
         "tolerance_s": {"zone": TOLERANCE["inclusion_zone_left"], "real": TOLERANCE["checkin_missed"],
                         "events": DEFAULT_TOLERANCE, "slack": slack_s},
     }
+
+
+def _kinds(bursts: Sequence[tuple[str, str, float, float]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for _, kind, _, _ in bursts:
+        out[kind] += 1
+    return out
+
+
+def _near_noise(run: TruthRun, false: Sequence[Alert]) -> dict[str, int]:
+    """False alarms (per type) that start within `NOISE_NEAR_S` of a noise burst of
+    their case: the realistic GPS model's spikes and excursions that counted."""
+    by_case: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for case, _, a, b in run.noise:
+        by_case[case].append((a, b))
+    out: dict[str, int] = defaultdict(int)
+    for al in false:
+        if any(a - NOISE_NEAR_S <= al.started_at <= b + NOISE_NEAR_S
+               for a, b in by_case.get(al.case_id, ())):
+            out[al.type] += 1
+    return dict(out)
 
 
 def bar(run: TruthRun, matched: dict[int, float], fa_per_pd: float | None, *,
@@ -295,8 +361,12 @@ def fetch_alerts(api: Any, run: TruthRun) -> list[Alert]:
     from simulator.violations import iso
 
     since = iso(run.real_start - 600)
-    return [Alert.from_api(a) for a in api.pages("/alerts", since=since)
-            if not run.cases or str(a["case_id"]) in run.cases]
+    out = [Alert.from_api(a) for a in api.pages("/alerts", since=since)
+           if not run.cases or str(a["case_id"]) in run.cases]
+    for a in out:  # zone alerts: their reopenings, from the timeline
+        if a.type in SIM_TYPES_ZONE:
+            a.reopened = reopenings(api.get(f"/alerts/{a.id}").get("timeline") or [])
+    return out
 
 
 def format_table(result: dict[str, Any]) -> list[str]:
@@ -319,6 +389,9 @@ def format_table(result: dict[str, Any]) -> list[str]:
         lines.append(f"not counted: clock artifacts {result['clock_artifacts']}, "
                      f"after the run {result['after_run']}")
     lines.append(f"GPS-noise episodes the rules would alert on (no truth): {result['noise_due']}")
+    if result.get("noise_bursts"):
+        lines.append(f"GPS model {result['gps_model']}: noise bursts {result['noise_bursts']}, "
+                     f"false alarms near one {result['false_alarms_near_noise']}")
     lines.append(f"bar: exclusion recall {f(b['exclusion_recall'], True)} ({b['exclusion_truths']}),"
                  f" curfew > 2 min recall {f(b['curfew_over_2min_recall'], True)} "
                  f"({b['curfew_over_2min_truths']}), false alarms/person-day "

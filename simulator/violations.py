@@ -19,6 +19,15 @@ while the person really is on the wrong side (a planned excursion). A rule-due e
 without a planned excursion is GPS noise: it is counted (`noise_due`) but is no truth,
 so the alert it causes is scored as a false alarm. `start`/`end` of a zone violation
 are the true crossing times (from the trajectory, 1 s resolution).
+
+Noise (the realistic GPS model, `simulator.gps`): spikes after gaps and multipath
+excursions are written as ``noise`` records (kind, start, end, offset, the `acc` they
+report), never as violations, and their fixes are left out of `RuleEvaluator`: truth
+treats every one of them as an outlier that never decides (monitoring-rules.md,
+"Outliers"). It does not guess which of them the engine's kinematic rule will call
+outliers: a burst fix the engine counts and turns into an alert is a false alarm, and
+`simulator.score` reports how many false alarms lie near a noise burst of their case.
+Outages (no fix) are simply fixes that are never sent: the rules never see them.
 """
 
 from __future__ import annotations

@@ -264,6 +264,11 @@ def bench_soak(
     curfew: Annotated[float, RateOpt(help="Curfew breaks per person per simulated day.")] = 0.2,
     exclusion: Annotated[float, RateOpt(help="Exclusion-zone entries per person per day.")] = 0.1,
     checkins: Annotated[float, RateOpt(help="Officer check-in requests per person per day.")] = 0.5,
+    gps_model: Annotated[str, typer.Option(help="The simulator's GPS error model: realistic "
+                         "(fitted on recorded tracks) or simple (error consistent with acc).")] = "realistic",
+    rates_soak: Annotated[bool, typer.Option("--soak-test-rates", help="The short soak test's "
+                          "raised violation rates (curfew 8, exclusion 4, strap 1, power off 1, "
+                          "gaps 2, check-ins 2 per person-day) instead of the rate options.")] = False,
 ) -> None:
     """Soak: api, ingest and scheduler processes, TimescaleDB, mosquitto, N simulated people."""
     from bench.soak import SoakConfig, run_soak, summary_lines
@@ -272,14 +277,54 @@ def bench_soak(
     quiet()
     cfg = SoakConfig(people=people, speed=speed, minutes=minutes, fix_interval_s=fix_interval,
                      seed=seed, start=start, durable=durable, keep=keep,
-                     ingest_workers=ingest_workers,
-                     rates=Rates(curfew=curfew, exclusion=exclusion, checkin_requests=checkins))
+                     ingest_workers=ingest_workers, gps_model=gps_model,
+                     rates=Rates(curfew=8.0, exclusion=4.0, strap=1.0, power_off=1.0, gap=2.0,
+                                 checkin_requests=2.0) if rates_soak else
+                     Rates(curfew=curfew, exclusion=exclusion, checkin_requests=checkins))
     result = run_soak(cfg, out=lambda m: typer.echo(m, err=True))
     for line in summary_lines(result):
         typer.echo(line)
     emit_result(result, json_path, echo=False)
     if not (result.get("score", {}).get("bar", {}).get("passed") and result.get("memory_flat")):
         raise typer.Exit(1)
+
+
+@bench_app.command("gpsfit")
+def bench_gpsfit(
+    data: Annotated[Path | None, typer.Option(help="The development set (default: the "
+                    "shared/realgps folder beside the repository).")] = None,
+    json_path: Annotated[Path, typer.Option("--json", help="The report.")] = Path("bench-results/gpsfit.json"),
+    params: Annotated[Path | None, typer.Option(help="Also write the simulator's parameters "
+                      "here (simulator/gps_fitted.json is what it reads).")] = None,
+) -> None:
+    """Fit the simulator's realistic GPS error model on recorded tracks (gaps, spikes after
+    gaps, multipath excursions, drift while still)."""
+    from bench.gpsfit import main
+
+    argv = ["--json", str(json_path)]
+    if data is not None:
+        argv += ["--data", str(data)]
+    if params is not None:
+        argv += ["--params", str(params)]
+    main(argv)
+
+
+@bench_app.command("sim-offline")
+def bench_sim_offline(
+    gps_model: Annotated[list[str] | None, typer.Option(help="GPS models (repeat).")] = None,
+    fix_interval: Annotated[list[float] | None, typer.Option(help="Fix intervals, s (repeat).")] = None,
+    people: Annotated[int, typer.Option(help="Simulated people.")] = 200,
+    hours: Annotated[float, typer.Option(help="Simulated hours from 21:00.")] = 2.0,
+    json_path: Annotated[Path, typer.Option("--json", help="The results.")] = Path("bench-results/sim-offline.json"),
+) -> None:
+    """The simulator's fixes through the geofence engine in-process: zone false alarms per
+    person-day per GPS model and fix interval, in a minute (no servers)."""
+    from bench.simoffline import main
+
+    argv = ["--people", str(people), "--hours", str(hours), "--json", str(json_path)]
+    argv += ["--gps-model", *(gps_model or ["simple", "realistic"])]
+    argv += ["--fix-interval", *[str(f) for f in (fix_interval or [60.0, 30.0])]]
+    main(argv, out=typer.echo)
 
 
 @bench_app.command("investigations")

@@ -56,6 +56,10 @@ def simulate(
         "--checkin-frames/--checkin-embeddings",
         help="Check-ins as camera frames of real photos, verified by the backend (the person "
              "enrolled from photos), or as app embeddings from phones marked trusted.")] = True,
+    gps_model: Annotated[str, typer.Option(help="GPS error model: realistic (outages, spikes "
+                         "after gaps, multipath excursions, drift while still, fitted on "
+                         "recorded tracks by `probation bench gpsfit`) or simple (error "
+                         "consistent with acc).")] = "realistic",
 ) -> None:
     """Publish the traffic of N simulated people (bracelets and check-in phones) over MQTT."""
     from simulator.run import Progress, SimConfig, run_simulation
@@ -68,7 +72,7 @@ def simulate(
         rates=_rates(curfew, exclusion, strap, power_off, gaps, checkins, checkin_missed,
                      checkin_failed),
         checkin_deadline_s=checkin_deadline, max_inflight=max_inflight,
-        checkin_frames=checkin_frames,
+        checkin_frames=checkin_frames, gps_model=gps_model,
     )
     last = [0.0]
 

@@ -9,6 +9,13 @@ Scale: 500 people at 60x for 2 real minutes (2 simulated hours, 41.7 person-days
 starts at 21:00 Almaty time (the latest 21:00 that keeps it behind the wall clock) so
 that the two hours hold an evening and the start of a curfew night; the violation rates
 are raised to give a few dozen of each kind in that window.
+
+GPS model: `PROBATION_SOAK_GPS_MODEL` (default `simple`, error consistent with `acc`).
+With `realistic` (real receivers' outages, spikes after gaps and multipath excursions,
+fitted by `probation bench gpsfit`) the engine does not meet the bar yet: at the
+simulator's 60 s fixes most multipath excursions (200-1000 m) are plausible legs to the
+outlier rule (v_free 10 m/s x 60 s = 600 m), and a 2-fix excursion during the curfew
+opens `inclusion_zone_left` (0.67 false alarms per person-day measured, README).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ def test_short_soak_meets_the_bar(tmp_path: Path) -> None:
         work_dir=tmp_path / "soak",
         keep=True,
         setup_workers=8,
+        gps_model=os.environ.get("PROBATION_SOAK_GPS_MODEL", "simple"),
     )
     result = run_soak(cfg, out=print)
     for line in summary_lines(result):

@@ -141,3 +141,45 @@ def test_other_cases_are_ignored_and_the_table_renders() -> None:
 def test_truth_file_without_run_record_is_rejected() -> None:
     with pytest.raises(ValueError, match="run record"):
         parse_truth([json.dumps({"record": "end"})])
+
+
+def test_a_reopening_detects_a_later_violation_and_a_noise_born_alert_stays_false() -> None:
+    run = _run([
+        {"type": "inclusion_zone_left", "case_id": "c1", "start": SIM0 + 1000, "end": SIM0 + 1300},
+        # 16 minutes later: the same alert reopened (its close came late)
+        {"type": "inclusion_zone_left", "case_id": "c1", "start": SIM0 + 2300, "end": SIM0 + 3000},
+        {"type": "inclusion_zone_left", "case_id": "c2", "start": SIM0 + 5000, "end": SIM0 + 6000},
+    ])
+    a1 = _alert(1, "c1", "inclusion_zone_left", SIM0 + 1030, T0 + 110)
+    a1.reopened = [(SIM0 + 2330, T0 + 240)]
+    # born of noise 10 minutes before the break, reopened by it
+    a2 = _alert(2, "c2", "inclusion_zone_left", SIM0 + 4400, T0 + 445)
+    a2.reopened = [(SIM0 + 5030, T0 + 510)]
+    r = score(run, [a1, a2])
+    assert r["per_type"]["inclusion_zone_left"]["recall"] == 1.0
+    assert r["matched_by_reopening"] == 2
+    assert r["false_alarms"] == 1 and r["false_alarm_ids"] == ["a2"]
+    assert r["per_type"]["inclusion_zone_left"]["delay_p95_s"] == pytest.approx(10, abs=0.1)
+    # without the reopenings the later violations are missed
+    a1.reopened, a2.reopened = [], []
+    assert score(run, [a1, a2])["per_type"]["inclusion_zone_left"]["recall"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_noise_bursts_are_counted_and_false_alarms_near_them_reported() -> None:
+    lines = [json.dumps({"record": "run", "people": 2, "speed": 10, "duration_s": 3600,
+                         "sim_start": SIM0, "real_start": T0, "cases": ["c1", "c2"],
+                         "gps_model": "realistic"})]
+    for case, kind, a, b in (("c1", "multipath", 1000, 1150), ("c1", "spike", 3000, 3000),
+                             ("c2", "spike", 8000, 8000)):
+        lines.append(json.dumps({"record": "noise", "kind": kind, "case_id": case,
+                                 "start": SIM0 + a, "end": SIM0 + b, "offset_m": 400.0,
+                                 "acc": 8.0}))
+    lines.append(json.dumps({"record": "end", "sim_end": SIM0 + 36_000, "real_end": T0 + 3600}))
+    run = parse_truth(lines)
+    assert len(run.noise) == 3
+    r = score(run, [_alert(1, "c1", "inclusion_zone_left", SIM0 + 1060, T0 + 120),
+                    _alert(2, "c2", "inclusion_zone_left", SIM0 + 20_000, T0 + 2000)])
+    assert r["gps_model"] == "realistic"
+    assert r["noise_bursts"] == {"multipath": 1, "spike": 2}
+    assert r["false_alarms"] == 2 and r["false_alarms_near_noise"] == {"inclusion_zone_left": 1}
+    assert any("noise bursts" in line for line in format_table(r))

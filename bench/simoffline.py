@@ -1,0 +1,141 @@
+"""`probation bench sim-offline`: the simulator's fixes through the geofence engine in this
+process (no broker, no database, no pacing), for a quick look at the zone alerts a GPS
+model causes.
+
+The simulator runs offline (`Simulator.run_offline`) with the short soak's plan (21:00
+start, raised violation rates); its published fixes go in time order, in batches, through
+`geofence.engine.advance` with each person's home (curfew) and exclusion zone. An opening
+whose first fix lies outside every truth record of its case and type (± 5 minutes, as
+`simulator.score` matches zone alerts) is a false alarm; the ones within 5 minutes of a
+noise burst of the realistic model are counted apart. Not modelled: rapid mode (no
+downlink), late uploads' re-evaluation, the reopening of alerts (the database's part).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from simulator.violations import Rates
+
+SOAK_RATES = Rates(curfew=8.0, exclusion=4.0, strap=1.0, power_off=1.0, gap=2.0)
+TOLERANCE_S = 300.0
+
+
+class _Fixes:
+    def __init__(self) -> None:
+        self.by_serial: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        if topic.endswith("/fixes"):
+            self.by_serial[topic.split("/")[-2]] += json.loads(payload)["fixes"]
+
+
+def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
+                sim_hours: float = 2.0, seed: int = 1, start: str = "21:00",
+                rates: Rates = SOAK_RATES) -> dict[str, Any]:
+    from geofence import CaseZones, EngineState, FixBatch, advance, compile_zone
+    from simulator.run import SimConfig, Simulator, TruthWriter
+    from simulator.score import ts
+    from simulator.setup import CURFEW_SCHEDULE, Registered
+
+    t0 = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="probation-simoffline-"))
+    speed = 60.0
+    cfg = SimConfig(mqtt="unused", people=people, speed=speed, duration_s=sim_hours * 3600 / speed,
+                    seed=seed, truth=tmp / "truth.jsonl", start=start, rates=rates,
+                    gps_model=model, fix_interval_s=fix_interval_s)
+    sink = _Fixes()
+    sim = Simulator(cfg, sink=sink)
+    world = sim.plan()
+    sim.use_registry([Registered(i, "s", f"c{i}", f"d{i}", f"B{i}", None, None, f"h{i}",
+                                 f"e{i}", "o") for i in range(people)])
+    sim.truth = TruthWriter(cfg.truth)
+    sim.run_offline()
+    sim.truth.close()
+    cases = {}
+    for p in world.people:
+        home = compile_zone(zone_id=f"h{p.index}", kind="inclusion",
+                            circle={"center": [p.home.lon, p.home.lat],
+                                    "radius_m": p.home_radius_m})
+        excl = compile_zone(zone_id=f"e{p.index}", kind="exclusion", **p.exclusion.geojson())  # type: ignore[arg-type]
+        cases[f"c{p.index}"] = ("Asia/Almaty", [(f"h{p.index}", home, CURFEW_SCHEDULE, None),
+                                                (f"e{p.index}", excl, None, None)])
+    reg = CaseZones.from_cases(cases)
+    recs = sorted(
+        ({"case_id": f"c{s[1:]}", "device_id": s, "ts": f["ts"], "lat": f["lat"],
+          "lon": f["lon"], "acc": f["acc"]} for s, fl in sink.by_serial.items() for f in fl),
+        key=lambda r: r["ts"],
+    )
+    state = EngineState.empty()
+    opened: list[tuple[str, str, float, bool]] = []
+    for k in range(0, len(recs), 5_000):
+        state, tr = advance(state, FixBatch.from_records(reg, recs[k:k + 5_000]), reg)
+        opened += [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000,
+                    bool(o.get("inferred"))) for o in tr.records() if o["kind"] == "open"]
+    truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    kinds: dict[str, int] = defaultdict(int)
+    for line in cfg.truth.read_text().splitlines():
+        r = json.loads(line)
+        if r["record"] == "violation" and r["type"] in ("inclusion_zone_left",
+                                                         "exclusion_zone_entered"):
+            truths[(r["case_id"], r["type"])].append((ts(r["start"]) or 0.0,
+                                                      ts(r["end"]) or 0.0))
+        elif r["record"] == "noise":
+            bursts[r["case_id"]].append((ts(r["start"]) or 0.0, ts(r["end"]) or 0.0))
+            kinds[r["kind"]] += 1
+    false = [o for o in opened if not any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
+                                          for a, b in truths[(o[0], o[1])])]
+    near = [o for o in false if any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
+                                    for a, b in bursts[o[0]])]
+    by_type: dict[str, int] = defaultdict(int)
+    for o in false:
+        by_type[o[1] + (" (inferred)" if o[3] else "")] += 1
+    pdays = people * sim_hours / 24
+    return {
+        "gps_model": model, "fix_interval_s": fix_interval_s, "people": people,
+        "sim_hours": sim_hours, "person_days": round(pdays, 2), "fixes": len(recs),
+        "noise_bursts": dict(kinds), "openings": len(opened),
+        "truths": sum(len(v) for v in truths.values()),
+        "false_alarms": len(false), "false_alarms_per_person_day": round(len(false) / pdays, 3),
+        "false_alarms_by_type": dict(by_type), "false_alarms_near_noise": len(near),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> None:
+    import argparse
+
+    from bench.harness import write_json
+
+    p = argparse.ArgumentParser(prog="probation bench sim-offline")
+    p.add_argument("--gps-model", nargs="*", default=["simple", "realistic"])
+    p.add_argument("--fix-interval", nargs="*", type=float, default=[60.0, 30.0])
+    p.add_argument("--people", type=int, default=200)
+    p.add_argument("--hours", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", type=Path, default=Path("bench-results/sim-offline.json"))
+    args = p.parse_args(argv)
+    results = []
+    for model in args.gps_model:
+        for fi in args.fix_interval:
+            r = run_offline(model=model, fix_interval_s=fi, people=args.people,
+                            sim_hours=args.hours, seed=args.seed)
+            results.append(r)
+            out(f"{model:<9} fixes every {fi:g} s: {r['person_days']} person-days, "
+                f"{r['truths']} truths, {r['openings']} openings, false alarms "
+                f"{r['false_alarms']} = {r['false_alarms_per_person_day']} per person-day "
+                f"{r['false_alarms_by_type']}, near a noise burst {r['false_alarms_near_noise']}"
+                f" (bursts {r['noise_bursts']}; {r['seconds']} s)")
+    write_json(args.json, {"runs": results})
+    out(f"written {args.json}")
+
+
+if __name__ == "__main__":
+    main()
