@@ -173,7 +173,7 @@ def test_registrations_at_once_never_drop_connected_clients(broker: Broker,
     registered 200 people)."""
     bystander = connect(broker, "DEV_B", broker.passwords["DEV_B"])
     lock = threading.Lock()
-    fresh = {f"DEV_N{i}": new_password() for i in range(16)}
+    fresh = {f"DEV_N{i}": new_password() for i in range(24)}
 
     def register(user: str) -> None:
         with lock:  # publish a new dict: the broker's accounts() reads it unlocked
@@ -187,7 +187,7 @@ def test_registrations_at_once_never_drop_connected_clients(broker: Broker,
         while not busy.is_set():
             sum(range(10_000))
 
-    spinners = [threading.Thread(target=spin) for _ in range(3)]
+    spinners = [threading.Thread(target=spin) for _ in range(4)]
     threads = [threading.Thread(target=register, args=(u,)) for u in fresh]
     for t in spinners + threads:
         t.start()
