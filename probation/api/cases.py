@@ -66,7 +66,10 @@ def get_case(session: SessionDep, scope: ScopeDep, case: VisibleCase) -> CaseLiv
 
 
 @router.patch("/{case_id}", response_model=CasePublic, summary="Change a case",
-              responses=problem_responses(401, 404, 409, 422), dependencies=[Idempotent])
+              description="Any field of the case but `subject_id`. `confirm_points` and "
+              "`confirm_seconds` need a supervisor or an admin (403 "
+              "`confirmation_needs_supervisor`).",
+              responses=problem_responses(401, 403, 404, 409, 422), dependencies=[Idempotent])
 def update_case(
     session: SessionDep, scope: ScopeDep, case: VisibleCase, body: CaseUpdate
 ) -> CasePublic:
