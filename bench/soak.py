@@ -65,6 +65,7 @@ class SoakConfig:
     settle_timeout_s: float = 1_800.0  # a backlog is drained before scoring (reported)
     ingest_workers: int = 1  # more than one: a shared subscription ($share/ingest/...)
     gps_model: str = "realistic"  # simulator.gps.GPS_MODELS
+    scheduler_interval_s: float = 30.0  # the clock rules' period (scoring waits 1.5 of it)
 
 
 # --------------------------------------------------------------------------- processes
@@ -215,6 +216,7 @@ class _Stack:
             "PROBATION_BIOMETRIC_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "PROBATION_LOCATION_LOST_S": str(int(lag)),
             "PROBATION_LOG_LEVEL": "INFO",
+            "PROBATION_SCHEDULER_INTERVAL_S": str(self.cfg.scheduler_interval_s),
         })
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -372,7 +374,7 @@ def run_soak(cfg: SoakConfig, *, out: Callable[[str], None] = print) -> dict[str
         result["setup_s"] = round(sim.real_start - t_setup, 1)  # planning and registration
         out("simulation finished; waiting for the backend to drain ...")
         drained = _drain(stack, cfg.settle_timeout_s)
-        time.sleep(45)  # the scheduler's 30 s period: silence, missed check-ins
+        time.sleep(1.5 * cfg.scheduler_interval_s)  # a scheduler pass: silence, missed check-ins
         stop_sampling.set()
         sampling.join(15)
         alive = {name: p.poll() is None for name, p in stack.procs.items()}
