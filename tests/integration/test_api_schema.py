@@ -27,7 +27,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 SKIP = {("GET", "/api/v1/alerts/stream"),  # endless by design; covered in test_api_alerts
         ("GET", "/api/v1/positions/stream")}  # and in test_api_positions
-EXAMPLES = 20
+EXAMPLES = 15
 
 pytest_plugins = ["tests.integration._api_fixtures"]
 
