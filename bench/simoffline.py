@@ -38,12 +38,14 @@ class _Fixes:
 
 def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
                 sim_hours: float = 2.0, seed: int = 1, start: str = "21:00",
-                rates: Rates = SOAK_RATES) -> dict[str, Any]:
+                rates: Rates = SOAK_RATES, config: Any = None) -> dict[str, Any]:
     from geofence import CaseZones, EngineState, FixBatch, advance, compile_zone
+    from geofence.engine.config import DEFAULT_CONFIG
     from simulator.run import SimConfig, Simulator, TruthWriter
-    from simulator.score import ts
+    from simulator.score import CURFEW_BAR_S, ts
     from simulator.setup import CURFEW_SCHEDULE, Registered
 
+    config = config or DEFAULT_CONFIG
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="probation-simoffline-"))
     speed = 60.0
@@ -75,21 +77,28 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     state = EngineState.empty()
     opened: list[tuple[str, str, float, bool]] = []
     for k in range(0, len(recs), 5_000):
-        state, tr = advance(state, FixBatch.from_records(reg, recs[k:k + 5_000]), reg)
+        state, tr = advance(state, FixBatch.from_records(reg, recs[k:k + 5_000]), reg, config)
         opened += [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000,
                     bool(o.get("inferred"))) for o in tr.records() if o["kind"] == "open"]
     truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     kinds: dict[str, int] = defaultdict(int)
+    barred: list[tuple[str, str, float, float]] = []  # the soak bar's truths
     for line in cfg.truth.read_text().splitlines():
         r = json.loads(line)
         if r["record"] == "violation" and r["type"] in ("inclusion_zone_left",
                                                          "exclusion_zone_entered"):
             truths[(r["case_id"], r["type"])].append((ts(r["start"]) or 0.0,
                                                       ts(r["end"]) or 0.0))
+            if r["type"] == "exclusion_zone_entered" or (r.get("duration_s") or 0) > CURFEW_BAR_S:
+                barred.append((r["case_id"], r["type"], ts(r["start"]) or 0.0,
+                               ts(r["end"]) or 0.0))
         elif r["record"] == "noise":
             bursts[r["case_id"]].append((ts(r["start"]) or 0.0, ts(r["end"]) or 0.0))
             kinds[r["kind"]] += 1
+    missed = [t for t in barred if not any(
+        o[0] == t[0] and o[1] == t[1] and t[2] - TOLERANCE_S <= o[2] <= t[3] + TOLERANCE_S
+        for o in opened)]
     false = [o for o in opened if not any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
                                           for a, b in truths[(o[0], o[1])])]
     near = [o for o in false if any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
@@ -105,6 +114,8 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
         "truths": sum(len(v) for v in truths.values()),
         "false_alarms": len(false), "false_alarms_per_person_day": round(len(false) / pdays, 3),
         "false_alarms_by_type": dict(by_type), "false_alarms_near_noise": len(near),
+        "bar_truths": len(barred), "bar_missed": len(missed),
+        "examples": {"missed": missed[:20], "false_alarms": false[:20]},
         "seconds": round(time.monotonic() - t0, 1),
     }
 
@@ -132,6 +143,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
                 f"{r['truths']} truths, {r['openings']} openings, false alarms "
                 f"{r['false_alarms']} = {r['false_alarms_per_person_day']} per person-day "
                 f"{r['false_alarms_by_type']}, near a noise burst {r['false_alarms_near_noise']}"
+                f"; bar truths {r['bar_truths']}, missed {r['bar_missed']}"
                 f" (bursts {r['noise_bursts']}; {r['seconds']} s)")
     write_json(args.json, {"runs": results})
     out(f"written {args.json}")

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geofence.outliers import UNKNOWN_SPEED
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
@@ -178,8 +180,12 @@ OUT_FIELDS: dict[str, Any] = {
     "prev_m": np.float64, "prev_v": np.float64, "since": np.int64, "has_pp": np.bool_,
     "pp_ts": np.int64, "pp_lat": np.float64, "pp_lon": np.float64, "pp_m": np.float64,
     "anc_ts": np.int64, "anc_lat": np.float64, "anc_lon": np.float64, "anc_m": np.float64,
-    "anc_v": np.float64,
+    "anc_v": np.float64, "q_ts": np.int64, "q_lat": np.float64, "q_lon": np.float64,
+    "q_m": np.float64, "q_e": np.float64, "q_rest": np.int64, "depart": np.bool_,
 }
+#: values for carry fields a state stored before they existed
+_OUT_DEFAULTS: dict[str, Any] = {"q_ts": 0, "q_lat": 0.0, "q_lon": 0.0, "q_m": 0.0,
+                                 "q_e": UNKNOWN_SPEED, "q_rest": 0, "depart": False}
 _OUT_COLS: dict[str, Any] = {"o_id": object, **{f"o_{k}": v for k, v in OUT_FIELDS.items()}}
 
 
@@ -382,7 +388,7 @@ class EngineState:
             if oc:
                 ov["o_id"].append(dev)
                 for k in OUT_FIELDS:
-                    ov[f"o_{k}"].append(oc[k])
+                    ov[f"o_{k}"].append(oc[k] if k in oc else _OUT_DEFAULTS[k])
             lf = s.get("last_fix")
             if lf is not None:
                 f = Fix.from_dict(lf)

@@ -54,9 +54,21 @@ class OutlierConfig:
     accel_mps2: float = 0.75
     settle_s: float = 300.0
     min_margin_m: float = 10.0
+    #: a departure from rest: the leg before (at most ``still_leg_s`` long, both fixes'
+    #: acc at most ``still_acc_m``: a gap or a cell fix says nothing of rest) moved at
+    #: most ``v_still_mps`` and this one more than ``v_depart_mps`` (effective speeds)
+    v_still_mps: float = 0.5
+    v_depart_mps: float = 2.5
+    still_leg_s: float = 150.0
+    still_acc_m: float = 100.0
+    #: ... after resting that long (multipath excursions come while still for long;
+    #: a car that stopped at a kerb for a minute and drives on is no departure)
+    rest_s: float = 120.0
 
 
 DEFAULT_OUTLIER_CONFIG = OutlierConfig()
+#: a speed no still person has (finite: carries are stored as JSON)
+UNKNOWN_SPEED = 1e9
 
 
 @dataclass(eq=False)
@@ -85,6 +97,15 @@ class Carry:
     anc_lon: F64
     anc_m: F64
     anc_v: F64
+    #: the last precise fix (acc within ``still_acc_m``; ``q_ts`` 0: none) and the
+    #: effective speed of the leg from the precise fix before it (UNKNOWN_SPEED: too long)
+    q_ts: I64
+    q_lat: F64
+    q_lon: F64
+    q_m: F64
+    q_e: F64
+    q_rest: I64  # since when (epoch ms) the precise fixes up to the last one were still
+    depart: BoolA  # the suspect run began with a departure from rest, not a jump
 
     @classmethod
     def empty(cls, groups: int) -> Carry:
@@ -92,7 +113,9 @@ class Carry:
         zi = np.zeros(groups, dtype=np.int64)
         return cls(np.zeros(groups, dtype=bool), zi.copy(), z.copy(), z.copy(), z.copy(),
                    z.copy(), zi.copy(), np.zeros(groups, dtype=bool), zi.copy(), z.copy(),
-                   z.copy(), z.copy(), zi.copy(), z.copy(), z.copy(), z.copy(), z.copy())
+                   z.copy(), z.copy(), zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
+                   zi.copy(), z.copy(), z.copy(), z.copy(), np.full(groups, UNKNOWN_SPEED),
+                   zi.copy(), np.zeros(groups, dtype=bool))
 
     def copy(self) -> Carry:
         return Carry(*(np.array(getattr(self, f)) for f in _CARRY_FIELDS))
@@ -100,7 +123,8 @@ class Carry:
 
 _CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_v", "since",
                  "has_pp", "pp_ts", "pp_lat", "pp_lon", "pp_m",
-                 "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v")
+                 "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v", "q_ts", "q_lat", "q_lon", "q_m", "q_e",
+                 "q_rest", "depart")
 
 
 @dataclass(eq=False)
@@ -175,17 +199,21 @@ def detect(
     v0 = np.empty(n)
     v0[1:] = v_raw[:-1]
     v0[starts] = np.where(c.has_prev, c.prev_v, cfg.v_max_mps)
-    jump = has_p & (_eff_speed(dist, p_m, m, dt) > _allowed(v0, dt, cfg))
+    eff = np.where(has_p, _eff_speed(dist, p_m, m, dt), cfg.v_max_mps)
+    jump = has_p & (eff > _allowed(v0, dt, cfg))
+    pq = _precise_legs(starts, ts, lat, lon, m, c, cfg)
+    depart = pq.q & ~jump & (pq.e0 <= cfg.v_still_mps) & (pq.e > cfg.v_depart_mps) \
+        & (pq.e < UNKNOWN_SPEED) & (pq.p_ts - pq.p_rest >= int(cfg.rest_s * 1000))
     busy = c.since > 0
-    jumps = np.flatnonzero(jump)
+    jumps = np.flatnonzero(jump | depart)
     if jumps.size:
         busy = busy.copy()
         busy[np.searchsorted(starts, jumps, side="right") - 1] = True
     for g in np.flatnonzero(busy).tolist():
         a = int(starts[g])
         b = int(starts[g + 1]) if g + 1 < g_n else n
-        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, suspect, outlier, after_lone, ranges,
-                    c, cfg)
+        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, depart, pq, suspect, outlier,
+                    after_lone, ranges, c, cfg)
     # the carry after the batch: each group's last fix
     last = np.append(starts[1:], n) - 1
     # the fix before the last: the row before it, or the carried last fix
@@ -202,27 +230,103 @@ def detect(
     c.prev_lon[:] = lon[last]
     c.prev_m[:] = m[last]
     c.prev_v[:] = v_raw[last]
+    _carry_precise(starts, ts, lat, lon, m, pq, c)
     return OutlierResult(suspect, outlier, after_lone, ranges, c)
+
+
+@dataclass(frozen=True)
+class PreciseLegs:
+    """Legs between consecutive *precise* fixes (acc within ``still_acc_m``: a cell fix
+    says nothing of rest or movement and is skipped). Per row: ``q`` precise; ``prev``
+    the row of the precise fix before it (-1: the carried one, -2: none) and that fix
+    (``p_*``); ``e`` the effective speed from it (UNKNOWN_SPEED when that leg is longer
+    than ``still_leg_s``); ``e0`` the same for the leg that reached that fix."""
+
+    q: BoolA
+    prev: I64
+    p_ts: I64
+    p_lat: F64
+    p_lon: F64
+    p_m: F64
+    e: F64
+    e0: F64
+    rest: I64  # since when the precise fixes up to this one were still (ms)
+    p_rest: I64  # the same for the previous precise fix
+
+
+def _precise_legs(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
+                  cfg: OutlierConfig) -> PreciseLegs:
+    """Departures from rest are judged on precise fixes only.
+
+    A receiver at rest indoors reports multipath excursions hundreds of metres away
+    with an optimistic `acc` (0.29 per still hour on the development set) that, at a
+    bracelet's 60 s interval, are plausible legs for a car. A departure from rest (the
+    precise leg before at most ``v_still_mps``, this one faster than ``v_depart_mps``)
+    starts a suspect run like a jump (`_scan_group`).
+    """
+    n = ts.shape[0]
+    pos = np.arange(n, dtype=np.int64)
+    q = m <= cfg.still_acc_m
+    group_start = np.repeat(starts, np.diff(np.append(starts, n)))
+    lastq = np.maximum.accumulate(np.where(q, pos, -1))
+    prev = np.full(n, -1, dtype=np.int64)
+    prev[1:] = lastq[:-1]
+    carried = prev < group_start
+    g = np.searchsorted(starts, pos, side="right") - 1
+    has_cq = c.q_ts[g] > 0
+    prev = np.where(carried, np.where(has_cq, -1, -2), prev)
+    k = np.maximum(prev, 0)
+    p_ts = np.where(carried, c.q_ts[g], ts[k])
+    p_lat = np.where(carried, c.q_lat[g], lat[k])
+    p_lon = np.where(carried, c.q_lon[g], lon[k])
+    p_m = np.where(carried, c.q_m[g], m[k])
+    dt = (ts - p_ts) * 0.001
+    e = _eff_speed(_planar_m(p_lat, p_lon, lat, lon), p_m, m, np.maximum(dt, 1.0))
+    e = np.where((prev > -2) & (dt <= cfg.still_leg_s), e, UNKNOWN_SPEED)
+    e0 = np.where(carried, np.where(has_cq, c.q_e[g], UNKNOWN_SPEED), e[k])
+    # rest: a precise fix reached by a leg that moved (or says nothing) starts it anew
+    brk = q & ~(e <= cfg.v_still_mps)
+    lastb = np.maximum.accumulate(np.where(brk, pos, -1))
+    rest = np.where(lastb >= group_start, ts[np.maximum(lastb, 0)],
+                    np.where(has_cq, c.q_rest[g], ts))
+    p_rest = np.where(carried, np.where(has_cq, c.q_rest[g], p_ts), rest[k])
+    return PreciseLegs(q, prev, p_ts, p_lat, p_lon, p_m, e, e0, rest, p_rest)
+
+
+def _carry_precise(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, pq: PreciseLegs,
+                   c: Carry) -> None:
+    """Each group's last precise fix of the batch (if any) into the carry."""
+    n = ts.shape[0]
+    ends = np.append(starts[1:], n)
+    lastq = np.maximum.accumulate(np.where(pq.q, np.arange(n, dtype=np.int64), -1))
+    r = lastq[ends - 1]
+    has = r >= starts
+    rr = r[has]
+    c.q_ts[has], c.q_lat[has], c.q_lon[has] = ts[rr], lat[rr], lon[rr]
+    c.q_m[has], c.q_e[has], c.q_rest[has] = m[rr], pq.e[rr], pq.rest[rr]
 
 
 def _scan_group(
     g: int, a: int, b: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
-    suspect: BoolA, outlier: BoolA, after_lone: BoolA, ranges: list[tuple[int, int, int]],
-    c: Carry, cfg: OutlierConfig,
+    depart: BoolA, pq: PreciseLegs, suspect: BoolA, outlier: BoolA, after_lone: BoolA,
+    ranges: list[tuple[int, int, int]], c: Carry, cfg: OutlierConfig,
 ) -> None:
-    """Walk one device's jumps: suspect runs, their returns and settling."""
+    """Walk one device's jumps and departures from rest: suspect runs, their returns
+    and settling."""
     i = a
     since = int(c.since[g])
+    dep = bool(c.depart[g])
     anc = (int(c.anc_ts[g]), float(c.anc_lat[g]), float(c.anc_lon[g]), float(c.anc_m[g]),
            float(c.anc_v[g]))
     run_from = a  # first row of the current suspect run inside this batch
     while i < b:
         if since == 0:
-            nxt = np.flatnonzero(jump[i:b])
+            nxt = np.flatnonzero(jump[i:b] | depart[i:b])
             if nxt.size == 0:
                 break
             j = i + int(nxt[0])
-            if _lone_before(g, j, a, ts, lat, lon, m, v_raw, c, cfg):
+            dep = bool(depart[j])
+            if not dep and _lone_before(g, j, a, ts, lat, lon, m, v_raw, c, cfg):
                 # the fix before the jump was the odd one (a spike after a gap): it is
                 # an outlier (already counted: decisions do not look ahead), j is fine
                 ranges.append((g, int(ts[j - 1]) if j > a else int(c.prev_ts[g]), int(ts[j])))
@@ -232,7 +336,10 @@ def _scan_group(
                 jump[j] = False
                 i = j + 1
                 continue
-            if j > a:
+            if dep:  # from the precise fix where the person rested
+                anc = (int(pq.p_ts[j]), float(pq.p_lat[j]), float(pq.p_lon[j]),
+                       float(pq.p_m[j]), 0.0)
+            elif j > a:
                 anc = (int(ts[j - 1]), float(lat[j - 1]), float(lon[j - 1]), float(m[j - 1]),
                        float(v_raw[j - 1]))
             else:  # the jump leaves the carried last fix
@@ -240,22 +347,30 @@ def _scan_group(
                        float(c.prev_m[g]), float(c.prev_v[g]))
             since = int(ts[j])
             run_from = j
-            i = j
+            # a departure's own fix counts (it cannot open alone: the next decides)
+            i = j + 1 if dep else j
+            if i >= b:
+                break
         # in a suspect run from row i: the first return to the anchor, or settling
         a_ts, a_lat, a_lon, a_m, a_v = anc
         seg = slice(i, b)
         dt = np.maximum((ts[seg] - a_ts) / 1000.0, 1.0)
         d = haversine_m(a_lat, a_lon, lat[seg], lon[seg])
-        back = _eff_speed(d, np.float64(a_m), m[seg], dt) <= _allowed(np.float64(a_v), dt, cfg)
+        from_anchor = _eff_speed(d, np.float64(a_m), m[seg], dt)
+        # a departure's return is to where the person rested (within a walk of it)
+        back = from_anchor <= (cfg.v_depart_mps if dep else _allowed(np.float64(a_v), dt, cfg))
         # ... and left the previous (suspect) fix at an implausible speed: it came back
         # (judged from the anchor's speed: the legs inside the run mean nothing)
         p_ts = np.concatenate(([c.prev_ts[g]], ts[a:b - 1]))[i - a:]
         p_lat = np.concatenate(([c.prev_lat[g]], lat[a:b - 1]))[i - a:]
         p_lon = np.concatenate(([c.prev_lon[g]], lon[a:b - 1]))[i - a:]
         p_m = np.concatenate(([c.prev_m[g]], m[a:b - 1]))[i - a:]
+        if dep:  # legs between precise fixes (a cell fix neither returns nor travels)
+            p_ts, p_lat, p_lon, p_m = pq.p_ts[seg], pq.p_lat[seg], pq.p_lon[seg], pq.p_m[seg]
         pdt = np.maximum((ts[seg] - p_ts) / 1000.0, 1.0)
-        left = (_eff_speed(haversine_m(p_lat, p_lon, lat[seg], lon[seg]), p_m, m[seg], pdt)
-                > _allowed(np.float64(a_v), pdt, cfg))
+        pd = haversine_m(p_lat, p_lon, lat[seg], lon[seg])
+        left = (_eff_speed(pd, p_m, m[seg], pdt)
+                > (cfg.v_depart_mps if dep else _allowed(np.float64(a_v), pdt, cfg)))
         back &= left
         if i == run_from and since == int(ts[i]):
             back[0] = False  # the jumping fix itself
@@ -263,21 +378,27 @@ def _scan_group(
         # a real move keeps going: two legs in a row inside the run that each move
         # beyond both margins at a plausible speed settle the run at once (a multipath
         # cluster sits still far away)
-        if d.shape[0] >= 3:
+        if dep:  # after a departure, one more leg faster than a walk: travel
+            back &= pq.q[seg]
+            settled |= pq.q[seg] & ((pd - p_m - m[seg]) / pdt > cfg.v_depart_mps)
+        elif d.shape[0] >= 3:
             lt = np.maximum((ts[i + 1:b] - ts[i:b - 1]) / 1000.0, 1.0)
             ld = haversine_m(lat[i:b - 1], lon[i:b - 1], lat[i + 1:b], lon[i + 1:b])
             lm = m[i + 1:b] + m[i:b - 1]
             moving = np.zeros(d.shape[0], dtype=bool)
-            moving[1:] = (ld > lm) & ((ld - lm) / lt <= _allowed(np.float64(a_v), lt, cfg))
+            cap = cfg.v_max_mps if dep else _allowed(np.float64(a_v), lt, cfg)
+            moving[1:] = (ld > lm) & ((ld - lm) / lt <= cap)
             settled[2:] |= moving[2:] & moving[1:-1]
         r_idx = np.flatnonzero(back)
         s_idx = np.flatnonzero(settled)
         r = i + int(r_idx[0]) if r_idx.size else b
         s = i + int(s_idx[0]) if s_idx.size else b
-        if r < s:  # an excursion out and back: outliers
+        if r < s or (dep and r == s < b):  # an excursion out and back: outliers
             suspect[i:r] = True
             outlier[run_from:r] = True
             ranges.append((g, since, int(ts[r])))
+            if dep:  # no segment from the excursion's last fix back
+                after_lone[r] = True
             v_raw[r] = float(d[r - i]) / float(dt[r - i])  # the leg from the anchor
             if r + 1 < b:  # the next leg's allowance starts from that speed
                 _rejudge(r + 1, ts, lat, lon, m, v_raw, jump, cfg)
@@ -293,6 +414,7 @@ def _scan_group(
             suspect[i:b] = True
             break
     c.since[g] = since
+    c.depart[g] = dep and since != 0
     if since:
         c.anc_ts[g], c.anc_lat[g], c.anc_lon[g], c.anc_m[g], c.anc_v[g] = anc
 

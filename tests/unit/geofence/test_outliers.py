@@ -47,8 +47,36 @@ def test_excursion_with_an_optimistic_acc_still_counts_speed_beyond_margins() ->
     pts = [*still(0, 5), (150, 120.0, 0.0), *still(180, 5)]
     ts, lat, lon, _ = track(pts)
     assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 50.0)).any()
-    # the same hop with acc 3 m is 98 m in 30 s from standstill: still plausible (< 10 m/s)
-    assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 3.0)).any()
+    # with acc 3 m it is a departure from rest (2 minutes still, then 3.3 m/s beyond the
+    # margins) straight back: an excursion, so an outlier (the departure rule)
+    assert outlier_mask(ts, lat, lon, np.full(ts.shape[0], 3.0)).tolist() == \
+        [False] * 5 + [True] + [False] * 5
+
+
+def test_multipath_excursion_from_rest_at_a_bracelets_interval_is_outliers() -> None:
+    # at 60 s a 420 m hop is a plausible leg for a car (< 10 m/s); from long rest it is a
+    # departure, and a cluster that sits still there and comes back fast is multipath
+    cluster = [(1800 + 60 * k, 420 + 3 * k, 0.0) for k in range(3)]
+    pts = [*still(0, 30, every=60), *cluster, *still(1980, 5, every=60)]
+    ts, lat, lon, _ = track(pts)
+    flags = outlier_mask(ts, lat, lon, np.full(ts.shape[0], 40.0))
+    assert flags.tolist() == [False] * 30 + [True] * 3 + [False] * 5
+
+
+def test_a_departure_that_travels_on_is_no_outlier() -> None:
+    drive = [(1800 + 60 * k, 420.0 * (k + 1), 0.0) for k in range(5)]
+    pts = [*still(0, 30, every=60), *drive]
+    ts, lat, lon, _ = track(pts)
+    assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 10.0)).any()
+
+
+def test_a_short_stop_is_no_rest() -> None:
+    # moving, a one-minute stop at a kerb, then a hop and back: judged by the jump rule
+    # alone (plausible), not as a departure from rest
+    pts = [(60 * k, 300.0 * k, 0.0) for k in range(5)] + [(300, 1200.0, 0.0),
+                                                          (360, 1500.0, 0.0), (420, 1200.0, 0.0)]
+    ts, lat, lon, _ = track(pts)
+    assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 10.0)).any()
 
 
 def test_spike_after_a_gap_is_an_outlier_decided_at_the_next_fix() -> None:
