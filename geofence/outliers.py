@@ -54,21 +54,27 @@ class OutlierConfig:
     accel_mps2: float = 0.75
     settle_s: float = 300.0
     min_margin_m: float = 10.0
-    #: a departure from rest: the leg before (at most ``still_leg_s`` long, both fixes'
-    #: acc at most ``still_acc_m``: a gap or a cell fix says nothing of rest) moved at
-    #: most ``v_still_mps`` and this one more than ``v_depart_mps`` (effective speeds)
-    v_still_mps: float = 0.5
-    v_depart_mps: float = 2.5
-    still_leg_s: float = 150.0
+    #: Departures from rest (`_precise_legs`), judged on precise fixes (acc within
+    #: ``still_acc_m``). Rest: legs no longer than ``still_k`` x their noise (the two
+    #: margins in quadrature) for at least ``rest_s``, the last fix within
+    #: ``rest_radius_m`` (beyond its margin) of where the person rests (the mean of the
+    #: rest's fixes; a slow walk is a run of short legs too, but it gets somewhere).
+    #: A departure: a leg of at most ``still_leg_s`` faster than ``v_depart_mps`` beyond
+    #: both margins, from the last fix and from where the person rests, and faster than
+    #: ``v_depart_raw_mps`` on the raw distance (a walk never is).
     still_acc_m: float = 100.0
-    #: ... after resting that long (multipath excursions come while still for long;
-    #: a car that stopped at a kerb for a minute and drives on is no departure)
+    still_k: float = 2.0
     rest_s: float = 120.0
+    rest_radius_m: float = 100.0
+    still_leg_s: float = 150.0
+    v_depart_mps: float = 1.0
+    v_depart_raw_mps: float = 2.5
 
 
 DEFAULT_OUTLIER_CONFIG = OutlierConfig()
 #: a speed no still person has (finite: carries are stored as JSON)
 UNKNOWN_SPEED = 1e9
+_E7 = 1e7
 
 
 @dataclass(eq=False)
@@ -103,8 +109,11 @@ class Carry:
     q_lat: F64
     q_lon: F64
     q_m: F64
-    q_e: F64
+    q_w: F64  # `PreciseLegs.wander` of the leg that reached the last precise fix
     q_rest: I64  # since when (epoch ms) the precise fixes up to the last one were still
+    q_slat: F64  # ... and the sums of the latitudes, longitudes and number of the
+    q_slon: F64  # precise fixes since (where the person rests: their mean)
+    q_sn: F64
     depart: BoolA  # the suspect run began with a departure from rest, not a jump
 
     @classmethod
@@ -115,7 +124,7 @@ class Carry:
                    z.copy(), zi.copy(), np.zeros(groups, dtype=bool), zi.copy(), z.copy(),
                    z.copy(), z.copy(), zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
                    zi.copy(), z.copy(), z.copy(), z.copy(), np.full(groups, UNKNOWN_SPEED),
-                   zi.copy(), np.zeros(groups, dtype=bool))
+                   zi.copy(), z.copy(), z.copy(), z.copy(), np.zeros(groups, dtype=bool))
 
     def copy(self) -> Carry:
         return Carry(*(np.array(getattr(self, f)) for f in _CARRY_FIELDS))
@@ -123,8 +132,8 @@ class Carry:
 
 _CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_v", "since",
                  "has_pp", "pp_ts", "pp_lat", "pp_lon", "pp_m",
-                 "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v", "q_ts", "q_lat", "q_lon", "q_m", "q_e",
-                 "q_rest", "depart")
+                 "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v", "q_ts", "q_lat", "q_lon", "q_m", "q_w",
+                 "q_rest", "q_slat", "q_slon", "q_sn", "depart")
 
 
 @dataclass(eq=False)
@@ -202,8 +211,10 @@ def detect(
     eff = np.where(has_p, _eff_speed(dist, p_m, m, dt), cfg.v_max_mps)
     jump = has_p & (eff > _allowed(v0, dt, cfg))
     pq = _precise_legs(starts, ts, lat, lon, m, c, cfg)
-    depart = pq.q & ~jump & (pq.e0 <= cfg.v_still_mps) & (pq.e > cfg.v_depart_mps) \
-        & (pq.e < UNKNOWN_SPEED) & (pq.p_ts - pq.p_rest >= int(cfg.rest_s * 1000))
+    depart = pq.q & ~jump & (pq.wander0 <= cfg.still_k) & (pq.e > cfg.v_depart_mps) \
+        & (pq.raw > cfg.v_depart_raw_mps) \
+        & (pq.e < UNKNOWN_SPEED) & (pq.p_ts - pq.p_rest >= int(cfg.rest_s * 1000)) \
+        & (pq.from_rest > cfg.v_depart_mps) & pq.rested
     busy = c.since > 0
     jumps = np.flatnonzero(jump | depart)
     if jumps.size:
@@ -240,7 +251,9 @@ class PreciseLegs:
     says nothing of rest or movement and is skipped). Per row: ``q`` precise; ``prev``
     the row of the precise fix before it (-1: the carried one, -2: none) and that fix
     (``p_*``); ``e`` the effective speed from it (UNKNOWN_SPEED when that leg is longer
-    than ``still_leg_s``); ``e0`` the same for the leg that reached that fix."""
+    than ``still_leg_s``); ``wander`` its length over its noise (the two margins added in
+    quadrature: a still receiver's legs stay near 1 whatever their duration; a walk at
+    30 s with 10 m margins is 2.5); ``wander0`` that of the leg that reached that fix."""
 
     q: BoolA
     prev: I64
@@ -249,9 +262,20 @@ class PreciseLegs:
     p_lon: F64
     p_m: F64
     e: F64
-    e0: F64
+    raw: F64  # the raw speed of that leg (no margins)
+    wander: F64
+    wander0: F64
     rest: I64  # since when the precise fixes up to this one were still (ms)
     p_rest: I64  # the same for the previous precise fix
+    s_lat: F64  # sums over the precise fixes of this fix's rest (through it)
+    s_lon: F64
+    s_n: F64
+    pc_lat: F64  # where the person rested up to the previous precise fix (the mean)
+    pc_lon: F64
+    #: the effective speed over this leg's time from there (a hop back from a stray fix
+    #: to where the person rests is no departure), and the raw speed
+    from_rest: F64
+    rested: BoolA  # the previous precise fix within ``rest_radius_m`` of that place
 
 
 def _precise_legs(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
@@ -261,7 +285,7 @@ def _precise_legs(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
     A receiver at rest indoors reports multipath excursions hundreds of metres away
     with an optimistic `acc` (0.29 per still hour on the development set) that, at a
     bracelet's 60 s interval, are plausible legs for a car. A departure from rest (the
-    precise leg before at most ``v_still_mps``, this one faster than ``v_depart_mps``)
+    precise legs before within their noise, this one faster than ``v_depart_mps``)
     starts a suspect run like a jump (`_scan_group`).
     """
     n = ts.shape[0]
@@ -281,16 +305,47 @@ def _precise_legs(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
     p_lon = np.where(carried, c.q_lon[g], lon[k])
     p_m = np.where(carried, c.q_m[g], m[k])
     dt = (ts - p_ts) * 0.001
-    e = _eff_speed(_planar_m(p_lat, p_lon, lat, lon), p_m, m, np.maximum(dt, 1.0))
-    e = np.where((prev > -2) & (dt <= cfg.still_leg_s), e, UNKNOWN_SPEED)
-    e0 = np.where(carried, np.where(has_cq, c.q_e[g], UNKNOWN_SPEED), e[k])
+    dist = _planar_m(p_lat, p_lon, lat, lon)
+    d_eff = np.maximum(dist - p_m - m, 0.0)
+    e = np.where((prev > -2) & (dt <= cfg.still_leg_s), d_eff / np.maximum(dt, 1.0),
+                 UNKNOWN_SPEED)
+    # rest is judged on distance, whatever the time (across a gap too: still when the
+    # person is found where they were)
+    wander = np.where(prev > -2, dist / np.hypot(p_m, m), UNKNOWN_SPEED)
+    wander0 = np.where(carried, np.where(has_cq, c.q_w[g], UNKNOWN_SPEED), wander[k])
     # rest: a precise fix reached by a leg that moved (or says nothing) starts it anew
-    brk = q & ~(e <= cfg.v_still_mps)
+    brk = q & ~(wander <= cfg.still_k)
     lastb = np.maximum.accumulate(np.where(brk, pos, -1))
-    rest = np.where(lastb >= group_start, ts[np.maximum(lastb, 0)],
-                    np.where(has_cq, c.q_rest[g], ts))
+    inb = lastb >= group_start
+    lb = np.maximum(lastb, 0)
+    rest = np.where(inb, ts[lb], np.where(has_cq, c.q_rest[g], ts))
+    # where the person rests: the mean of the precise fixes since rest began (indoor
+    # error averages out; the last fix alone may be 100 m off)
+    # (in 1e-7 degrees, whole numbers: sums exact whatever the batching)
+    s_lat, s_lon, s_n = (_streak_sums(np.where(q, v, 0.0), lb, inb, group_start, cv[g])
+                         for v, cv in ((np.round(lat * _E7), c.q_slat),
+                                       (np.round(lon * _E7), c.q_slon), (np.ones(n), c.q_sn)))
     p_rest = np.where(carried, np.where(has_cq, c.q_rest[g], p_ts), rest[k])
-    return PreciseLegs(q, prev, p_ts, p_lat, p_lon, p_m, e, e0, rest, p_rest)
+    pn = np.where(carried, np.where(has_cq, c.q_sn[g], 0.0), s_n[k])
+    ok = pn > 0
+    pc_lat = np.where(ok, np.where(carried, c.q_slat[g], s_lat[k]) / (np.maximum(pn, 1.0) * _E7),
+                      p_lat)
+    pc_lon = np.where(ok, np.where(carried, c.q_slon[g], s_lon[k]) / (np.maximum(pn, 1.0) * _E7),
+                      p_lon)
+    dc = _planar_m(pc_lat, pc_lon, lat, lon)
+    from_rest = np.maximum(dc - m - cfg.min_margin_m, 0.0) / np.maximum(dt, 1.0)
+    rested = _planar_m(pc_lat, pc_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
+    raw = dist / np.maximum(dt, 1.0)
+    return PreciseLegs(q, prev, p_ts, p_lat, p_lon, p_m, e, raw, wander, wander0, rest, p_rest,
+                       s_lat, s_lon, s_n, pc_lat, pc_lon, from_rest, rested)
+
+
+def _streak_sums(v: F64, lb: I64, inb: BoolA, group_start: I64, carried: F64) -> F64:
+    """Per row, the sum of ``v`` from the row where its rest began (``lb``, when in the
+    batch) or the carried sum plus the group's rows, through the row itself."""
+    cs = np.cumsum(v)
+    before = np.concatenate(([0.0], cs))  # before[i]: sum of v[:i]
+    return np.where(inb, cs - before[lb], cs - before[group_start] + carried)  # type: ignore[no-any-return]
 
 
 def _carry_precise(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, pq: PreciseLegs,
@@ -303,7 +358,8 @@ def _carry_precise(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, pq: Precise
     has = r >= starts
     rr = r[has]
     c.q_ts[has], c.q_lat[has], c.q_lon[has] = ts[rr], lat[rr], lon[rr]
-    c.q_m[has], c.q_e[has], c.q_rest[has] = m[rr], pq.e[rr], pq.rest[rr]
+    c.q_m[has], c.q_w[has], c.q_rest[has] = m[rr], pq.wander[rr], pq.rest[rr]
+    c.q_slat[has], c.q_slon[has], c.q_sn[has] = pq.s_lat[rr], pq.s_lon[rr], pq.s_n[rr]
 
 
 def _scan_group(
@@ -336,9 +392,9 @@ def _scan_group(
                 jump[j] = False
                 i = j + 1
                 continue
-            if dep:  # from the precise fix where the person rested
-                anc = (int(pq.p_ts[j]), float(pq.p_lat[j]), float(pq.p_lon[j]),
-                       float(pq.p_m[j]), 0.0)
+            if dep:  # from where the person rested (the mean of their precise fixes)
+                anc = (int(pq.p_ts[j]), float(pq.pc_lat[j]), float(pq.pc_lon[j]),
+                       cfg.min_margin_m, 0.0)
             elif j > a:
                 anc = (int(ts[j - 1]), float(lat[j - 1]), float(lon[j - 1]), float(m[j - 1]),
                        float(v_raw[j - 1]))
@@ -358,7 +414,10 @@ def _scan_group(
         d = haversine_m(a_lat, a_lon, lat[seg], lon[seg])
         from_anchor = _eff_speed(d, np.float64(a_m), m[seg], dt)
         # a departure's return is to where the person rested (within a walk of it)
-        back = from_anchor <= (cfg.v_depart_mps if dep else _allowed(np.float64(a_v), dt, cfg))
+        if dep:  # within a walk of where the person rested (a gap does not widen it)
+            back = (d - a_m - m[seg]) <= cfg.v_depart_mps * np.minimum(dt, cfg.still_leg_s)
+        else:
+            back = from_anchor <= _allowed(np.float64(a_v), dt, cfg)
         # ... and left the previous (suspect) fix at an implausible speed: it came back
         # (judged from the anchor's speed: the legs inside the run mean nothing)
         p_ts = np.concatenate(([c.prev_ts[g]], ts[a:b - 1]))[i - a:]
@@ -378,9 +437,13 @@ def _scan_group(
         # a real move keeps going: two legs in a row inside the run that each move
         # beyond both margins at a plausible speed settle the run at once (a multipath
         # cluster sits still far away)
-        if dep:  # after a departure, one more leg faster than a walk: travel
+        if dep:  # after a departure, one more leg faster than a walk, away: travel
             back &= pq.q[seg]
-            settled |= pq.q[seg] & ((pd - p_m - m[seg]) / pdt > cfg.v_depart_mps)
+            fast = (pd - p_m - m[seg]) / pdt > cfg.v_depart_mps
+            away = d - haversine_m(a_lat, a_lon, p_lat, p_lon) >= 0.5 * pd
+            # staying away settles only on a fix that stayed (not one more hop)
+            settled &= pq.q[seg] & ~fast
+            settled |= pq.q[seg] & away & fast
         elif d.shape[0] >= 3:
             lt = np.maximum((ts[i + 1:b] - ts[i:b - 1]) / 1000.0, 1.0)
             ld = haversine_m(lat[i:b - 1], lon[i:b - 1], lat[i + 1:b], lon[i + 1:b])

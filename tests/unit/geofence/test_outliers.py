@@ -135,3 +135,29 @@ def test_groups_are_independent() -> None:
     cols = [np.concatenate([x, y]) for x, y in zip(a, b, strict=True)]
     res = detect(np.array([0, 11]), *cols)
     assert res.outlier.tolist() == [False] * 5 + [True] + [False] * 5 + [False] * 11
+
+
+def _suspect(pts: list[tuple[float, float, float]], acc: list[float]) -> list[bool]:
+    ts, lat, lon, _ = track(pts)
+    res = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, np.asarray(acc, dtype=float))
+    return [bool(x) for x in res.suspect | res.outlier]
+
+
+def test_a_walk_out_of_the_door_after_indoor_drift_is_no_departure() -> None:
+    # 30 minutes indoors (acc 60 m) around the room, the last fixes drifted 150 m to one
+    # side; then 30 s later a precise fix 30 m out of the door on the other side and a
+    # walk on: a 180 m hop from the last fix, but the person rests around (0, 0), and
+    # 30 m from there is a walk (the departure rule measures from where they rested)
+    rest = still(0, 57, every=30.0, jitter=15.0)
+    drift = [(1710.0, -75.0, 0.0), (1740.0, -150.0, 0.0), (1770.0, -150.0, 5.0)]
+    walk = [(1800.0 + 30 * k, 30.0 + 40.0 * k, 0.0) for k in range(6)]
+    acc = [60.0] * 60 + [8.0] * 6
+    assert not any(_suspect([*rest, *drift, *walk], acc))
+
+
+def test_a_slow_walk_is_no_rest() -> None:
+    # walking at 1.1 m/s for 5 minutes with precise fixes (legs of 33 m at 30 s, over
+    # their noise), then a 120 m leg: no departure from rest, nothing suspect
+    walk = [(30.0 * k, 33.0 * k, 0.0) for k in range(11)]
+    pts = [*walk, (330.0, 450.0, 0.0), (360.0, 480.0, 0.0)]
+    assert not any(_suspect(pts, [10.0] * len(pts)))
