@@ -233,17 +233,23 @@ def p_upper_bound(place: CompiledZone, dist: F64, acc: F64) -> F64:
 def window_min(ts_s: F64, values: F64, half_s: float) -> F64:
     """Per element, the minimum of ``values`` over the elements within ``half_s`` of it in
     time (``ts_s`` sorted): a sparse table of minima over powers of two."""
-    n = ts_s.size
-    if n == 0:
+    if ts_s.size == 0:
         return values.copy()
     lo = np.searchsorted(ts_s, ts_s - half_s, side="left")
     hi = np.searchsorted(ts_s, ts_s + half_s, side="right")
+    return range_min(values, lo, hi)
+
+
+def range_min(values: F64, lo: I64, hi: I64) -> F64:
+    """Per element ``i``, the minimum of ``values[lo[i]:hi[i]]`` (``lo < hi``): a sparse
+    table of minima over powers of two, as deep as the widest range needs (the same
+    minima whatever the depth; the tracks of many people are done in one call)."""
+    k = np.floor(np.log2(hi - lo)).astype(np.int64)
     table = [values]
-    while (1 << len(table)) <= n:
+    while len(table) <= int(k.max()):
         prev, step = table[-1], 1 << (len(table) - 1)
         table.append(np.minimum(prev[:-step], prev[step:]))
-    k = np.floor(np.log2(hi - lo)).astype(np.int64)
-    out = np.empty(n)
+    out = np.empty(values.size)
     for level in np.unique(k):
         sel = np.flatnonzero(k == level)
         t = table[level]
@@ -307,12 +313,11 @@ class PersonResult:
 
 def summarise(
     place: CompiledZone, lat: F64, lon: F64, acc: F64, is_dominated: npt.NDArray[np.bool_],
-    run: I64, gap_list: list[Gap], p_dist: tuple[F64, F64] | None = None,
+    run: I64, gap_list: list[Gap],
 ) -> PersonResult:
     """The answer from fixes with their dominance flags and run numbers (non-decreasing),
-    whichever subset of a track they are, as long as it holds every fix with p > 0;
-    ``p_dist``: `fix_probabilities` of these fixes when already computed (in a batch)."""
-    p, dist = fix_probabilities(place, lat, lon, acc) if p_dist is None else p_dist
+    whichever subset of a track they are, as long as it holds every fix with p > 0."""
+    p, dist = fix_probabilities(place, lat, lon, acc)
     p = np.where(is_dominated, 0.0, p)
     if p.size and p.any():
         starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))
