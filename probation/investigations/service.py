@@ -111,12 +111,13 @@ WITH hit AS MATERIALIZED (
 # One row per probe that finds a fix of its case in [lo, hi] (microseconds; within the
 # window and its devices' assignments) with greatest(acc, 1) * 5 <= a (a = infinity: any
 # fix). LIMIT 1 keeps each probe an index probe (a semi-join hashed the whole window).
+# The arrays go in binary (%b): 3 ms instead of 17 for 2,442 probes over 2,000 cases.
 PROBE_SQL = """
-SELECT p.i FROM unnest(%(case)s::int4[], %(lo)s::int8[], %(hi)s::int8[], %(acc)s::float8[])
+SELECT p.i FROM unnest(%(case)b::int4[], %(lo)b::int8[], %(hi)b::int8[], %(acc)b::float8[])
   WITH ORDINALITY AS p(k, lo, hi, a, i)
 CROSS JOIN LATERAL (
   SELECT 1 FROM device_assignments da JOIN fixes g ON g.device_id = da.device_id
-  WHERE da.case_id = (%(cases)s::uuid[])[p.k]
+  WHERE da.case_id = (%(cases)b::uuid[])[p.k]
     AND g.ts >= timestamptz 'epoch' + p.lo * interval '1 microsecond'
     AND g.ts <= timestamptz 'epoch' + p.hi * interval '1 microsecond'
     AND g.ts >= %(from)s AND g.ts < %(to)s
@@ -141,7 +142,7 @@ WITH r AS (
       AND (""" + _NEAR + """) IS NOT TRUE
     OFFSET 0
   ) f
-  WHERE da.case_id = ANY(%(cases)s) AND da.assigned_at < %(to)s
+  WHERE da.case_id = ANY(%(cases)b::uuid[]) AND da.assigned_at < %(to)s
     AND (da.unassigned_at IS NULL OR da.unassigned_at > %(from)s)
 )
 """ + _ARRAYS
