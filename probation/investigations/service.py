@@ -5,8 +5,9 @@ Three steps; only the last reads whole tracks, and only those of cases that may 
 1. **near fixes** (one statement, its rows sent as five binary arrays, no window
    function): the fixes in the window (chunk exclusion on `ts`, then the per-chunk `ts`
    index) within `NEAR_M` of the place's bounding box, or coarser (acc > `NEAR_M` /
-   reach per metre) and within their own reach (5 sigma) of it, each with its case (the
-   assignment at the fix's time, the caller's scope).
+   reach per metre) and within their own reach (5 sigma) of it, each given its case in
+   numpy (the assignment at the fix's time, the caller's scope: a second, small
+   statement).
 2. **pruning** (numpy; every test errs on the side of keeping a case): a case is kept
    when an upper bound of its probability, ``1 - prod(1 - pu)`` over its reaching fixes
    (`proximity.p_upper_bound`) that no fix of step 1 dominates, reaches the threshold
@@ -75,10 +76,10 @@ _PG_EPOCH_US = 946_684_800 * _US  # 2000-01-01 UTC, where PostgreSQL's binary ti
 # reference compares float seconds, these integer microseconds).
 _SAFE_US = 1_000
 
-# The rows of `r` as five arrays in binary (one value each: no per-row cost on either
-# side; a timestamptz is sent as microseconds since 2000-01-01 UTC).
+# The rows of `r` (k: a case or device id) as five arrays in binary (one value each: no
+# per-row cost on either side; a timestamptz is sent as microseconds since 2000-01-01 UTC).
 _ARRAYS = """
-SELECT array_send(array_agg(case_id)), array_send(array_agg(ts)),
+SELECT array_send(array_agg(k)), array_send(array_agg(ts)),
        array_send(array_agg(lat)), array_send(array_agg(lon)), array_send(array_agg(acc::float8))
 FROM r
 """
@@ -91,21 +92,31 @@ _NEAR = """g.acc <= %(acc_max)s
           AND g.lat BETWEEN %(lat0)s - %(klat)s * g.acc AND %(lat1)s + %(klat)s * g.acc
           AND g.lon BETWEEN %(lon0)s - %(klon)s * g.acc AND %(lon1)s + %(klon)s * g.acc))"""
 
-# The fixes first (time chunks, boxes), materialised, then their cases: left to itself
-# the planner probed every assignment's device index instead (2,000 probes per query).
+# The near fixes with their devices (the window's time chunks, the boxes); their cases
+# are found in numpy (`_assign`): joined here, through the materialised scan (left to
+# itself the planner probed each assignment's device index, 2,000 probes per query) and
+# a hash join, they cost 6-140 ms more (155,000 rows: 333 against 196 ms).
 NEAR_SQL = """
-WITH hit AS MATERIALIZED (
-  SELECT g.device_id, g.ts, g.lat, g.lon, g.acc FROM fixes g
+WITH r AS (
+  SELECT g.device_id AS k, g.ts, g.lat, g.lon, g.acc FROM fixes g
   WHERE g.ts >= %(from)s AND g.ts < %(to)s AND """ + _NEAR + """
-), r AS (
-  SELECT da.case_id, h.ts, h.lat, h.lon, h.acc
-  FROM hit h
-  JOIN device_assignments da ON da.device_id = h.device_id
-   AND h.ts >= da.assigned_at AND (da.unassigned_at IS NULL OR h.ts < da.unassigned_at)
-  JOIN cases c ON c.id = da.case_id
-  WHERE {scope}
 )
 """ + _ARRAYS
+
+# The assignments in the caller's scope that overlap the window: device, case, from, to
+# (the window's end when later or open: the window's fixes are before it).
+ASSIGNMENTS_SQL = """
+WITH r AS (
+  SELECT da.device_id, da.case_id, da.assigned_at,
+         least(coalesce(da.unassigned_at, %(to)s), %(to)s) AS until
+  FROM device_assignments da JOIN cases c ON c.id = da.case_id
+  WHERE {scope} AND da.assigned_at < %(to)s
+    AND (da.unassigned_at IS NULL OR da.unassigned_at > %(from)s)
+)
+SELECT array_send(array_agg(device_id)), array_send(array_agg(case_id)),
+       array_send(array_agg(assigned_at)), array_send(array_agg(until))
+FROM r
+"""
 
 
 # One row per probe that finds a fix of its case in [lo, hi] (microseconds; within the
@@ -133,7 +144,7 @@ CROSS JOIN LATERAL (
 # cases on: 87-137 ms instead of 40-43 for 195 cases, 170 instead of 96 for 527).
 TRACKS_SQL = """
 WITH r AS (
-  SELECT da.case_id, f.ts, f.lat, f.lon, f.acc
+  SELECT da.case_id AS k, f.ts, f.lat, f.lon, f.acc
   FROM device_assignments da
   CROSS JOIN LATERAL (
     SELECT g.ts, g.lat, g.lon, g.acc FROM fixes g
@@ -226,14 +237,38 @@ def candidate_params(place: CompiledZone, start: datetime, end: datetime) -> dic
     }
 
 
-def _read(conn: Any, sql: str, params: dict[str, Any]) -> tuple[npt.NDArray[Any], I64, F64, F64, F64]:
-    """The rows of `sql` (see `_ARRAYS`): case ids (16 bytes each), time in microseconds
-    since the epoch, lat, lon, acc."""
+Rows = tuple[npt.NDArray[Any], I64, F64, F64, F64]  # ids (16 bytes each), ts_us, lat, lon, acc
+
+
+def _read(conn: Any, sql: str, params: dict[str, Any]) -> Rows:
+    """The rows of `sql` (see `_ARRAYS`): case or device ids, time in microseconds since
+    the epoch, lat, lon, acc."""
     with conn.cursor(binary=True) as cur:
         row = cur.execute(sql, params).fetchone()
     ts_us = _array(row[1], "int8").astype(np.int64) + _PG_EPOCH_US
     lat, lon, acc = (_array(row[k], "float8").astype(np.float64) for k in (2, 3, 4))
     return np.ascontiguousarray(_array(row[0], "uuid")), ts_us, lat, lon, acc
+
+
+def _assign(conn: Any, sql: str, params: dict[str, Any], near: Rows) -> Rows:
+    """The near fixes (device ids) as rows of their cases: one per assignment in scope
+    whose device reported the fix while assigned, as a join would give them."""
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(sql, params).fetchone()
+    a_dev, a_case = (np.ascontiguousarray(_array(row[k], "uuid")) for k in (0, 1))
+    a_from, a_until = (_array(row[k], "int8").astype(np.int64) + _PG_EPOCH_US for k in (2, 3))
+    dev, ts_us, lat, lon, acc = near
+    _, index = _key_index(np.concatenate((a_dev, dev)))
+    a_idx, f_idx = index[:a_dev.size], index[a_dev.size:]
+    order = np.argsort(a_idx, kind="stable")
+    lo = np.searchsorted(a_idx[order], f_idx, side="left")
+    count = np.searchsorted(a_idx[order], f_idx, side="right") - lo
+    fix = np.repeat(np.arange(f_idx.size), count)  # each fix once per assignment of its device
+    nth = np.arange(fix.size) - np.repeat(np.cumsum(count) - count, count)
+    a = order[np.repeat(lo, count) + nth]
+    ok = (ts_us[fix] >= a_from[a]) & (ts_us[fix] < a_until[a])
+    fix, a = fix[ok], a[ok]
+    return a_case[a], ts_us[fix], lat[fix], lon[fix], acc[fix]
 
 
 def _fixes(ids: npt.NDArray[Any], ts_us: I64, lat: F64, lon: F64, acc: F64) -> Fixes:
@@ -243,7 +278,7 @@ def _fixes(ids: npt.NDArray[Any], ts_us: I64, lat: F64, lon: F64, acc: F64) -> F
     return Fixes(keys, case[order], ts_us[order], lat[order], lon[order], acc[order])
 
 
-def _rows(f: Fixes, cases: I64) -> tuple[npt.NDArray[Any], I64, F64, F64, F64]:
+def _rows(f: Fixes, cases: I64) -> Rows:
     """The rows of `f` of the cases `cases` (indices into ``f.case_ids``), as `_read`
     gives them."""
     sel = np.isin(f.case, cases)
@@ -251,20 +286,25 @@ def _rows(f: Fixes, cases: I64) -> tuple[npt.NDArray[Any], I64, F64, F64, F64]:
     return ids[f.case[sel]], f.ts_us[sel], f.lat[sel], f.lon[sel], f.acc[sel]
 
 
-def _case_index(ids: npt.NDArray[Any]) -> tuple[list[uuid.UUID], I64]:
-    """The distinct case ids of the rows and each row's index into them. Found on the
-    ids' first 8 bytes as integers (np.unique compares 16-byte values byte by byte: 40 ms
-    for 190,000 rows, 5 ms this way), then checked on the other 8: two ids sharing their
-    first 64 bits fall back to the whole bytes."""
-    if ids.size == 0:
-        return [], np.zeros(0, dtype=np.int64)
+def _key_index(ids: npt.NDArray[Any]) -> tuple[I64, I64]:
+    """For 16-byte ids: a row of each distinct id and each row's index into those.
+    Found on the ids' first 8 bytes as integers (np.unique compares 16-byte values byte
+    by byte: 40 ms for 190,000 rows, 5 ms this way), then checked on the other 8: ids
+    sharing their first 64 bits fall back to the whole bytes."""
     halves = ids.view(">u8").reshape(-1, 2)
     hi, lo = halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
-    _, first, case = np.unique(hi, return_index=True, return_inverse=True)
-    if not (lo == lo[first][case]).all():
-        keys, case = np.unique(ids, return_inverse=True)
-        return [uuid.UUID(bytes=bytes(k)) for k in keys], case.astype(np.int64)
-    return [uuid.UUID(bytes=bytes(ids[k])) for k in first.tolist()], case.astype(np.int64)
+    _, first, index = np.unique(hi, return_index=True, return_inverse=True)
+    if not (lo == lo[first][index]).all():
+        _, first, index = np.unique(ids, return_index=True, return_inverse=True)
+    return first.astype(np.int64), index.astype(np.int64)
+
+
+def _case_index(ids: npt.NDArray[Any]) -> tuple[list[uuid.UUID], I64]:
+    """The distinct case ids of the rows and each row's index into them."""
+    if ids.size == 0:
+        return [], np.zeros(0, dtype=np.int64)
+    first, case = _key_index(ids)
+    return [uuid.UUID(bytes=bytes(ids[k])) for k in first.tolist()], case
 
 
 def _case_fix_order(case: I64, ts_us: I64, lat: F64, lon: F64, acc: F64) -> I64:
@@ -403,7 +443,8 @@ def fetch_tracks(
         # window's chunks made 3,282 probes 5x faster (444 -> 82 ms).
         cur.execute("SET LOCAL jit = off")
         cur.execute("SET LOCAL timescaledb.enable_chunk_append = off")
-    near = _fixes(*_read(conn, NEAR_SQL.format(scope=scope_sql), params))
+    near = _fixes(*_assign(conn, ASSIGNMENTS_SQL.format(scope=scope_sql), params,
+                           _read(conn, NEAR_SQL, params)))
     kept = prune(conn, near, place=place, start=start, end=end,
                  min_probability=min_probability)
     ids = [near.case_ids[k] for k in kept.tolist()]
