@@ -18,12 +18,12 @@ Three steps; only the last reads whole tracks, and only those of cases that may 
    minutes away gets a probe (any fix of the case within 15 minutes?). All probes go in
    one statement through the `(device_id, ts)` index.
 3. **tracks** of the kept cases: every fix of the case's devices in the window, those
-   of step 1 and the others (binary arrays again, read through the `(device_id, ts)`
-   index or the window's chunks, whichever the planner picks), answered for all the
-   cases at once in numpy (`answer_all`) with the same numbers as `from_full_track` and
-   `match` case by case, the brute-force reference (`bench/investigations.py --check`
-   and `tests/integration/test_proximity_search.py` compare them), so the answers are
-   those of a scan over all fixes.
+   of step 1 and the others (binary arrays again, read device by device through the
+   `(device_id, ts)` index), answered for all the cases at once in numpy (`answer_all`)
+   with the same numbers as `from_full_track` and `match` case by case, the brute-force
+   reference (`bench/investigations.py --check` and
+   `tests/integration/test_proximity_search.py` compare them), so the answers are those
+   of a scan over all fixes.
 
 Results are computed afresh for each request and never cached.
 """
@@ -61,6 +61,7 @@ from probation.users.models import Role, User
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Rows = tuple[npt.NDArray[Any], I64, F64, F64, F64]  # ids (16 bytes each), ts_us, lat, lon, acc
 
 ACC_MAX_M = proximity.ACC_MAX_M
 NEAR_M = proximity.NEAR_M
@@ -209,8 +210,8 @@ class Track:
 
 @dataclass(frozen=True)
 class Fixes:
-    """Rows of a binary COPY, sorted by case then time (then acc, lat, lon): ``case``
-    indexes ``case_ids``; ``ts_us`` in microseconds since the epoch."""
+    """Fixes of cases, sorted by case then time (then acc, lat, lon): ``case`` indexes
+    ``case_ids``; ``ts_us`` in microseconds since the epoch."""
 
     case_ids: list[uuid.UUID]
     case: I64
@@ -218,10 +219,6 @@ class Fixes:
     lat: F64
     lon: F64
     acc: F64
-
-    def span(self, k: int) -> slice:
-        lo, hi = np.searchsorted(self.case, [k, k + 1])
-        return slice(int(lo), int(hi))
 
 
 def candidate_params(place: CompiledZone, start: datetime, end: datetime) -> dict[str, Any]:
@@ -235,9 +232,6 @@ def candidate_params(place: CompiledZone, start: datetime, end: datetime) -> dic
         "lat0": place.lat_min, "lat1": place.lat_max, "lon0": place.lon_min,
         "lon1": place.lon_max, "klat": klat * _K, "klon": klon * _K,
     }
-
-
-Rows = tuple[npt.NDArray[Any], I64, F64, F64, F64]  # ids (16 bytes each), ts_us, lat, lon, acc
 
 
 def _read(conn: Any, sql: str, params: dict[str, Any]) -> Rows:
