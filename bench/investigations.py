@@ -24,8 +24,9 @@ fixes takes minutes, a reused world seconds.
 
 Reference: for ``--check`` queries of each kind, a brute-force scan: every fix of the
 table read once into memory, each query answered from all of them (window by time in
-numpy, every device, no spatial prefilter) with the same probability model; the case
-ids, probabilities, closest approaches and gaps must be identical.
+numpy, every device, no spatial prefilter) case by case with `service.from_full_track`
+and `service.match` (the search answers its kept cases all at once, `answer_all`); the
+case ids, probabilities, closest approaches and gaps must be identical.
 """
 
 from __future__ import annotations

@@ -75,6 +75,10 @@ P_FLOOR = 1e-4  # smaller probabilities are reported as 0
 ACC_MAX_M = 3000.0  # coarser fixes (68 % radius above 3 km) say nothing about a place
 
 _GL_NODES = 48
+# Fixes integrated together: the temporaries of their 48 nodes each (0.8 MB) stay in the
+# CPU's cache (a 2 km x 24 h search's 62,000 fixes: 72 ms in blocks of 2,048, 134 ms all
+# at once); each fix's integral is the same whatever fixes share its block.
+_BLOCK = 2048
 _RADIAL_STRATA = 24
 _ANGLES = 32
 _GRID = 64
@@ -121,14 +125,23 @@ def p_in_circle(distance_m: npt.ArrayLike, radius_m: float, sigma_m: npt.ArrayLi
     live = hi > lo
     if not live.any():
         return out
+    at = np.flatnonzero(live)
+    for k in range(0, at.size, _BLOCK):
+        i = at[k:k + _BLOCK]
+        out[i] = _rice_quadrature(lo[i], hi[i], a[i])
+    return out
+
+
+def _rice_quadrature(lo: F64, hi: F64, a: F64) -> F64:
+    """The radial integral of `p_in_circle` over [lo, hi] for fixes at ``a`` sigma from
+    the centre (row by row: the same numbers whatever rows are done together)."""
     xg, wg = _gauss_legendre()
-    lo_l, hi_l, a_l = lo[live, None], hi[live, None], a[live, None]
+    lo_l, hi_l, a_l = lo[:, None], hi[:, None], a[:, None]
     half = (hi_l - lo_l) * 0.5
     r = lo_l + half * (xg[None, :] + 1.0)
     # r exp(-(r^2 + a^2)/2) I0(a r) = r exp(-(r - a)^2 / 2) * [exp(-a r) I0(a r)]
     f = r * np.exp(-0.5 * (r - a_l) ** 2) * _i0e(a_l * r)
-    out[live] = np.clip((f * wg[None, :]).sum(axis=1) * half[:, 0], 0.0, 1.0)
-    return out
+    return np.clip((f * wg[None, :]).sum(axis=1) * half[:, 0], 0.0, 1.0)  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=1)
@@ -233,17 +246,23 @@ def p_upper_bound(place: CompiledZone, dist: F64, acc: F64) -> F64:
 def window_min(ts_s: F64, values: F64, half_s: float) -> F64:
     """Per element, the minimum of ``values`` over the elements within ``half_s`` of it in
     time (``ts_s`` sorted): a sparse table of minima over powers of two."""
-    n = ts_s.size
-    if n == 0:
+    if ts_s.size == 0:
         return values.copy()
     lo = np.searchsorted(ts_s, ts_s - half_s, side="left")
     hi = np.searchsorted(ts_s, ts_s + half_s, side="right")
+    return range_min(values, lo, hi)
+
+
+def range_min(values: F64, lo: I64, hi: I64) -> F64:
+    """Per element ``i``, the minimum of ``values[lo[i]:hi[i]]`` (``lo < hi``): a sparse
+    table of minima over powers of two, as deep as the widest range needs (the same
+    minima whatever the depth; the tracks of many people are done in one call)."""
+    k = np.floor(np.log2(hi - lo)).astype(np.int64)
     table = [values]
-    while (1 << len(table)) <= n:
+    while len(table) <= int(k.max()):
         prev, step = table[-1], 1 << (len(table) - 1)
         table.append(np.minimum(prev[:-step], prev[step:]))
-    k = np.floor(np.log2(hi - lo)).astype(np.int64)
-    out = np.empty(n)
+    out = np.empty(values.size)
     for level in np.unique(k):
         sel = np.flatnonzero(k == level)
         t = table[level]
@@ -307,12 +326,11 @@ class PersonResult:
 
 def summarise(
     place: CompiledZone, lat: F64, lon: F64, acc: F64, is_dominated: npt.NDArray[np.bool_],
-    run: I64, gap_list: list[Gap], p_dist: tuple[F64, F64] | None = None,
+    run: I64, gap_list: list[Gap],
 ) -> PersonResult:
     """The answer from fixes with their dominance flags and run numbers (non-decreasing),
-    whichever subset of a track they are, as long as it holds every fix with p > 0;
-    ``p_dist``: `fix_probabilities` of these fixes when already computed (in a batch)."""
-    p, dist = fix_probabilities(place, lat, lon, acc) if p_dist is None else p_dist
+    whichever subset of a track they are, as long as it holds every fix with p > 0."""
+    p, dist = fix_probabilities(place, lat, lon, acc)
     p = np.where(is_dominated, 0.0, p)
     if p.size and p.any():
         starts = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1])))

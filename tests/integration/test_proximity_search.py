@@ -2,7 +2,8 @@
 match) gives exactly the answers of a brute-force scan over every fix, on a small
 synthetic world made to hit the pruning's edges: gaps next to the place, cell fixes
 with and without a precise fix within 10 minutes, fixes over 3 km, a case with two
-devices, a device moved from one case to another during the window."""
+devices (some of whose fixes share an instant), a device moved from one case to another
+during the window."""
 
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ def _build(url: str, n_cases: int = 40, seed: int = 5) -> Synth:
             cur.execute("INSERT INTO device_assignments (id, device_id, case_id, assigned_at, "
                         "unassigned_at) VALUES (%s, %s, %s, %s, %s)", (uuid.uuid4(), d, cid, a, u))
         rows = []
+        tracks = {}
         for i, d in enumerate(devices):
-            track = _track(rng, HOURS)
+            track = tracks[i] = _track(rng, HOURS)
             if i == 3:  # walks straight through the place's centre at 20 m
                 track = [(T0 + timedelta(hours=2, seconds=30 * k), LAT0 + (-900 + 60 * k) / M_LAT,
                           LON0, 20.0) for k in range(31)]
@@ -102,6 +104,9 @@ def _build(url: str, n_cases: int = 40, seed: int = 5) -> Synth:
             if i == 7:  # one fix over 3 km on the place, then 40 silent minutes: nothing
                 track = [(T0 + timedelta(hours=6), LAT0, LON0, 4000.0),
                          (T0 + timedelta(hours=6, minutes=40), LAT0, LON0 + 5000 / M_LON, 10.0)]
+            if i == n_cases:  # case 2's second device: every third fix at an instant of its first
+                track = [(tracks[2][k][0] if k % 3 == 0 and k < len(tracks[2]) else r[0], *r[1:])
+                         for k, r in enumerate(track)]
             rows += [(d, 1000 + k, *r) for k, r in enumerate(track)]
         cur.executemany("INSERT INTO fixes (device_id, seq, ts, lat, lon, acc) "
                         "VALUES (%s, %s, %s, %s, %s, %s)", rows)
