@@ -7,8 +7,11 @@ start, raised violation rates); its published fixes go in time order, in batches
 `geofence.engine.advance` with each person's home (curfew) and exclusion zone. An opening
 whose first fix lies outside every truth record of its case and type (± 5 minutes, as
 `simulator.score` matches zone alerts) is a false alarm; the ones within 5 minutes of a
-noise burst of the realistic model are counted apart. Not modelled: rapid mode (no
-downlink), late uploads' re-evaluation, the reopening of alerts (the database's part).
+noise burst of the realistic model are counted apart. A truth of the soak's bar (an
+exclusion entry, a curfew break over 2 minutes) with no opening of its case and type
+within those 5 minutes is missed (`bar_missed`; `examples` lists the first ones). Not
+modelled: rapid mode (no downlink), late uploads' re-evaluation, the reopening of alerts
+(the database's part).
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ class OutlierConfig:
     min_margin_m: float = 10.0
     #: Departures from rest (`_precise_legs`), judged on precise fixes (acc within
     #: ``still_acc_m``). Rest: legs no longer than ``still_k`` x their noise (the two
-    #: margins in quadrature) for at least ``rest_s``, the last fix within
+    #: margins in quadrature; across a gap of up to ``rest_leg_max_s`` too: the person is
+    #: found where they were) for at least ``rest_s``, the last fix within
     #: ``rest_radius_m`` (beyond its margin) of where the person rests (the mean of the
     #: rest's fixes; a slow walk is a run of short legs too, but it gets somewhere).
     #: A departure: a leg of at most ``still_leg_s`` faster than ``v_depart_mps`` beyond
@@ -66,6 +67,7 @@ class OutlierConfig:
     still_k: float = 2.0
     rest_s: float = 120.0
     rest_radius_m: float = 100.0
+    rest_leg_max_s: float = 1800.0
     still_leg_s: float = 150.0
     v_depart_mps: float = 1.0
     v_depart_raw_mps: float = 2.5
@@ -210,11 +212,9 @@ def detect(
     v0[starts] = np.where(c.has_prev, c.prev_v, cfg.v_max_mps)
     eff = np.where(has_p, _eff_speed(dist, p_m, m, dt), cfg.v_max_mps)
     jump = has_p & (eff > _allowed(v0, dt, cfg))
-    pq = _precise_legs(starts, ts, lat, lon, m, c, cfg)
-    depart = pq.q & ~jump & (pq.wander0 <= cfg.still_k) & (pq.e > cfg.v_depart_mps) \
-        & (pq.raw > cfg.v_depart_raw_mps) \
-        & (pq.e < UNKNOWN_SPEED) & (pq.p_ts - pq.p_rest >= int(cfg.rest_s * 1000)) \
-        & (pq.from_rest > cfg.v_depart_mps) & pq.rested
+    pq = PreciseLegs(starts, ts, lat, lon, m, c, cfg,  # (dt, p_m, eff: not used after)
+                     (np.where(has_p, dist, np.inf), dt, p_m, eff.copy()))
+    depart = pq.departures(jump)
     busy = c.since > 0
     jumps = np.flatnonzero(jump | depart)
     if jumps.size:
@@ -241,125 +241,169 @@ def detect(
     c.prev_lon[:] = lon[last]
     c.prev_m[:] = m[last]
     c.prev_v[:] = v_raw[last]
-    _carry_precise(starts, ts, lat, lon, m, pq, c)
+    pq.carry_out(starts)
     return OutlierResult(suspect, outlier, after_lone, ranges, c)
 
 
-@dataclass(frozen=True)
 class PreciseLegs:
     """Legs between consecutive *precise* fixes (acc within ``still_acc_m``: a cell fix
-    says nothing of rest or movement and is skipped). Per row: ``q`` precise; ``prev``
-    the row of the precise fix before it (-1: the carried one, -2: none) and that fix
-    (``p_*``); ``e`` the effective speed from it (UNKNOWN_SPEED when that leg is longer
-    than ``still_leg_s``); ``wander`` its length over its noise (the two margins added in
-    quadrature: a still receiver's legs stay near 1 whatever their duration; a walk at
-    30 s with 10 m margins is 2.5); ``wander0`` that of the leg that reached that fix."""
+    says nothing of rest or movement and is skipped), for the departure rule.
 
-    q: BoolA
-    prev: I64
-    p_ts: I64
-    p_lat: F64
-    p_lon: F64
-    p_m: F64
-    e: F64
-    raw: F64  # the raw speed of that leg (no margins)
-    wander: F64
-    wander0: F64
-    rest: I64  # since when the precise fixes up to this one were still (ms)
-    p_rest: I64  # the same for the previous precise fix
-    s_lat: F64  # sums over the precise fixes of this fix's rest (through it)
-    s_lon: F64
-    s_n: F64
-    pc_lat: F64  # where the person rested up to the previous precise fix (the mean)
-    pc_lon: F64
-    #: the effective speed over this leg's time from there (a hop back from a stray fix
-    #: to where the person rests is no departure), and the raw speed
-    from_rest: F64
-    rested: BoolA  # the previous precise fix within ``rest_radius_m`` of that place
-
-
-def _precise_legs(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
-                  cfg: OutlierConfig) -> PreciseLegs:
-    """Departures from rest are judged on precise fixes only.
-
-    A receiver at rest indoors reports multipath excursions hundreds of metres away
-    with an optimistic `acc` (0.29 per still hour on the development set) that, at a
-    bracelet's 60 s interval, are plausible legs for a car. A departure from rest (the
-    precise legs before within their noise, this one faster than ``v_depart_mps``)
-    starts a suspect run like a jump (`_scan_group`).
+    Per row: ``q`` precise; ``prev`` the row of the precise fix before it in its group
+    (-1: the carried one, -2: none); ``e`` the effective speed from it (UNKNOWN_SPEED
+    when that leg is longer than ``still_leg_s``) and ``raw`` the raw one; ``wander``
+    the leg's length over its noise (the two margins in quadrature: a still receiver's
+    legs stay near 1 whatever their duration; a walk at 30 s with 10 m margins is 2.5);
+    ``wander0`` that of the leg that reached the previous precise fix. Where the person
+    rests (`rest_of`) is computed only for the rows asked about (candidates, each
+    group's last precise fix): per-row work stays a few numpy passes.
     """
-    n = ts.shape[0]
-    pos = np.arange(n, dtype=np.int64)
-    q = m <= cfg.still_acc_m
-    group_start = np.repeat(starts, np.diff(np.append(starts, n)))
-    lastq = np.maximum.accumulate(np.where(q, pos, -1))
-    prev = np.full(n, -1, dtype=np.int64)
-    prev[1:] = lastq[:-1]
-    carried = prev < group_start
-    g = np.searchsorted(starts, pos, side="right") - 1
-    has_cq = c.q_ts[g] > 0
-    prev = np.where(carried, np.where(has_cq, -1, -2), prev)
-    k = np.maximum(prev, 0)
-    p_ts = np.where(carried, c.q_ts[g], ts[k])
-    p_lat = np.where(carried, c.q_lat[g], lat[k])
-    p_lon = np.where(carried, c.q_lon[g], lon[k])
-    p_m = np.where(carried, c.q_m[g], m[k])
-    dt = (ts - p_ts) * 0.001
-    dist = _planar_m(p_lat, p_lon, lat, lon)
-    d_eff = np.maximum(dist - p_m - m, 0.0)
-    e = np.where((prev > -2) & (dt <= cfg.still_leg_s), d_eff / np.maximum(dt, 1.0),
-                 UNKNOWN_SPEED)
-    # rest is judged on distance, whatever the time (across a gap too: still when the
-    # person is found where they were)
-    wander = np.where(prev > -2, dist / np.hypot(p_m, m), UNKNOWN_SPEED)
-    wander0 = np.where(carried, np.where(has_cq, c.q_w[g], UNKNOWN_SPEED), wander[k])
-    # rest: a precise fix reached by a leg that moved (or says nothing) starts it anew
-    brk = q & ~(wander <= cfg.still_k)
-    lastb = np.maximum.accumulate(np.where(brk, pos, -1))
-    inb = lastb >= group_start
-    lb = np.maximum(lastb, 0)
-    rest = np.where(inb, ts[lb], np.where(has_cq, c.q_rest[g], ts))
-    # where the person rests: the mean of the precise fixes since rest began (indoor
-    # error averages out; the last fix alone may be 100 m off)
-    # (in 1e-7 degrees, whole numbers: sums exact whatever the batching)
-    s_lat, s_lon, s_n = (_streak_sums(np.where(q, v, 0.0), lb, inb, group_start, cv[g])
-                         for v, cv in ((np.round(lat * _E7), c.q_slat),
-                                       (np.round(lon * _E7), c.q_slon), (np.ones(n), c.q_sn)))
-    p_rest = np.where(carried, np.where(has_cq, c.q_rest[g], p_ts), rest[k])
-    pn = np.where(carried, np.where(has_cq, c.q_sn[g], 0.0), s_n[k])
-    ok = pn > 0
-    pc_lat = np.where(ok, np.where(carried, c.q_slat[g], s_lat[k]) / (np.maximum(pn, 1.0) * _E7),
-                      p_lat)
-    pc_lon = np.where(ok, np.where(carried, c.q_slon[g], s_lon[k]) / (np.maximum(pn, 1.0) * _E7),
-                      p_lon)
-    dc = _planar_m(pc_lat, pc_lon, lat, lon)
-    from_rest = np.maximum(dc - m - cfg.min_margin_m, 0.0) / np.maximum(dt, 1.0)
-    rested = _planar_m(pc_lat, pc_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
-    raw = dist / np.maximum(dt, 1.0)
-    return PreciseLegs(q, prev, p_ts, p_lat, p_lon, p_m, e, raw, wander, wander0, rest, p_rest,
-                       s_lat, s_lon, s_n, pc_lat, pc_lon, from_rest, rested)
 
+    def __init__(self, starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
+                 cfg: OutlierConfig, near: tuple[F64, F64, F64, F64]) -> None:
+        """``near``: `detect`'s legs from the row before (distance, seconds, that row's
+        margin, effective speed), taken over and corrected in place."""
+        n = ts.shape[0]
+        self.ts, self.lat, self.lon, self.m, self.c, self.cfg = ts, lat, lon, m, c, cfg
+        self.starts = starts
+        pos = np.arange(n, dtype=np.int64)
+        self.gid = np.repeat(np.arange(starts.shape[0], dtype=np.int64),
+                             np.diff(np.append(starts, n)))
+        self.q = q = m <= cfg.still_acc_m
+        prev = np.full(n, -1, dtype=np.int64)
+        prev[1:] = np.maximum.accumulate(np.where(q, pos, -1))[:-1]
+        carried = np.flatnonzero(prev < starts[self.gid])
+        prev[carried] = np.where(c.q_ts[self.gid[carried]] > 0, -1, -2)
+        self.prev = prev
+        # the legs from the row before are those from the previous precise fix except
+        # after a coarse fix and at a group's start: only those rows are recomputed
+        dist, dt, p_m, eff = near
+        fix = np.flatnonzero((prev != pos - 1) | (prev < 0))
+        if fix.size:
+            f_ts, f_lat, f_lon, f_m = self.prev_fix(fix)
+            d = _planar_m(f_lat, f_lon, lat[fix], lon[fix])
+            dt[fix] = np.maximum((ts[fix] - f_ts) * 0.001, 1.0)
+            p_m[fix] = f_m
+            eff[fix] = _eff_speed(d, f_m, m[fix], dt[fix])
+            dist[fix] = np.where(prev[fix] == -2, np.inf, d)
+        self.dist, self.dt, self.p_m, self.eff = dist, dt, p_m, eff
+        # rest: a precise fix reached by a leg longer than `still_k` x its noise (or of
+        # unknown length) starts it anew
+        k2 = cfg.still_k * cfg.still_k
+        self.brk = q & ~((dist * dist <= k2 * (p_m * p_m + m * m))
+                         & (dt <= cfg.rest_leg_max_s))
+        self.lastb = np.maximum.accumulate(np.where(self.brk, pos, -1))
+        self._cs: list[npt.NDArray[np.int64]] | None = None
+        self.anchors: dict[int, tuple[int, float, float]] = {}
 
-def _streak_sums(v: F64, lb: I64, inb: BoolA, group_start: I64, carried: F64) -> F64:
-    """Per row, the sum of ``v`` from the row where its rest began (``lb``, when in the
-    batch) or the carried sum plus the group's rows, through the row itself."""
-    cs = np.cumsum(v)
-    before = np.concatenate(([0.0], cs))  # before[i]: sum of v[:i]
-    return np.where(inb, cs - before[lb], cs - before[group_start] + carried)  # type: ignore[no-any-return]
+    def wander(self, rows: I64) -> F64:
+        """The length of each row's precise leg over its noise (the two margins in
+        quadrature: a still receiver's legs stay near 1 whatever their duration; a walk
+        at 30 s with 10 m margins is 2.5)."""
+        d = self.dist[rows]
+        return np.where(np.isfinite(d), d / np.hypot(self.p_m[rows], self.m[rows]),
+                        UNKNOWN_SPEED)
 
+    def _sums(self) -> list[npt.NDArray[np.int64]]:
+        """Running sums of the precise fixes' coordinates (in 1e-7 degrees, whole
+        numbers: exact whatever the batching) and count."""
+        if self._cs is None:
+            qi = self.q.astype(np.int64)
+            self._cs = [np.cumsum((self.lat * _E7).astype(np.int64) * qi),
+                        np.cumsum((self.lon * _E7).astype(np.int64) * qi), np.cumsum(qi)]
+        return self._cs
 
-def _carry_precise(starts: I64, ts: I64, lat: F64, lon: F64, m: F64, pq: PreciseLegs,
-                   c: Carry) -> None:
-    """Each group's last precise fix of the batch (if any) into the carry."""
-    n = ts.shape[0]
-    ends = np.append(starts[1:], n)
-    lastq = np.maximum.accumulate(np.where(pq.q, np.arange(n, dtype=np.int64), -1))
-    r = lastq[ends - 1]
-    has = r >= starts
-    rr = r[has]
-    c.q_ts[has], c.q_lat[has], c.q_lon[has] = ts[rr], lat[rr], lon[rr]
-    c.q_m[has], c.q_w[has], c.q_rest[has] = m[rr], pq.wander[rr], pq.rest[rr]
-    c.q_slat[has], c.q_slon[has], c.q_sn[has] = pq.s_lat[rr], pq.s_lon[rr], pq.s_n[rr]
+    def prev_fix(self, rows: I64) -> tuple[I64, F64, F64, F64]:
+        """The previous precise fix of each row (the carried one, or the row itself
+        when there is none)."""
+        p = self.prev[rows]
+        k = np.where(p >= 0, p, rows)
+        g = self.gid[rows]
+        cr = p == -1
+        return (np.where(cr, self.c.q_ts[g], self.ts[k]), np.where(cr, self.c.q_lat[g], self.lat[k]),
+                np.where(cr, self.c.q_lon[g], self.lon[k]), np.where(cr, self.c.q_m[g], self.m[k]))
+
+    def rest_of(self, rows: I64) -> tuple[I64, F64, F64, F64]:
+        """For precise rows: since when the person has rested up to and including the
+        row, and the sums (lat, lon in 1e-7 degrees, count) of that rest's fixes."""
+        lb = self.lastb[rows]
+        g = self.gid[rows]
+        gs = self.starts[g]
+        inb = lb >= gs
+        has_c = self.c.q_ts[g] > 0
+        since = np.where(inb, self.ts[np.maximum(lb, 0)],
+                         np.where(has_c, self.c.q_rest[g], self.ts[rows]))
+        sums = []
+        for cs, carried in zip(self._sums(), (self.c.q_slat, self.c.q_slon, self.c.q_sn),
+                               strict=True):
+            upto = cs[rows]
+            before_lb = np.where(lb > 0, cs[np.maximum(lb - 1, 0)], 0)
+            before_gs = np.where(gs > 0, cs[np.maximum(gs - 1, 0)], 0)
+            sums.append(np.where(inb, upto - before_lb,
+                                 upto - before_gs + carried[g]).astype(np.float64))
+        return since, sums[0], sums[1], sums[2]
+
+    def rested_place(self, rows: I64) -> tuple[I64, F64, F64]:
+        """For rows with a previous precise fix: since when the person rested up to it,
+        and where (the mean of the rest's fixes; that fix when none)."""
+        p = self.prev[rows]
+        inb = p >= 0
+        since = np.empty(rows.shape[0], dtype=np.int64)
+        s_lat = np.zeros(rows.shape[0])
+        s_lon = np.zeros(rows.shape[0])
+        s_n = np.zeros(rows.shape[0])
+        if inb.any():
+            since[inb], s_lat[inb], s_lon[inb], s_n[inb] = self.rest_of(p[inb])
+        g = self.gid[rows[~inb]]
+        since[~inb] = self.c.q_rest[g]
+        s_lat[~inb], s_lon[~inb], s_n[~inb] = self.c.q_slat[g], self.c.q_slon[g], self.c.q_sn[g]
+        _, p_lat, p_lon, _ = self.prev_fix(rows)
+        ok = s_n > 0
+        den = np.maximum(s_n, 1.0) * _E7
+        return since, np.where(ok, s_lat / den, p_lat), np.where(ok, s_lon / den, p_lon)
+
+    def departures(self, jump: BoolA) -> BoolA:
+        """Departures from rest (`OutlierConfig`): cheap tests on every row, where the
+        person rests only for the few rows that pass them."""
+        cfg = self.cfg
+        cand = np.flatnonzero(self.q & ~jump & (self.eff > cfg.v_depart_mps)
+                              & (self.dt <= cfg.still_leg_s)
+                              & (self.dist > cfg.v_depart_raw_mps * self.dt))
+        out = np.zeros(self.ts.shape[0], dtype=bool)
+        p = self.prev[cand]
+        # the leg into the previous precise fix was still (a carried one: its record)
+        still0 = np.where(p >= 0, ~self.brk[np.maximum(p, 0)],
+                          (p == -1) & (self.c.q_w[self.gid[cand]] <= cfg.still_k))
+        cand = cand[still0 & (p > -2)]
+        if cand.size == 0:
+            return out
+        since, c_lat, c_lon = self.rested_place(cand)
+        p_ts, p_lat, p_lon, p_m = self.prev_fix(cand)
+        dt = np.maximum((self.ts[cand] - p_ts) * 0.001, 1.0)
+        from_rest = np.maximum(_planar_m(c_lat, c_lon, self.lat[cand], self.lon[cand])
+                               - self.m[cand] - cfg.min_margin_m, 0.0) / dt
+        rested = _planar_m(c_lat, c_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
+        ok = (p_ts - since >= int(cfg.rest_s * 1000)) & (from_rest > cfg.v_depart_mps) & rested
+        out[cand[ok]] = True
+        # each departure's anchor: where the person rested, as of the fix before it
+        self.anchors = dict(zip(cand[ok].tolist(), zip(p_ts[ok].tolist(), c_lat[ok].tolist(),
+                                                      c_lon[ok].tolist(), strict=True),
+                                strict=True))
+        return out
+
+    def carry_out(self, starts: I64) -> None:
+        """Each group's last precise fix of the batch (if any) into the carry."""
+        n = self.ts.shape[0]
+        ends = np.append(starts[1:], n)
+        lastq = np.maximum.accumulate(np.where(self.q, np.arange(n, dtype=np.int64), -1))
+        r = lastq[ends - 1]
+        has = r >= starts
+        rr = r[has]
+        since, s_lat, s_lon, s_n = self.rest_of(rr)
+        c = self.c
+        c.q_ts[has], c.q_lat[has], c.q_lon[has] = self.ts[rr], self.lat[rr], self.lon[rr]
+        c.q_m[has], c.q_w[has], c.q_rest[has] = self.m[rr], self.wander(rr), since
+        c.q_slat[has], c.q_slon[has], c.q_sn[has] = s_lat, s_lon, s_n
 
 
 def _scan_group(
@@ -393,8 +437,8 @@ def _scan_group(
                 i = j + 1
                 continue
             if dep:  # from where the person rested (the mean of their precise fixes)
-                anc = (int(pq.p_ts[j]), float(pq.pc_lat[j]), float(pq.pc_lon[j]),
-                       cfg.min_margin_m, 0.0)
+                a_ts, a_lat, a_lon = pq.anchors[j]
+                anc = (a_ts, a_lat, a_lon, cfg.min_margin_m, 0.0)
             elif j > a:
                 anc = (int(ts[j - 1]), float(lat[j - 1]), float(lon[j - 1]), float(m[j - 1]),
                        float(v_raw[j - 1]))
@@ -425,7 +469,7 @@ def _scan_group(
         p_lon = np.concatenate(([c.prev_lon[g]], lon[a:b - 1]))[i - a:]
         p_m = np.concatenate(([c.prev_m[g]], m[a:b - 1]))[i - a:]
         if dep:  # legs between precise fixes (a cell fix neither returns nor travels)
-            p_ts, p_lat, p_lon, p_m = pq.p_ts[seg], pq.p_lat[seg], pq.p_lon[seg], pq.p_m[seg]
+            p_ts, p_lat, p_lon, p_m = pq.prev_fix(np.arange(i, b, dtype=np.int64))
         pdt = np.maximum((ts[seg] - p_ts) / 1000.0, 1.0)
         pd = haversine_m(p_lat, p_lon, lat[seg], lon[seg])
         left = (_eff_speed(pd, p_m, m[seg], pdt)
