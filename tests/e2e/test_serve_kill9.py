@@ -25,16 +25,13 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from db.server import LocalPostgres, embedded_bin_dir
-from devices.broker import Mosquitto
 from tests.integration.test_ingest_faults import assert_exactly, stream_messages
 from tests.security.brokers import private_dir, stable_port
 
 PROBATION = str(Path(sys.executable).parent / "probation")
-pytestmark = pytest.mark.skipif(not Mosquitto.available() and os.environ.get("PROBATION_TEST_REQUIRE_MOSQUITTO") != "1", reason="needs mosquitto")
 
 
 def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:

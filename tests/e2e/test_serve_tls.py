@@ -20,11 +20,9 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.broker import Mosquitto
 from tests.security.brokers import ROOT, private_dir, stable_port
 
 PROBATION = str(Path(sys.executable).parent / "probation")
-pytestmark = pytest.mark.skipif(not Mosquitto.available() and os.environ.get("PROBATION_TEST_REQUIRE_MOSQUITTO") != "1", reason="needs mosquitto")
 
 
 def _start(env: dict[str, str], port: int, log: Path, ca: Path) -> subprocess.Popen[bytes]:

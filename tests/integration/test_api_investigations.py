@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import shutil
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -160,7 +158,6 @@ EXPECTED = {"kk": "Электрондық мониторинг есебі", "ru"
             "en": "Electronic monitoring report"}
 
 
-@pytest.mark.skipif(shutil.which("pdftoppm") is None and os.environ.get("PROBATION_TEST_REQUIRE_TOOLS") != "1", reason="poppler-utils not installed")
 def test_reports_render_read_back_and_verify(app_client: TestClient, world: World,
                                              tmp_path: Path) -> None:
     c, w = app_client, world

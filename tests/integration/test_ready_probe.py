@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-
-import pytest
 
 from db.server import free_port
 from devices.broker import EmbeddedMosquitto, Mosquitto
@@ -28,8 +25,7 @@ def test_probe_makes_the_embedded_broker_log_no_error() -> None:
     'not ready'."""
     from tests.security.brokers import private_dir
 
-    if not Mosquitto.available() and os.environ.get("PROBATION_TEST_REQUIRE_MOSQUITTO") != "1":
-        pytest.skip("needs mosquitto")
+    assert Mosquitto.available(), "mosquitto is required (Debian package mosquitto)"
     with private_dir() as tmp:
         broker = EmbeddedMosquitto(data_dir=tmp / "mq", backend_password="backend-pw",
                                    port=free_port())

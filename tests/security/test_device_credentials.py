@@ -5,7 +5,6 @@ as soon as the request returns."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +14,12 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from devices.broker import EmbeddedMosquitto, Mosquitto, device_accounts
+from devices.broker import EmbeddedMosquitto, device_accounts
 from devices.mqtt_auth import verify_password
 from tests.integration._api import World, auth
 from tests.security import brokers
 
 pytest_plugins = ["tests.integration._api_fixtures"]
-pytestmark = pytest.mark.skipif(not Mosquitto.available() and os.environ.get("PROBATION_TEST_REQUIRE_MOSQUITTO") != "1", reason="needs mosquitto")
 
 
 @pytest.fixture

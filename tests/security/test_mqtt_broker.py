@@ -10,7 +10,6 @@ the refused message must not.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from devices import mqtt_auth
-from devices.broker import Mosquitto, check_listener
+from devices.broker import check_listener
 from devices.mqtt_auth import MESSAGE_SIZE_LIMIT, new_password
 from tests.security import brokers
 from tests.security.brokers import BACKEND, PREFIX, Broker, accepted, connect, subscribed, wait_for
 
-pytestmark = pytest.mark.skipif(not Mosquitto.available() and os.environ.get("PROBATION_TEST_REQUIRE_MOSQUITTO") != "1", reason="needs mosquitto")
-# (mosquitto is required in CI: PROBATION_TEST_REQUIRE_MOSQUITTO makes the suite's broker fail)
+# (mosquitto is required: these tests fail, never skip, without it)
 
 UPLINK = ("fixes", "events", "checkins", "status", "acks")
 
