@@ -22,9 +22,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simulator.violations import Rates
+
+if TYPE_CHECKING:
+    from geofence.engine.config import GeofenceConfig
+    from simulator.run import SimConfig
 
 SOAK_RATES = Rates(curfew=8.0, exclusion=4.0, strap=1.0, power_off=1.0, gap=2.0)
 TOLERANCE_S = 300.0
@@ -39,27 +43,23 @@ class _Fixes:
             self.by_serial[topic.split("/")[-2]] += json.loads(payload)["fixes"]
 
 
-def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
-                sim_hours: float = 2.0, seed: int = 1, start: str = "21:00",
-                rates: Rates = SOAK_RATES, config: Any = None) -> dict[str, Any]:
+def engine_openings(cfg: SimConfig, config: GeofenceConfig | None = None
+                    ) -> tuple[list[dict[str, Any]], int]:
+    """Run the simulator offline (`cfg`, its truth written to ``cfg.truth``) and its
+    published fixes, in time order, in batches as the ingest worker would cut them,
+    through `geofence.engine.advance` with each person's home (curfew) and exclusion
+    zone; the engine's openings (`Transitions.records`, kind ``open``) and the number
+    of fixes."""
     from geofence import CaseZones, EngineState, FixBatch, advance, compile_zone
     from geofence.engine.config import DEFAULT_CONFIG
-    from simulator.run import SimConfig, Simulator, TruthWriter
-    from simulator.score import CURFEW_BAR_S, ts
+    from simulator.run import Simulator, TruthWriter
     from simulator.setup import CURFEW_SCHEDULE, Registered
 
-    config = config or DEFAULT_CONFIG
-    t0 = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="probation-simoffline-"))
-    speed = 60.0
-    cfg = SimConfig(mqtt="unused", people=people, speed=speed, duration_s=sim_hours * 3600 / speed,
-                    seed=seed, truth=tmp / "truth.jsonl", start=start, rates=rates,
-                    gps_model=model, fix_interval_s=fix_interval_s)
     sink = _Fixes()
     sim = Simulator(cfg, sink=sink)
     world = sim.plan()
     sim.use_registry([Registered(i, "s", f"c{i}", f"d{i}", f"B{i}", None, None, f"h{i}",
-                                 f"e{i}", "o") for i in range(people)])
+                                 f"e{i}", "o") for i in range(cfg.people)])
     sim.truth = TruthWriter(cfg.truth)
     sim.run_offline()
     sim.truth.close()
@@ -78,11 +78,30 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
         key=lambda r: r["ts"],
     )
     state = EngineState.empty()
-    opened: list[tuple[str, str, float, bool]] = []
+    opened: list[dict[str, Any]] = []
     for k in range(0, len(recs), 5_000):
-        state, tr = advance(state, FixBatch.from_records(reg, recs[k:k + 5_000]), reg, config)
-        opened += [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000,
-                    bool(o.get("inferred"))) for o in tr.records() if o["kind"] == "open"]
+        state, tr = advance(state, FixBatch.from_records(reg, recs[k:k + 5_000]), reg,
+                            config or DEFAULT_CONFIG)
+        opened += [o for o in tr.records() if o["kind"] == "open"]
+    return opened, len(recs)
+
+
+def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
+                sim_hours: float = 2.0, seed: int = 1, start: str = "21:00",
+                rates: Rates = SOAK_RATES, config: GeofenceConfig | None = None
+                ) -> dict[str, Any]:
+    from simulator.run import SimConfig
+    from simulator.score import CURFEW_BAR_S, ts
+
+    t0 = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="probation-simoffline-"))
+    speed = 60.0
+    cfg = SimConfig(mqtt="unused", people=people, speed=speed, duration_s=sim_hours * 3600 / speed,
+                    seed=seed, truth=tmp / "truth.jsonl", start=start, rates=rates,
+                    gps_model=model, fix_interval_s=fix_interval_s)
+    records, n_fixes = engine_openings(cfg, config)
+    opened = [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000, bool(o.get("inferred")))
+              for o in records]
     truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     kinds: dict[str, int] = defaultdict(int)
@@ -112,7 +131,7 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     pdays = people * sim_hours / 24
     return {
         "gps_model": model, "fix_interval_s": fix_interval_s, "people": people,
-        "sim_hours": sim_hours, "person_days": round(pdays, 2), "fixes": len(recs),
+        "sim_hours": sim_hours, "person_days": round(pdays, 2), "fixes": n_fixes,
         "noise_bursts": dict(kinds), "openings": len(opened),
         "truths": sum(len(v) for v in truths.values()),
         "false_alarms": len(false), "false_alarms_per_person_day": round(len(false) / pdays, 3),

@@ -11,22 +11,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from geofence import CaseZones, EngineState, FixBatch, advance, compile_zone
-from simulator.run import SimConfig, Simulator, TruthWriter
+from bench.simoffline import engine_openings
+from simulator.run import SimConfig
 from simulator.score import ts
-from simulator.setup import CURFEW_SCHEDULE, Registered
 from simulator.violations import Rates
-
-
-class _Fixes:
-    def __init__(self) -> None:
-        self.by_serial: dict[str, list[dict[str, Any]]] = defaultdict(list)
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        if topic.endswith("/fixes"):
-            self.by_serial[topic.split("/")[-2]] += json.loads(payload)["fixes"]
 
 
 def _episodes(tmp_path: Path, model: str, n: int = 60, minutes: float = 12
@@ -35,34 +24,8 @@ def _episodes(tmp_path: Path, model: str, n: int = 60, minutes: float = 12
     cfg = SimConfig(mqtt="unused", people=n, speed=60, duration_s=minutes * 60, seed=5,
                     truth=tmp_path / "truth.jsonl", start="18:00",
                     rates=Rates(curfew=3, exclusion=3, gap=2), gps_model=model)
-    sink = _Fixes()
-    sim = Simulator(cfg, sink=sink)
-    world = sim.plan()
-    sim.use_registry([Registered(i, "s", f"c{i}", f"d{i}", f"B{i}", None, None, f"h{i}", f"e{i}", "o")
-                      for i in range(n)])
-    sim.truth = TruthWriter(cfg.truth)
-    sim.run_offline()
-    sim.truth.close()
-
-    cases = {}
-    for p in world.people:
-        home = compile_zone(zone_id=f"h{p.index}", kind="inclusion",
-                            circle={"center": [p.home.lon, p.home.lat], "radius_m": p.home_radius_m})
-        excl = compile_zone(zone_id=f"e{p.index}", kind="exclusion", **p.exclusion.geojson())  # type: ignore[arg-type]
-        cases[f"c{p.index}"] = ("Asia/Almaty", [(f"h{p.index}", home, CURFEW_SCHEDULE, None),
-                                                (f"e{p.index}", excl, None, None)])
-    reg = CaseZones.from_cases(cases)
-    recs = sorted(
-        ({"case_id": f"c{s[1:]}", "device_id": s, "ts": f["ts"], "lat": f["lat"], "lon": f["lon"],
-          "acc": f["acc"]} for s, fl in sink.by_serial.items() for f in fl),
-        key=lambda r: r["ts"],
-    )
-    state = EngineState.empty()
-    engine: set[tuple[str, str, int]] = set()
-    for k in range(0, len(recs), 5_000):  # batches, as the ingest worker would cut them
-        state, tr = advance(state, FixBatch.from_records(reg, recs[k:k + 5_000]), reg)
-        engine |= {(o["case_id"], o["alert_type"], o["first_fix"]["ts"])
-                   for o in tr.records() if o["kind"] == "open"}
+    records, _ = engine_openings(cfg)
+    engine = {(o["case_id"], o["alert_type"], o["first_fix"]["ts"]) for o in records}
 
     mine: set[tuple[str, str, int]] = set()
     truths = 0
