@@ -250,13 +250,11 @@ class PreciseLegs:
     says nothing of rest or movement and is skipped), for the departure rule.
 
     Per row: ``q`` precise; ``prev`` the row of the precise fix before it in its group
-    (-1: the carried one, -2: none); ``e`` the effective speed from it (UNKNOWN_SPEED
-    when that leg is longer than ``still_leg_s``) and ``raw`` the raw one; ``wander``
-    the leg's length over its noise (the two margins in quadrature: a still receiver's
-    legs stay near 1 whatever their duration; a walk at 30 s with 10 m margins is 2.5);
-    ``wander0`` that of the leg that reached the previous precise fix. Where the person
-    rests (`rest_of`) is computed only for the rows asked about (candidates, each
-    group's last precise fix): per-row work stays a few numpy passes.
+    (-1: the carried one, -2: none); the leg from it (``dist``, ``dt``, its margin
+    ``p_m``, effective speed ``eff``); ``brk`` the leg is no rest (`wander`), and
+    ``lastb`` the last such row. Where the person rests (`rest_of`) is computed only for
+    the rows asked about (candidates, each group's last precise fix): per-row work stays
+    a few numpy passes.
     """
 
     def __init__(self, starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
@@ -270,8 +268,9 @@ class PreciseLegs:
         self.gid = np.repeat(np.arange(starts.shape[0], dtype=np.int64),
                              np.diff(np.append(starts, n)))
         self.q = q = m <= cfg.still_acc_m
+        self.lastq = np.maximum.accumulate(np.where(q, pos, -1))
         prev = np.full(n, -1, dtype=np.int64)
-        prev[1:] = np.maximum.accumulate(np.where(q, pos, -1))[:-1]
+        prev[1:] = self.lastq[:-1]
         carried = np.flatnonzero(prev < starts[self.gid])
         prev[carried] = np.where(c.q_ts[self.gid[carried]] > 0, -1, -2)
         self.prev = prev
@@ -287,22 +286,23 @@ class PreciseLegs:
             eff[fix] = _eff_speed(d, f_m, m[fix], dt[fix])
             dist[fix] = np.where(prev[fix] == -2, np.inf, d)
         self.dist, self.dt, self.p_m, self.eff = dist, dt, p_m, eff
-        # rest: a precise fix reached by a leg longer than `still_k` x its noise (or of
-        # unknown length) starts it anew
-        k2 = cfg.still_k * cfg.still_k
-        self.brk = q & ~((dist * dist <= k2 * (p_m * p_m + m * m))
-                         & (dt <= cfg.rest_leg_max_s))
+        # rest: a precise fix reached by a leg that is no rest (`wander`) starts it anew
+        self.brk = q & ~(self._wander(dist, dt, p_m, m) <= cfg.still_k)
         self.lastb = np.maximum.accumulate(np.where(self.brk, pos, -1))
         self._cs: list[npt.NDArray[np.int64]] | None = None
         self.anchors: dict[int, tuple[int, float, float]] = {}
 
+    def _wander(self, dist: F64, dt: F64, p_m: F64, m: F64) -> F64:
+        """A leg's length over its noise (the two margins in quadrature: a still
+        receiver's legs stay near 1 whatever their duration; a walk at 30 s with 10 m
+        margins is 2.5); UNKNOWN_SPEED when it says nothing of rest (no fix before,
+        longer than ``rest_leg_max_s``). Rest is a run of legs up to ``still_k``."""
+        ok = np.isfinite(dist) & (dt <= self.cfg.rest_leg_max_s)
+        return np.where(ok, dist / np.hypot(p_m, m), UNKNOWN_SPEED)
+
     def wander(self, rows: I64) -> F64:
-        """The length of each row's precise leg over its noise (the two margins in
-        quadrature: a still receiver's legs stay near 1 whatever their duration; a walk
-        at 30 s with 10 m margins is 2.5)."""
-        d = self.dist[rows]
-        return np.where(np.isfinite(d), d / np.hypot(self.p_m[rows], self.m[rows]),
-                        UNKNOWN_SPEED)
+        """`_wander` of the given rows' precise legs (what the carry keeps)."""
+        return self._wander(self.dist[rows], self.dt[rows], self.p_m[rows], self.m[rows])
 
     def _sums(self) -> list[npt.NDArray[np.int64]]:
         """Running sums of the precise fixes' coordinates (in 1e-7 degrees, whole
@@ -393,10 +393,8 @@ class PreciseLegs:
 
     def carry_out(self, starts: I64) -> None:
         """Each group's last precise fix of the batch (if any) into the carry."""
-        n = self.ts.shape[0]
-        ends = np.append(starts[1:], n)
-        lastq = np.maximum.accumulate(np.where(self.q, np.arange(n, dtype=np.int64), -1))
-        r = lastq[ends - 1]
+        ends = np.append(starts[1:], self.ts.shape[0])
+        r = self.lastq[ends - 1]
         has = r >= starts
         rr = r[has]
         since, s_lat, s_lon, s_n = self.rest_of(rr)
