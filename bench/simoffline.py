@@ -6,8 +6,10 @@ The simulator runs offline (`Simulator.run_offline`) with the short soak's plan 
 start, raised violation rates); its published fixes go in time order, in batches, through
 `geofence.engine.advance` with each person's home (curfew) and exclusion zone. An opening
 whose first fix lies outside every truth record of its case and type (± 5 minutes, as
-`simulator.score` matches zone alerts) is a false alarm; the ones within 5 minutes of a
-noise burst of the realistic model are counted apart. A truth of the soak's bar (an
+`simulator.score` matches zone alerts) and of every stretch the person really was on the
+zone's wrong side (`real_not_due`: the truth's replay of the rules did not make it due) is
+a false alarm; the ones within 5 minutes of a noise burst of the realistic model are
+counted apart. A truth of the soak's bar (an
 exclusion entry, a curfew break over 2 minutes) with no opening of its case and type
 within those 5 minutes is missed (`bar_missed`; `examples` lists the first ones). Not
 modelled: rapid mode (no downlink), late uploads' re-evaluation, the reopening of alerts
@@ -104,6 +106,7 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
               for o in records]
     truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    wrong: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     kinds: dict[str, int] = defaultdict(int)
     barred: list[tuple[str, str, float, float]] = []  # the soak bar's truths
     for line in cfg.truth.read_text().splitlines():
@@ -115,14 +118,20 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
             if r["type"] == "exclusion_zone_entered" or (r.get("duration_s") or 0) > CURFEW_BAR_S:
                 barred.append((r["case_id"], r["type"], ts(r["start"]) or 0.0,
                                ts(r["end"]) or 0.0))
+        elif r["record"] == "wrong_side":
+            wrong[(r["case_id"], r["type"])].append((ts(r["start"]) or 0.0, ts(r["end"]) or 0.0))
         elif r["record"] == "noise":
             bursts[r["case_id"]].append((ts(r["start"]) or 0.0, ts(r["end"]) or 0.0))
             kinds[r["kind"]] += 1
     missed = [t for t in barred if not any(
         o[0] == t[0] and o[1] == t[1] and t[2] - TOLERANCE_S <= o[2] <= t[3] + TOLERANCE_S
         for o in opened)]
-    false = [o for o in opened if not any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
-                                          for a, b in truths[(o[0], o[1])])]
+    unmatched = [o for o in opened if not any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
+                                              for a, b in truths[(o[0], o[1])])]
+    # on the wrong side for real, though the simulator's rules did not make it due
+    real = [o for o in unmatched if any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
+                                        for a, b in wrong[(o[0], o[1])])]
+    false = [o for o in unmatched if o not in real]
     near = [o for o in false if any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
                                     for a, b in bursts[o[0]])]
     by_type: dict[str, int] = defaultdict(int)
@@ -134,6 +143,7 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
         "sim_hours": sim_hours, "person_days": round(pdays, 2), "fixes": n_fixes,
         "noise_bursts": dict(kinds), "openings": len(opened),
         "truths": sum(len(v) for v in truths.values()),
+        "real_not_due": len(real),
         "false_alarms": len(false), "false_alarms_per_person_day": round(len(false) / pdays, 3),
         "false_alarms_by_type": dict(by_type), "false_alarms_near_noise": len(near),
         "bar_truths": len(barred), "bar_missed": len(missed),
@@ -165,6 +175,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
                 f"{r['truths']} truths, {r['openings']} openings, false alarms "
                 f"{r['false_alarms']} = {r['false_alarms_per_person_day']} per person-day "
                 f"{r['false_alarms_by_type']}, near a noise burst {r['false_alarms_near_noise']}"
+                f", on a real wrong-side stretch not due {r['real_not_due']}"
                 f"; bar truths {r['bar_truths']}, missed {r['bar_missed']}"
                 f" (bursts {r['noise_bursts']}; {r['seconds']} s)")
     write_json(args.json, {"runs": results})

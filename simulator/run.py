@@ -419,6 +419,7 @@ class Simulator:
         self._init_state()
         self.real_start = time.time()
         self.truth.write(self._run_record())
+        self._wrong_side_records()
         if on_started is not None:
             on_started()
         for r in self.registry:
@@ -455,6 +456,7 @@ class Simulator:
         self._init_state()
         self.real_start = time.time()
         self.truth.write(self._run_record())
+        self._wrong_side_records()
         for r in self.registry:
             self._status(r.person, "online", self.sim_start)
         end = self.sim_start + self.cfg.speed * self.cfg.duration_s
@@ -694,6 +696,23 @@ class Simulator:
                 self._event(p, t, "charging_stopped", {"level": int(self.level[p])})
 
     # -- truth -----------------------------------------------------------------------
+
+    def _wrong_side_records(self) -> None:
+        """Every stretch a person really is on a zone's wrong side (the ground truth of
+        the planned excursions), due or not: an alert on one is no false alarm even where
+        the simulator's own evaluation of the rules did not make it due (their fixes
+        differ: it leaves noise bursts out, the engine has its own outlier and transit
+        rules), so it is counted apart (`simulator.score`, ``real_not_due``)."""
+        assert self.world is not None and self.truth is not None
+        for (p, zone), gts in sorted(self.world.book.truths.items()):
+            if p >= len(self.registry):
+                continue
+            r = self.registry[p]
+            for g in gts:
+                self.truth.write({"record": "wrong_side", "type": ZONE_ALERT[zone],
+                                  "case_id": r.case_id, "serial": r.bracelet, "person": p,
+                                  "clock": "sim", "start": iso(g.start), "end": iso(g.end),
+                                  "kind": g.kind})
 
     def _zone_due(self, due: Due) -> None:
         assert self.world is not None

@@ -7,6 +7,8 @@ The truth file (JSON lines, written by `probation simulate`):
 - ``{"record": "violation", "type": <alert type>, "case_id", "serial", "person",
   "clock": "sim" | "real", "start", "end", "duration_s", ...}``, one per alert the
   monitoring rules make due (zone violations only when the rules confirm them);
+- ``{"record": "wrong_side", "type", "case_id", "start", "end", "kind"}``: every stretch
+  a person really is on a zone's wrong side during a planned excursion, due or not;
 - ``{"record": "noise_due", ...}``: rule-due episodes caused by GPS noise (no truth);
 - ``{"record": "noise", "kind": "spike" | "multipath", "case_id", "start", "end",
   "offset_m", "acc"}``: a noise burst of the realistic GPS model (no truth: an alert it
@@ -41,6 +43,10 @@ Not counted as false alarms, reported apart:
   ``trigger: window_start``: at a real 22:00 it looks at a fix of simulated time) and,
   when the lag exceeds the 30 minutes of `location_lost`, that rule (the newest good
   fix is always "old"). Neither says anything about the simulated people.
+- alerts on a stretch the person really was on the zone's wrong side (a ``wrong_side``
+  record: the ground truth, due or not) that the simulator's own evaluation of the rules
+  did not make due (`real_not_due`): the alert is right, the rules' replay in the
+  simulator saw different fixes (it leaves noise bursts out);
 - alerts that start after the run ended (e.g. a random check-in the backend sent after
   the simulator stopped).
 
@@ -108,6 +114,8 @@ class TruthRun:
     meta: dict[str, Any] = field(default_factory=dict)
     #: noise bursts: (case_id, kind, start, end)
     noise: list[tuple[str, str, float, float]] = field(default_factory=list)
+    #: (case_id, alert type, start, end): every stretch on a zone's wrong side
+    wrong_side: list[tuple[str, str, float, float]] = field(default_factory=list)
 
     @property
     def person_days(self) -> float:
@@ -162,6 +170,7 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
     truths: list[Truth] = []
     noise = 0
     bursts: list[tuple[str, str, float, float]] = []
+    wrong: list[tuple[str, str, float, float]] = []
     for line in lines:
         line = line.strip()
         if not line:
@@ -174,6 +183,9 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
             end = rec
         elif kind == "noise_due":
             noise += 1
+        elif kind == "wrong_side":
+            a = ts(rec["start"]) or 0.0
+            wrong.append((str(rec["case_id"]), str(rec["type"]), a, ts(rec.get("end")) or a))
         elif kind == "noise":
             a = ts(rec["start"]) or 0.0
             bursts.append((str(rec["case_id"]), str(rec["kind"]), a, ts(rec.get("end")) or a))
@@ -192,7 +204,7 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
     return TruthRun(people=int(run["people"]), speed=speed, sim_start=sim_start,
                     real_start=real_start, sim_end=sim_end, real_end=real_end,
                     cases={str(c) for c in run.get("cases", [])}, truths=truths,
-                    noise_due=noise, meta=run, noise=bursts)
+                    noise_due=noise, meta=run, noise=bursts, wrong_side=wrong)
 
 
 def load_truth(path: Path) -> TruthRun:
@@ -228,6 +240,10 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
     by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, t in enumerate(run.truths):
         by_key[(t.case_id, t.type)].append(i)
+    wrong_by_key: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for c, typ, a0, a1 in run.wrong_side:
+        wrong_by_key[(c, typ)].append((a0, a1))
+    real_undue: dict[str, int] = defaultdict(int)
     matched_truth: dict[int, float] = {}  # truth index -> earliest alert creation
     per_alerts: dict[str, int] = defaultdict(int)
     per_matched: dict[str, int] = defaultdict(int)
@@ -259,6 +275,12 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         end = run.real_end if clock_of(a.type) == "real" else run.sim_end
         if a.started_at > end + after:
             after_run[a.type] += 1
+            continue
+        if any(w0 - before - slack_s <= a.started_at <= w1 + after + slack_s
+               for w0, w1 in wrong_by_key.get((a.case_id, a.type), [])):
+            # the person really was on the wrong side: not a false alarm, though the
+            # rules' own evaluation in the simulator did not make it due
+            real_undue[a.type] += 1
             continue
         per_alerts[a.type] += 1
         per_false[a.type] += 1
@@ -302,6 +324,7 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         "person_days": round(pdays, 2),
         "clock_artifacts": dict(artifacts),
         "after_run": dict(after_run),
+        "real_not_due": dict(real_undue),
         "noise_due": run.noise_due,
         "gps_model": run.meta.get("gps_model", "simple"),
         "noise_bursts": dict(sorted(_kinds(run.noise).items())),

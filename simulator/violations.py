@@ -17,8 +17,11 @@ episode state machine and margins (no single-fix opening) on exactly the fixes i
 writes a zone violation to the truth file only when those rules say an alert is due
 while the person really is on the wrong side (a planned excursion). A rule-due episode
 without a planned excursion is GPS noise: it is counted (`noise_due`) but is no truth,
-so the alert it causes is scored as a false alarm. `start`/`end` of a zone violation
-are the true crossing times (from the trajectory, 1 s resolution).
+so the alert it causes is scored as a false alarm, unless the person really was on the
+wrong side then (every ground-truth stretch is also written as a ``wrong_side`` record:
+an alert on one is right even where these rules, on fixes without the noise bursts, did
+not make it due). `start`/`end` of a zone violation are the true crossing times (from the
+trajectory, 1 s resolution).
 
 Noise (the realistic GPS model, `simulator.gps`): spikes after gaps and multipath
 excursions are written as ``noise`` records (kind, start, end, offset, the `acc` they

@@ -183,3 +183,23 @@ def test_noise_bursts_are_counted_and_false_alarms_near_them_reported() -> None:
     assert r["noise_bursts"] == {"multipath": 1, "spike": 2}
     assert r["false_alarms"] == 2 and r["false_alarms_near_noise"] == {"inclusion_zone_left": 1}
     assert any("noise bursts" in line for line in format_table(r))
+
+
+def test_an_alert_on_a_real_wrong_side_stretch_the_rules_did_not_make_due_is_no_false_alarm() -> None:
+    # the person really was in the exclusion zone (a `wrong_side` record) but the
+    # simulator's own rules never made it due (no violation record): the alert is
+    # counted apart, neither false nor a detection; one outside any stretch is false
+    run = _run([])
+    lines = [json.dumps({"record": "run", "people": 10, "speed": 10, "duration_s": 3600,
+                         "sim_start": SIM0, "real_start": T0, "cases": ["c1", "c2"]}),
+             json.dumps({"record": "wrong_side", "type": "exclusion_zone_entered",
+                         "case_id": "c1", "clock": "sim", "start": SIM0 + 1000,
+                         "end": SIM0 + 1100, "kind": "route"})]
+    run = parse_truth(lines)
+    assert run.wrong_side == [("c1", "exclusion_zone_entered", SIM0 + 1000, SIM0 + 1100)]
+    alerts = [_alert(1, "c1", "exclusion_zone_entered", SIM0 + 1050, T0 + 110),
+              _alert(2, "c2", "exclusion_zone_entered", SIM0 + 1050, T0 + 110),
+              _alert(3, "c1", "inclusion_zone_left", SIM0 + 1050, T0 + 110)]
+    r = score(run, alerts)
+    assert r["real_not_due"] == {"exclusion_zone_entered": 1}
+    assert r["false_alarms"] == 2
