@@ -65,7 +65,7 @@ class OutlierConfig:
     #: ``v_depart_raw_mps`` on the raw distance (a walk never is).
     still_acc_m: float = 100.0
     still_k: float = 2.0
-    rest_s: float = 120.0
+    rest_s: float = 60.0
     rest_radius_m: float = 100.0
     rest_leg_max_s: float = 1800.0
     still_leg_s: float = 150.0
@@ -116,6 +116,7 @@ class Carry:
     q_slat: F64  # ... and the sums of the latitudes, longitudes and number of the
     q_slon: F64  # precise fixes since (where the person rests: their mean)
     q_sn: F64
+    q_sm2: F64  # ... and the sum of their squared margins (in 0.01 m², whole numbers)
     depart: BoolA  # the suspect run began with a departure from rest, not a jump
 
     @classmethod
@@ -126,7 +127,8 @@ class Carry:
                    z.copy(), zi.copy(), np.zeros(groups, dtype=bool), zi.copy(), z.copy(),
                    z.copy(), z.copy(), zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
                    zi.copy(), z.copy(), z.copy(), z.copy(), np.full(groups, UNKNOWN_SPEED),
-                   zi.copy(), z.copy(), z.copy(), z.copy(), np.zeros(groups, dtype=bool))
+                   zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
+                   np.zeros(groups, dtype=bool))
 
     def copy(self) -> Carry:
         return Carry(*(np.array(getattr(self, f)) for f in _CARRY_FIELDS))
@@ -135,7 +137,7 @@ class Carry:
 _CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_v", "since",
                  "has_pp", "pp_ts", "pp_lat", "pp_lon", "pp_m",
                  "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v", "q_ts", "q_lat", "q_lon", "q_m", "q_w",
-                 "q_rest", "q_slat", "q_slon", "q_sn", "depart")
+                 "q_rest", "q_slat", "q_slon", "q_sn", "q_sm2", "depart")
 
 
 @dataclass(eq=False)
@@ -305,12 +307,14 @@ class PreciseLegs:
         return self._wander(self.dist[rows], self.dt[rows], self.p_m[rows], self.m[rows])
 
     def _sums(self) -> list[npt.NDArray[np.int64]]:
-        """Running sums of the precise fixes' coordinates (in 1e-7 degrees, whole
-        numbers: exact whatever the batching) and count."""
+        """Running sums of the precise fixes' coordinates (in 1e-7 degrees), count and
+        squared margins (in 0.01 m²): whole numbers, exact whatever the batching."""
         if self._cs is None:
             qi = self.q.astype(np.int64)
+            m10 = np.rint(self.m * 10.0).astype(np.int64)
             self._cs = [np.cumsum((self.lat * _E7).astype(np.int64) * qi),
-                        np.cumsum((self.lon * _E7).astype(np.int64) * qi), np.cumsum(qi)]
+                        np.cumsum((self.lon * _E7).astype(np.int64) * qi), np.cumsum(qi),
+                        np.cumsum(m10 * m10 * qi)]
         return self._cs
 
     def prev_fix(self, rows: I64) -> tuple[I64, F64, F64, F64]:
@@ -323,9 +327,9 @@ class PreciseLegs:
         return (np.where(cr, self.c.q_ts[g], self.ts[k]), np.where(cr, self.c.q_lat[g], self.lat[k]),
                 np.where(cr, self.c.q_lon[g], self.lon[k]), np.where(cr, self.c.q_m[g], self.m[k]))
 
-    def rest_of(self, rows: I64) -> tuple[I64, F64, F64, F64]:
+    def rest_of(self, rows: I64) -> tuple[I64, F64, F64, F64, F64]:
         """For precise rows: since when the person has rested up to and including the
-        row, and the sums (lat, lon in 1e-7 degrees, count) of that rest's fixes."""
+        row, and the sums (`_sums`) of that rest's fixes."""
         lb = self.lastb[rows]
         g = self.gid[rows]
         gs = self.starts[g]
@@ -334,33 +338,39 @@ class PreciseLegs:
         since = np.where(inb, self.ts[np.maximum(lb, 0)],
                          np.where(has_c, self.c.q_rest[g], self.ts[rows]))
         sums = []
-        for cs, carried in zip(self._sums(), (self.c.q_slat, self.c.q_slon, self.c.q_sn),
-                               strict=True):
+        for cs, carried in zip(self._sums(), (self.c.q_slat, self.c.q_slon, self.c.q_sn,
+                                              self.c.q_sm2), strict=True):
             upto = cs[rows]
             before_lb = np.where(lb > 0, cs[np.maximum(lb - 1, 0)], 0)
             before_gs = np.where(gs > 0, cs[np.maximum(gs - 1, 0)], 0)
             sums.append(np.where(inb, upto - before_lb,
                                  upto - before_gs + carried[g]).astype(np.float64))
-        return since, sums[0], sums[1], sums[2]
+        return since, sums[0], sums[1], sums[2], sums[3]
 
-    def rested_place(self, rows: I64) -> tuple[I64, F64, F64]:
+    def rested_place(self, rows: I64) -> tuple[I64, F64, F64, F64]:
         """For rows with a previous precise fix: since when the person rested up to it,
-        and where (the mean of the rest's fixes; that fix when none)."""
+        where (the mean of the rest's fixes; that fix when none) and how well that is
+        known (the mean's margin, sqrt(sum of squared margins) / n: a rest of few noisy
+        fixes is known no better than they are; at least ``min_margin_m``)."""
         p = self.prev[rows]
         inb = p >= 0
-        since = np.empty(rows.shape[0], dtype=np.int64)
-        s_lat = np.zeros(rows.shape[0])
-        s_lon = np.zeros(rows.shape[0])
-        s_n = np.zeros(rows.shape[0])
+        k = rows.shape[0]
+        since = np.empty(k, dtype=np.int64)
+        s_lat, s_lon, s_n, s_m2 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
         if inb.any():
-            since[inb], s_lat[inb], s_lon[inb], s_n[inb] = self.rest_of(p[inb])
+            since[inb], s_lat[inb], s_lon[inb], s_n[inb], s_m2[inb] = self.rest_of(p[inb])
         g = self.gid[rows[~inb]]
-        since[~inb] = self.c.q_rest[g]
-        s_lat[~inb], s_lon[~inb], s_n[~inb] = self.c.q_slat[g], self.c.q_slon[g], self.c.q_sn[g]
-        _, p_lat, p_lon, _ = self.prev_fix(rows)
+        c = self.c
+        since[~inb] = c.q_rest[g]
+        s_lat[~inb], s_lon[~inb], s_n[~inb] = c.q_slat[g], c.q_slon[g], c.q_sn[g]
+        s_m2[~inb] = c.q_sm2[g]
+        _, p_lat, p_lon, p_m = self.prev_fix(rows)
         ok = s_n > 0
-        den = np.maximum(s_n, 1.0) * _E7
-        return since, np.where(ok, s_lat / den, p_lat), np.where(ok, s_lon / den, p_lon)
+        n = np.maximum(s_n, 1.0)
+        den = n * _E7
+        margin = np.where(ok, np.maximum(np.sqrt(s_m2) / 10.0 / n, self.cfg.min_margin_m), p_m)
+        return (since, np.where(ok, s_lat / den, p_lat), np.where(ok, s_lon / den, p_lon),
+                margin)
 
     def departures(self, jump: BoolA) -> BoolA:
         """Departures from rest (`OutlierConfig`): cheap tests on every row, where the
@@ -377,11 +387,11 @@ class PreciseLegs:
         cand = cand[still0 & (p > -2)]
         if cand.size == 0:
             return out
-        since, c_lat, c_lon = self.rested_place(cand)
+        since, c_lat, c_lon, c_m = self.rested_place(cand)
         p_ts, p_lat, p_lon, p_m = self.prev_fix(cand)
         dt = np.maximum((self.ts[cand] - p_ts) * 0.001, 1.0)
         from_rest = np.maximum(_planar_m(c_lat, c_lon, self.lat[cand], self.lon[cand])
-                               - self.m[cand] - cfg.min_margin_m, 0.0) / dt
+                               - self.m[cand] - c_m, 0.0) / dt
         rested = _planar_m(c_lat, c_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
         ok = (p_ts - since >= int(cfg.rest_s * 1000)) & (from_rest > cfg.v_depart_mps) & rested
         out[cand[ok]] = True
@@ -397,11 +407,11 @@ class PreciseLegs:
         r = self.lastq[ends - 1]
         has = r >= starts
         rr = r[has]
-        since, s_lat, s_lon, s_n = self.rest_of(rr)
+        since, s_lat, s_lon, s_n, s_m2 = self.rest_of(rr)
         c = self.c
         c.q_ts[has], c.q_lat[has], c.q_lon[has] = self.ts[rr], self.lat[rr], self.lon[rr]
         c.q_m[has], c.q_w[has], c.q_rest[has] = self.m[rr], self.wander(rr), since
-        c.q_slat[has], c.q_slon[has], c.q_sn[has] = s_lat, s_lon, s_n
+        c.q_slat[has], c.q_slon[has], c.q_sn[has], c.q_sm2[has] = s_lat, s_lon, s_n, s_m2
 
 
 def _scan_group(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geofence.outliers import Carry, detect, outlier_mask
+from geofence.outliers import Carry, OutlierConfig, detect, outlier_mask
 from tests.unit.geofence.helpers import ll
 
 T0 = 1_700_000_000_000
@@ -71,10 +71,10 @@ def test_a_departure_that_travels_on_is_no_outlier() -> None:
 
 
 def test_a_short_stop_is_no_rest() -> None:
-    # moving, a one-minute stop at a kerb, then a hop and back: judged by the jump rule
-    # alone (plausible), not as a departure from rest
-    pts = [(60 * k, 300.0 * k, 0.0) for k in range(5)] + [(300, 1200.0, 0.0),
-                                                          (360, 1500.0, 0.0), (420, 1200.0, 0.0)]
+    # moving, a 30-second stop at a kerb (rest needs a minute), then a hop and back:
+    # judged by the jump rule alone (plausible), not as a departure from rest
+    pts = [(60 * k, 300.0 * k, 0.0) for k in range(5)] + [(270, 1200.0, 0.0),
+                                                          (330, 1500.0, 0.0), (390, 1200.0, 0.0)]
     ts, lat, lon, _ = track(pts)
     assert not outlier_mask(ts, lat, lon, np.full(ts.shape[0], 10.0)).any()
 
@@ -161,3 +161,32 @@ def test_a_slow_walk_is_no_rest() -> None:
     walk = [(30.0 * k, 33.0 * k, 0.0) for k in range(11)]
     pts = [*walk, (330.0, 450.0, 0.0), (360.0, 480.0, 0.0)]
     assert not any(_suspect(pts, [10.0] * len(pts)))
+
+
+def test_a_minute_of_rest_then_multipath_at_a_bracelets_interval_is_outliers() -> None:
+    # arriving by car, one minute still (two fixes 60 s apart), then a cluster 400 m
+    # away for three fixes that jumps straight back: rest needs only a minute
+    drive = [(60.0 * k, -1500.0 + 300.0 * k, 0.0) for k in range(5)]
+    rest = [(300.0, 0.0, 0.0), (360.0, 10.0, 0.0)]
+    cluster = [(420.0 + 60 * k, 400.0 + 5 * k, 0.0) for k in range(3)]
+    back = still(600, 5, every=60)
+    ts, lat, lon, _ = track([*drive, *rest, *cluster, *back])
+    flags = outlier_mask(ts, lat, lon, np.full(ts.shape[0], 40.0))
+    assert flags.tolist() == [False] * 7 + [True] * 3 + [False] * 5
+
+
+def test_a_rest_of_few_noisy_fixes_is_known_no_better_than_they_are() -> None:
+    # a minute indoors (three fixes at 30 s, acc 65 m: where the person rests is known
+    # to sqrt(3 * 65^2) / 3 = 38 m), then out of the door 110 m from the last fix in
+    # 30 s to a precise fix 67 m from that mean, a walk round the block and back: a walk,
+    # not a departure (measured from the mean with a 10 m margin it looked like one, and
+    # the walk back made the whole walk an "excursion")
+    rest = [(0.0, 0.0, 0.0), (30.0, 50.0, 0.0), (60.0, -40.0, 0.0)]
+    walk = [(90.0 + 30 * k, 70.0 + 39.0 * k, 0.0) for k in range(4)]
+    home = [(210.0 + 30 * k, 187.0 - 45.0 * (k + 1), 0.0) for k in range(4)]
+    pts = [*rest, *walk, *home]
+    acc = [65.0] * 3 + [9.0] * 8
+    ts, lat, lon, _ = track(pts)
+    cfg = OutlierConfig(rest_s=60.0)  # (the default; explicit: a minute of rest counts)
+    res = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, np.asarray(acc), None, cfg)
+    assert not res.suspect.any() and not res.outlier.any()
