@@ -408,9 +408,10 @@ def format_table(result: dict[str, Any]) -> list[str]:
     b = result["bar"]
     lines.append(f"false alarms: {result['false_alarms']} over {result['person_days']} person-days"
                  f" = {f(result['false_alarms_per_person_day'])} per person-day")
-    if result["clock_artifacts"] or result["after_run"]:
+    if result["clock_artifacts"] or result["after_run"] or result.get("real_not_due"):
         lines.append(f"not counted: clock artifacts {result['clock_artifacts']}, "
-                     f"after the run {result['after_run']}")
+                     f"after the run {result['after_run']}, on a real wrong-side stretch "
+                     f"the simulator's rules did not make due {result.get('real_not_due', {})}")
     lines.append(f"GPS-noise episodes the rules would alert on (no truth): {result['noise_due']}")
     if result.get("noise_bursts"):
         lines.append(f"GPS model {result['gps_model']}: noise bursts {result['noise_bursts']}, "
