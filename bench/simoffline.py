@@ -93,7 +93,7 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
                 rates: Rates = SOAK_RATES, config: GeofenceConfig | None = None
                 ) -> dict[str, Any]:
     from simulator.run import SimConfig
-    from simulator.score import CURFEW_BAR_S, ts
+    from simulator.score import CURFEW_BAR_S, parse_truth
 
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="probation-simoffline-"))
@@ -104,36 +104,35 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     records, n_fixes = engine_openings(cfg, config)
     opened = [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000, bool(o.get("inferred")))
               for o in records]
+    run = parse_truth(cfg.truth.read_text().splitlines())
     truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    wrong: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    kinds: dict[str, int] = defaultdict(int)
     barred: list[tuple[str, str, float, float]] = []  # the soak bar's truths
-    for line in cfg.truth.read_text().splitlines():
-        r = json.loads(line)
-        if r["record"] == "violation" and r["type"] in ("inclusion_zone_left",
-                                                         "exclusion_zone_entered"):
-            truths[(r["case_id"], r["type"])].append((ts(r["start"]) or 0.0,
-                                                      ts(r["end"]) or 0.0))
-            if r["type"] == "exclusion_zone_entered" or (r.get("duration_s") or 0) > CURFEW_BAR_S:
-                barred.append((r["case_id"], r["type"], ts(r["start"]) or 0.0,
-                               ts(r["end"]) or 0.0))
-        elif r["record"] == "wrong_side":
-            wrong[(r["case_id"], r["type"])].append((ts(r["start"]) or 0.0, ts(r["end"]) or 0.0))
-        elif r["record"] == "noise":
-            bursts[r["case_id"]].append((ts(r["start"]) or 0.0, ts(r["end"]) or 0.0))
-            kinds[r["kind"]] += 1
-    missed = [t for t in barred if not any(
-        o[0] == t[0] and o[1] == t[1] and t[2] - TOLERANCE_S <= o[2] <= t[3] + TOLERANCE_S
-        for o in opened)]
-    unmatched = [o for o in opened if not any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
-                                              for a, b in truths[(o[0], o[1])])]
+    for t in run.truths:
+        if t.type not in ("inclusion_zone_left", "exclusion_zone_entered"):
+            continue
+        truths[(t.case_id, t.type)].append((t.start, t.end or 0.0))
+        if t.type == "exclusion_zone_entered" or (t.raw.get("duration_s") or 0) > CURFEW_BAR_S:
+            barred.append((t.case_id, t.type, t.start, t.end or 0.0))
+    wrong: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for c, typ, a, b in run.wrong_side:
+        wrong[(c, typ)].append((a, b))
+    bursts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    kinds: dict[str, int] = defaultdict(int)
+    for c, kind, a, b in run.noise:
+        bursts[c].append((a, b))
+        kinds[kind] += 1
+
+    def near(t: float, spans: list[tuple[float, float]]) -> bool:
+        return any(a - TOLERANCE_S <= t <= b + TOLERANCE_S for a, b in spans)
+
+    missed = [t for t in barred
+              if not any(o[0] == t[0] and o[1] == t[1] and near(o[2], [(t[2], t[3])])
+                         for o in opened)]
+    unmatched = [o for o in opened if not near(o[2], truths[(o[0], o[1])])]
     # on the wrong side for real, though the simulator's rules did not make it due
-    real = [o for o in unmatched if any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
-                                        for a, b in wrong[(o[0], o[1])])]
-    false = [o for o in unmatched if o not in real]
-    near = [o for o in false if any(a - TOLERANCE_S <= o[2] <= b + TOLERANCE_S
-                                    for a, b in bursts[o[0]])]
+    real = [o for o in unmatched if near(o[2], wrong[(o[0], o[1])])]
+    false = [o for o in unmatched if not near(o[2], wrong[(o[0], o[1])])]
+    noisy = [o for o in false if near(o[2], bursts[o[0]])]
     by_type: dict[str, int] = defaultdict(int)
     for o in false:
         by_type[o[1] + (" (inferred)" if o[3] else "")] += 1
@@ -145,7 +144,7 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
         "truths": sum(len(v) for v in truths.values()),
         "real_not_due": len(real),
         "false_alarms": len(false), "false_alarms_per_person_day": round(len(false) / pdays, 3),
-        "false_alarms_by_type": dict(by_type), "false_alarms_near_noise": len(near),
+        "false_alarms_by_type": dict(by_type), "false_alarms_near_noise": len(noisy),
         "bar_truths": len(barred), "bar_missed": len(missed),
         "examples": {"missed": missed[:20], "false_alarms": false[:20]},
         "seconds": round(time.monotonic() - t0, 1),
