@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geofence.episodes import SYM_D, SYM_I, SYM_R, SYM_RC, SYM_W, SYM_X
+from geofence.outliers import HELD, RELEASED
 
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
@@ -57,23 +58,33 @@ def confirm(
     t_open_ms: I64,
     n_close: int,
     t_close_ms: int,
-) -> tuple[I8, I64]:
-    """Symbols with confirmations marked (W -> D opens, R -> RC closes) and the
-    wrong-side run count per row (what a pending state stores).
+    hold: I8 | None = None,
+) -> tuple[I8, I64, BoolA]:
+    """Symbols with confirmations marked (W -> D opens, R -> RC closes), the
+    wrong-side run count per row (what a pending state stores) and the released rows
+    that confirm the run before them (`_released`: D where the state before is pending).
 
     ``carried_*`` are per row (the value of the row's key, used where the run reaches
-    back to the key's first row); ``n_open``/``t_open_ms`` per row (per case).
+    back to the key's first row); ``n_open``/``t_open_ms`` per row (per case);
+    ``hold`` per row (`geofence.outliers.HELD`/`RELEASED`): a held member of its run
+    confirms nothing; a released row that is no wrong-side fix may confirm the run just
+    before it (held fixes found real: the person walked back in before the next one).
     """
     out = sym.copy()
+    rel = np.zeros(sym.shape[0], dtype=bool)
     if sym.shape[0] == 0:
-        return out, np.zeros(0, np.int64)
+        return out, np.zeros(0, np.int64), rel
     w = (sym == SYM_W) | (sym == SYM_D)
     first, count, back = _runs(w, (sym == SYM_R) | (sym == SYM_I), seg_start)
     start_ts = np.where(count > 0, ts[np.minimum(first, ts.shape[0] - 1)], ts)
     carry = back & carried_pending
     count = count + np.where(carry, carried_count, 0)
     start_ts = np.where(carry, carried_first_ts, start_ts)
-    out[w & (count >= n_open) & (ts - start_ts >= t_open_ms)] = SYM_D
+    can = hold != HELD if hold is not None else np.ones(sym.shape[0], dtype=bool)
+    out[w & can & (count >= n_open) & (ts - start_ts >= t_open_ms)] = SYM_D
+    if hold is not None:
+        rel = _released(w | (sym == SYM_I), hold, count, start_ts, ts, seg_start,
+                        carried_pending, carried_count, carried_first_ts, n_open, t_open_ms)
     r = sym == SYM_R
     rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | (sym == SYM_I), seg_start)
     rstart = np.where(rcount > 0, ts[np.minimum(rfirst, ts.shape[0] - 1)], ts)
@@ -81,4 +92,24 @@ def confirm(
     rcount = rcount + rcarry.astype(np.int64)
     rstart = np.where(rcarry, carried_right_ts, rstart)
     out[r & (rcount >= n_close) & (ts - rstart >= t_close_ms)] = SYM_RC
-    return out, count
+    return out, count, rel
+
+
+def _released(
+    skip: BoolA, hold: I8, count: I64, start_ts: I64, ts: I64, seg_start: I64,
+    carried_pending: BoolA, carried_count: I64, carried_first_ts: I64, n_open: I64,
+    t_open_ms: I64,
+) -> BoolA:
+    """Released rows that are no wrong-side fix (the person walked back in, or the fix
+    is uncertain) after a run of wrong-side fixes that holds enough: its fixes were
+    held, and found real (the caller opens where the state before is pending)."""
+    out = np.zeros(hold.shape[0], dtype=bool)
+    k = np.flatnonzero((hold == RELEASED) & ~skip)
+    if k.size == 0:
+        return out
+    inseg = k > seg_start[k]
+    km = np.maximum(k - 1, 0)
+    n_before = np.where(inseg, count[km], np.where(carried_pending[k], carried_count[k], 0))
+    first = np.where(inseg, start_ts[km], carried_first_ts[k])
+    out[k] = (n_before >= n_open[k]) & (ts[k] - first >= t_open_ms[k])
+    return out

@@ -71,9 +71,17 @@ class OutlierConfig:
     still_leg_s: float = 150.0
     v_depart_mps: float = 1.0
     v_depart_raw_mps: float = 2.5
+    #: Holds (`PreciseLegs.holds`): a leg from rest that kinematics cannot judge (after
+    #: a gap, or too slow for a departure) landing more than ``hold_m`` beyond both
+    #: margins from where the person rests. Its fixes count but cannot confirm until
+    #: the person moves (a leg that is no rest), ``settle_s`` passes or a jump; a fast
+    #: leg back to where the person rested ends it as an excursion (outliers).
+    hold_m: float = 100.0
+    hold_max_m: float = 1500.0
 
 
 DEFAULT_OUTLIER_CONFIG = OutlierConfig()
+HELD, RELEASED = 1, 2  # `OutlierResult.held`
 #: a speed no still person has (finite: carries are stored as JSON)
 UNKNOWN_SPEED = 1e9
 _E7 = 1e7
@@ -118,6 +126,11 @@ class Carry:
     q_sn: F64
     q_sm2: F64  # ... and the sum of their squared margins (in 0.01 m², whole numbers)
     depart: BoolA  # the suspect run began with a departure from rest, not a jump
+    hold: BoolA  # the run is a hold (`OutlierConfig.hold_m`), its fixes count
+    stay: BoolA  # ... in which two held fixes soon after each other agreed (someone is there)
+    h_lat: F64  # ... and its first fix (where the person appeared)
+    h_lon: F64
+    h_m: F64
 
     @classmethod
     def empty(cls, groups: int) -> Carry:
@@ -128,7 +141,8 @@ class Carry:
                    z.copy(), z.copy(), zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
                    zi.copy(), z.copy(), z.copy(), z.copy(), np.full(groups, UNKNOWN_SPEED),
                    zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
-                   np.zeros(groups, dtype=bool))
+                   np.zeros(groups, dtype=bool), np.zeros(groups, dtype=bool),
+                   np.zeros(groups, dtype=bool), z.copy(), z.copy(), z.copy())
 
     def copy(self) -> Carry:
         return Carry(*(np.array(getattr(self, f)) for f in _CARRY_FIELDS))
@@ -137,7 +151,7 @@ class Carry:
 _CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_v", "since",
                  "has_pp", "pp_ts", "pp_lat", "pp_lon", "pp_m",
                  "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v", "q_ts", "q_lat", "q_lon", "q_m", "q_w",
-                 "q_rest", "q_slat", "q_slon", "q_sn", "q_sm2", "depart")
+                 "q_rest", "q_slat", "q_slon", "q_sn", "q_sm2", "depart", "hold", "stay", "h_lat", "h_lon", "h_m")
 
 
 @dataclass(eq=False)
@@ -146,13 +160,16 @@ class OutlierResult:
     outlier: BoolA  # per row: decided outlier within this batch (the return was seen)
     #: per row: the fix before it was found a lone spike at this row (no segment from it)
     after_lone: BoolA
+    #: per row: HELD counts, but cannot confirm an opening or a closing (a hold);
+    #: RELEASED ends a hold as real: the held run confirms there if it holds enough
+    held: npt.NDArray[np.int8]
     #: decided outlier ranges per group: (group, from_ms, to_ms) with from <= ts < to;
     #: `from` may lie before the batch (a run carried in)
     ranges: list[tuple[int, int, int]]
     carry: Carry
 
 
-def _planar_m(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
+def _planar_m(lat1: F64 | np.float64, lon1: F64 | np.float64, lat2: F64, lon2: F64) -> F64:
     """Distance (m) in a local equirectangular frame: within 0.1 % of the great circle
     for the legs that matter (under ~10 km); far legs only ever compare as "far"."""
     dy = (lat2 - lat1) * M_PER_DEG
@@ -191,9 +208,10 @@ def detect(
     suspect = np.zeros(n, dtype=bool)
     outlier = np.zeros(n, dtype=bool)
     after_lone = np.zeros(n, dtype=bool)
+    held = np.zeros(n, dtype=np.int8)
     ranges: list[tuple[int, int, int]] = []
     if n == 0:
-        return OutlierResult(suspect, outlier, after_lone, ranges, c)
+        return OutlierResult(suspect, outlier, after_lone, held, ranges, c)
     m = np.clip(acc, cfg.min_margin_m, np.inf)  # np.maximum(a, scalar) is ~3x slower
     # previous fix of each row: the row before in its group, else the carried one
     p_ts = np.empty(n, dtype=np.int64)
@@ -217,16 +235,17 @@ def detect(
     pq = PreciseLegs(starts, ts, lat, lon, m, c, cfg,  # (dt, p_m, eff: not used after)
                      (np.where(has_p, dist, np.inf), dt, p_m, eff.copy()))
     depart = pq.departures(jump)
+    hold = pq.holds(jump | depart)
     busy = c.since > 0
-    jumps = np.flatnonzero(jump | depart)
+    jumps = np.flatnonzero(jump | depart | hold)
     if jumps.size:
         busy = busy.copy()
         busy[np.searchsorted(starts, jumps, side="right") - 1] = True
     for g in np.flatnonzero(busy).tolist():
         a = int(starts[g])
         b = int(starts[g + 1]) if g + 1 < g_n else n
-        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, depart, pq, suspect, outlier,
-                    after_lone, ranges, c, cfg)
+        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, depart, hold, pq, suspect,
+                    outlier, after_lone, held, ranges, c, cfg)
     # the carry after the batch: each group's last fix
     last = np.append(starts[1:], n) - 1
     # the fix before the last: the row before it, or the carried last fix
@@ -244,7 +263,7 @@ def detect(
     c.prev_m[:] = m[last]
     c.prev_v[:] = v_raw[last]
     pq.carry_out(starts)
-    return OutlierResult(suspect, outlier, after_lone, ranges, c)
+    return OutlierResult(suspect, outlier, after_lone, held, ranges, c)
 
 
 class PreciseLegs:
@@ -401,6 +420,34 @@ class PreciseLegs:
                                 strict=True))
         return out
 
+    def holds(self, decided: BoolA) -> BoolA:
+        """Legs from rest that kinematics cannot judge (`OutlierConfig.hold_m`): not a
+        jump or departure (``decided``), no rest, landing far from where the person
+        rests. Each one's anchor (the fix before it, where the person rests and that
+        place's margin) goes to ``hold_anchors``."""
+        cfg = self.cfg
+        out = np.zeros(self.ts.shape[0], dtype=bool)
+        self.hold_anchors: dict[int, tuple[int, float, float, float]] = {}
+        cand = np.flatnonzero(self.brk & ~decided & np.isfinite(self.dist)
+                              & (self.dist - self.p_m - self.m > cfg.hold_m))
+        p = self.prev[cand]
+        still0 = np.where(p >= 0, ~self.brk[np.maximum(p, 0)],
+                          (p == -1) & (self.c.q_w[self.gid[cand]] <= cfg.still_k))
+        cand = cand[still0 & (p > -2)]
+        if cand.size == 0:
+            return out
+        since, c_lat, c_lon, c_m = self.rested_place(cand)
+        p_ts, p_lat, p_lon, p_m = self.prev_fix(cand)
+        far = _planar_m(c_lat, c_lon, self.lat[cand], self.lon[cand]) - self.m[cand] - c_m
+        away = (far > cfg.hold_m) & (far <= cfg.hold_max_m)
+        rested = _planar_m(c_lat, c_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
+        ok = (p_ts - since >= int(cfg.rest_s * 1000)) & rested & away
+        out[cand[ok]] = True
+        self.hold_anchors = {j: (t, la, lo, mm) for j, t, la, lo, mm in zip(
+            cand[ok].tolist(), p_ts[ok].tolist(), c_lat[ok].tolist(), c_lon[ok].tolist(),
+            c_m[ok].tolist(), strict=True)}
+        return out
+
     def carry_out(self, starts: I64) -> None:
         """Each group's last precise fix of the batch (if any) into the carry."""
         ends = np.append(starts[1:], self.ts.shape[0])
@@ -416,23 +463,49 @@ class PreciseLegs:
 
 def _scan_group(
     g: int, a: int, b: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
-    depart: BoolA, pq: PreciseLegs, suspect: BoolA, outlier: BoolA, after_lone: BoolA,
-    ranges: list[tuple[int, int, int]], c: Carry, cfg: OutlierConfig,
+    depart: BoolA, hold: BoolA, pq: PreciseLegs, suspect: BoolA, outlier: BoolA,
+    after_lone: BoolA, held: npt.NDArray[np.int8], ranges: list[tuple[int, int, int]], c: Carry,
+    cfg: OutlierConfig,
 ) -> None:
-    """Walk one device's jumps and departures from rest: suspect runs, their returns
-    and settling."""
+    """Walk one device's jumps, departures from rest and holds: suspect runs, their
+    returns and settling."""
     i = a
     since = int(c.since[g])
     dep = bool(c.depart[g])
+    hld = bool(c.hold[g])
+    stay = [bool(c.stay[g])]
+    first = (float(c.h_lat[g]), float(c.h_lon[g]), float(c.h_m[g]))
     anc = (int(c.anc_ts[g]), float(c.anc_lat[g]), float(c.anc_lon[g]), float(c.anc_m[g]),
            float(c.anc_v[g]))
     run_from = a  # first row of the current suspect run inside this batch
     while i < b:
         if since == 0:
-            nxt = np.flatnonzero(jump[i:b] | depart[i:b])
+            nxt = np.flatnonzero(jump[i:b] | depart[i:b] | hold[i:b])
             if nxt.size == 0:
                 break
             j = i + int(nxt[0])
+            hld = bool(hold[j] and not (jump[j] or depart[j]))
+            if hld:  # counts, cannot confirm: the next fixes decide
+                a_ts, a_lat, a_lon, a_m = pq.hold_anchors[j]
+                anc = (a_ts, a_lat, a_lon, a_m, 0.0)
+                since, dep, run_from = int(ts[j]), False, j
+                stay[0] = False
+                first = (float(lat[j]), float(lon[j]), float(m[j]))
+                held[j] = HELD
+                i = j + 1
+                if i >= b:
+                    break
+        if hld:
+            i, since = _hold_run(g, i, b, since, run_from, anc, first, stay, ts, lat, lon, m,
+                                 v_raw, jump, depart, pq, outlier, after_lone, held, ranges, cfg)
+            if since:
+                break
+            hld = False
+            run_from = i
+            if i < b:
+                hold[i] = False  # the fix that releases a hold starts none
+            continue
+        if since == 0:
             dep = bool(depart[j])
             if not dep and _lone_before(g, j, a, ts, lat, lon, m, v_raw, c, cfg):
                 # the fix before the jump was the odd one (a spike after a gap): it is
@@ -530,8 +603,67 @@ def _scan_group(
             break
     c.since[g] = since
     c.depart[g] = dep and since != 0
+    c.hold[g] = hld and since != 0
+    c.stay[g] = c.hold[g] and stay[0]
+    if c.hold[g]:
+        c.h_lat[g], c.h_lon[g], c.h_m[g] = first
     if since:
         c.anc_ts[g], c.anc_lat[g], c.anc_lon[g], c.anc_m[g], c.anc_v[g] = anc
+
+
+def _hold_run(
+    g: int, i: int, b: int, since: int, run_from: int, anc: tuple[int, float, float, float, float],
+    first: tuple[float, float, float], stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA, depart: BoolA,
+    pq: PreciseLegs, outlier: BoolA, after_lone: BoolA, held: npt.NDArray[np.int8],
+    ranges: list[tuple[int, int, int]], cfg: OutlierConfig,
+) -> tuple[int, int]:
+    """Rows i.. of a hold that began at ``since`` (`OutlierConfig.hold_m`). It ends at
+    the first fast leg back to where the person rested (the held fixes were an
+    excursion: outliers, and the leg back is no jump nor departure), or releases at
+    the first leg that moves, jump or fix ``settle_s`` on (that row counts in full).
+    Returns the next row to walk and ``since`` (0: the hold ended in this batch)."""
+    a_ts, a_lat, a_lon, a_m, _ = anc
+    rows = np.arange(i, b, dtype=np.int64)
+    seg = slice(i, b)
+    p_ts, p_lat, p_lon, p_m = pq.prev_fix(rows)
+    pdt = np.maximum((ts[seg] - p_ts) * 0.001, 1.0)
+    pd = _planar_m(p_lat, p_lon, lat[seg], lon[seg])
+    fast = ((pdt <= cfg.still_leg_s) & (pd > cfg.v_depart_raw_mps * pdt)
+            & (_eff_speed(pd, p_m, m[seg], pdt) > cfg.v_depart_mps))
+    d = _planar_m(np.float64(a_lat), np.float64(a_lon), lat[seg], lon[seg])
+    short = pdt <= cfg.still_leg_s
+    # moved: a leg that is no rest, or away from where the person appeared (a slow walk
+    # has legs within the noise); a leg across a gap shows no motion
+    f_lat, f_lon, f_m = first
+    off = _planar_m(np.float64(f_lat), np.float64(f_lon), lat[seg], lon[seg])
+    moved = (pq.brk[seg] | (pq.q[seg] & (off > cfg.still_k * np.hypot(f_m, m[seg])))) & short
+    # after a gap, the hold is released only if someone was seen there (two held fixes
+    # soon after each other that agree: a lone spike before a gap is not)
+    agree = pq.q[seg] & ~pq.brk[seg] & short
+    seen = stay[0] | np.concatenate(([False], np.logical_or.accumulate(agree)[:-1]))
+    near = (d - a_m - m[seg] <= cfg.v_depart_mps * pdt) | (d <= 3.0 * np.hypot(a_m, m[seg]))
+    back = moved & fast & near
+    # settled: the person is still there settle_s on (a fix soon after the one before)
+    settled = (ts[seg] >= since + int(cfg.settle_s * 1000)) & (pdt <= cfg.still_leg_s)
+    release = (moved | jump[seg] | (~short & seen) | settled) & ~back
+    r_idx, s_idx = np.flatnonzero(back), np.flatnonzero(release)
+    r = i + int(r_idx[0]) if r_idx.size else b
+    s = i + int(s_idx[0]) if s_idx.size else b
+    stay[0] = stay[0] or bool(agree.any())  # (what the carry keeps if the hold goes on)
+    if r < s:  # out and back: an excursion
+        held[i:r] = HELD
+        outlier[run_from:r] = True
+        ranges.append((g, since, int(ts[r])))
+        after_lone[r] = True
+        jump[r] = depart[r] = False
+        v_raw[r] = float(d[r - i]) / max((int(ts[r]) - a_ts) / 1000.0, 1.0)
+        if r + 1 < b:
+            _rejudge(r + 1, ts, lat, lon, m, v_raw, jump, cfg)
+        return r + 1, 0
+    held[i:s] = HELD
+    if s < b:
+        held[s] = RELEASED
+    return s, (since if s >= b else 0)
 
 
 def _lone_before(g: int, j: int, a: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,

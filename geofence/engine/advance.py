@@ -75,7 +75,7 @@ from geofence.episodes import (
     Transitions,
     scan_states,
 )
-from geofence.outliers import Carry, detect
+from geofence.outliers import RELEASED, Carry, detect
 from geofence.registry import CaseZones
 
 #: Outlier ranges decided by a batch: (device_id, from_ms, to_ms), from <= ts < to.
@@ -124,10 +124,11 @@ def advance_ex(
     # per-row flags, in (device, ts) order, stay aligned)
     if res.suspect.any():
         keep = np.flatnonzero(~res.suspect)
-        inner, lone = batch.select(np.sort(o[keep])), res.after_lone[keep]
+        inner, lone, held = batch.select(np.sort(o[keep])), res.after_lone[keep], res.held[keep]
     else:
-        inner, lone = batch, res.after_lone
-    new, trans = _advance(state, inner, zones, config, lone if lone.any() else None)
+        inner, lone, held = batch, res.after_lone, res.held
+    new, trans = _advance(state, inner, zones, config, lone if lone.any() else None,
+                          held if held.any() else None)
     new = _with_carry(new, state, ids, res.carry)
     return new, trans, [(str(ids[g]), a, b) for g, a, b in res.ranges]
 
@@ -173,9 +174,11 @@ def _advance(
     zones: CaseZones,
     config: GeofenceConfig = DEFAULT_CONFIG,
     no_segment: np.ndarray | None = None,
+    held: np.ndarray | None = None,
 ) -> tuple[EngineState, Transitions]:
     """`advance` on the accepted fixes; ``no_segment``: per fix (in (device, ts)
-    order), no segment from its previous fix."""
+    order), no segment from its previous fix; ``held``: per fix, `geofence.outliers`'
+    hold flag (HELD: counts but cannot confirm; RELEASED: the held run confirms)."""
     cfg = config
     if len(batch) == 0:
         return state, Transitions.empty()
@@ -213,11 +216,11 @@ def _advance(
     rows, r_slot = candidate_rows(obs, rsel, crossings, ext, nz)
     if rows.key.size == 0:
         return finish_empty(state, zones, batch, fx, seq, ext.drow)
-    pruned = prune_rows(rows, r_slot, zones, sd, seq.ndc, pre.maxd, fx.n)
+    pruned = prune_rows(rows, r_slot, zones, sd, seq.ndc, pre.maxd, fx.n, held)
     if pruned is None:
         return finish_empty(state, zones, batch, fx, seq, ext.drow)
     merged = with_resets(pruned, state, sd, seq, fx, actv)
-    merged, scan = scan_rows(merged, state, sd, zones, seq, cfg)
+    merged, scan = scan_rows(merged, state, sd, zones, seq, cfg, held)
     return evidence(state, zones, batch, fx, seq, ext, sd.rows, merged, scan, cfg)
 
 
@@ -498,11 +501,13 @@ def candidate_rows(
 
 
 def prune_rows(
-    r: Rows, r_slot: I64, zones: CaseZones, sd: Stated, ndc: int, maxd: int, n: int
+    r: Rows, r_slot: I64, zones: CaseZones, sd: Stated, ndc: int, maxd: int, n: int,
+    held: np.ndarray | None = None,
 ) -> Rows | None:
     """Step 9b: rows by (key, ts, tie), without the no-ops; None if none is left.
 
-    A key's fixes are in time order, so (key, fix, tie) is the same order.
+    A key's fixes are in time order, so (key, fix, tie) is the same order. An uncertain
+    fix that releases a hold (``held``, per batch fix) is kept: it confirms the run.
     """
     n_sh = max(int(zones.shared_zones.size), 1)
     r_dense = (r.dc * maxd + r_slot) * 2 + r.t
@@ -526,7 +531,11 @@ def prune_rows(
     # of the next row; a trailing one gets an end row below). Right-side runs are kept
     # whole: a closing needs its fixes to span `close_ms`.
     last_s = np.append(k_s[1:] != k_s[:-1], True)
-    keep_r &= (sym_s != SYM_U) | (tie_s == 1) | last_s
+    keep_u = (sym_s != SYM_U) | (tie_s == 1) | last_s
+    if held is not None:
+        f_s = r.fix[order]
+        keep_u |= (f_s < held.shape[0]) & (held[np.minimum(f_s, held.shape[0] - 1)] == RELEASED)
+    keep_r &= keep_u
     order = order[np.flatnonzero(keep_r)]
     if order.size == 0:
         return None
@@ -649,10 +658,11 @@ def with_resets(
 
 def scan_rows(
     r: ScannedRows, state: EngineState, sd: Stated, zones: CaseZones, seq: Sequences,
-    cfg: GeofenceConfig,
+    cfg: GeofenceConfig, held: np.ndarray | None = None,
 ) -> tuple[ScannedRows, Scan]:
     """Step 9d: a segment per key, its stored starting state, the confirmations
-    (`geofence.confirm`), the state machine's scan."""
+    (`geofence.confirm`; ``held`` fixes, per batch fix, confirm nothing), the state
+    machine's scan."""
     first = run_starts(r.key)
     fpos = np.flatnonzero(first)
     srow_of_first = np.full(fpos.size, -1, dtype=np.int64)
@@ -669,9 +679,28 @@ def scan_rows(
     if has_st.any():
         s0_seg[has_st] = state.status[sd.rows[srow_of_first[has_st]]]
     s0 = s0_seg[seg_id]
-    sym, run_n = _confirmations(cfg, zones, state, r, seq.dc_case, seg_start, seg_id, s0_seg,
-                                sd.rows, srow_of_first)
+    hold = None
+    if held is not None:  # per row: the row's fix's hold flag (batch fixes only)
+        f = r.fix
+        hold = np.where((f >= 0) & (f < held.shape[0]), held[np.clip(f, 0, held.shape[0] - 1)],
+                        0).astype(np.int8)
+    sym, run_n, rel = _confirmations(cfg, zones, state, r, seq.dc_case, seg_start, seg_id,
+                                     s0_seg, sd.rows, srow_of_first, hold)
     before, after = scan_states(sym, seg_start, s0)
+    pending = np.flatnonzero(rel)
+    base = r.sym
+    while pending.size:  # a released row opens a pending run: it counts as wrong-side
+        ok = pending[before[pending] == C1]
+        if ok.size == 0:
+            break
+        sid = seg_id[ok]
+        firsts = ok[np.concatenate(([True], sid[1:] != sid[:-1]))]  # the earliest per key
+        base = base.copy()
+        base[firsts] = SYM_W
+        sym, run_n, _ = _confirmations(cfg, zones, state, replace(r, sym=base), seq.dc_case,
+                                       seg_start, seg_id, s0_seg, sd.rows, srow_of_first, hold)
+        before, after = scan_states(sym, seg_start, s0)
+        pending = np.setdiff1d(pending, firsts)
     r = replace(r, sym=sym)
     return r, Scan(first, fpos, seg_start, seg_id, s0_seg, srow_of_first, before, after, run_n)
 
@@ -679,7 +708,8 @@ def scan_rows(
 def _confirmations(
     cfg: GeofenceConfig, zones: CaseZones, state: EngineState, r: ScannedRows, dc_case: I64,
     seg_start: I64, seg_id: I64, s0_seg: np.ndarray, s_rows: I64, srow_of_first: I64,
-) -> tuple[np.ndarray, I64]:
+    hold: np.ndarray | None = None,
+) -> tuple[np.ndarray, I64, np.ndarray]:
     """Mark the wrong-side fixes that confirm an opening and the right-side fixes that
     confirm a closing, with the runs the stored states carry."""
     nseg = s0_seg.size
@@ -700,5 +730,5 @@ def _confirmations(
     return confirm_runs(
         r.sym, r.ts, seg_start, (s0_seg == C1)[seg_id], c_first[seg_id], c_count[seg_id],
         (s0_seg == O1)[seg_id], c_right[seg_id], n_open, t_open, cfg.close_points,
-        cfg.close_ms,
+        cfg.close_ms, hold,
     )

@@ -24,7 +24,7 @@ def _episodes(tmp_path: Path, model: str, n: int = 60, minutes: float = 12
     cfg = SimConfig(mqtt="unused", people=n, speed=60, duration_s=minutes * 60, seed=5,
                     truth=tmp_path / "truth.jsonl", start="18:00",
                     rates=Rates(curfew=3, exclusion=3, gap=2), gps_model=model)
-    records, _ = engine_openings(cfg)
+    records, _, _ = engine_openings(cfg)
     engine = {(o["case_id"], o["alert_type"], o["first_fix"]["ts"]) for o in records}
 
     mine: set[tuple[str, str, int]] = set()

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from geofence.geometry import M_PER_DEG, CompiledZone, ZoneStore, haversine_m
-from geofence.outliers import Carry, detect
+from geofence.outliers import HELD, RELEASED, Carry, detect
 
 LAT0, LON0 = 43.24, 76.92
 KX = M_PER_DEG * math.cos(math.radians(LAT0))
@@ -221,11 +221,14 @@ class Reference:
             best = max(best, float(sample(tt).max()))
         return best
 
-    def _suspects(self, fixes: Sequence[RefFix]) -> tuple[set[int], set[int]]:
-        """Indices of the fixes the kinematic outlier rule holds suspect (per device), and
-        of those whose previous fix it found a lone spike."""
+    def _suspects(self, fixes: Sequence[RefFix]
+                  ) -> tuple[set[int], set[int], dict[int, int]]:
+        """Indices of the fixes the kinematic outlier rule holds suspect (per device), of
+        those whose previous fix it found a lone spike, and the hold flag of the held and
+        released ones."""
         out: set[int] = set()
         lone: set[int] = set()
+        held: dict[int, int] = {}
         by_dev: dict[str, list[int]] = {}
         for i in sorted(range(len(fixes)), key=lambda i: (fixes[i].ts, i)):
             by_dev.setdefault(fixes[i].device, []).append(i)
@@ -237,7 +240,8 @@ class Reference:
             self.carry[dev] = res.carry
             out |= {i for i, s in zip(idx, res.suspect.tolist(), strict=True) if s}
             lone |= {i for i, s in zip(idx, res.after_lone.tolist(), strict=True) if s}
-        return out, lone
+            held |= {i: h for i, h in zip(idx, res.held.tolist(), strict=True) if h}
+        return out, lone, held
 
     def _transit(self, emit: Any, key: Any, z: RefZone, st: _Key, f: RefFix) -> None:
         """A pending run ended by a right-side fix while passing through: inferred."""
@@ -266,7 +270,7 @@ class Reference:
         out: list[dict[str, Any]] = []
         order = sorted(range(len(fixes)), key=lambda i: (fixes[i].ts, i))
         touched: set[tuple[str, str, str, int]] = set()
-        suspect, lone = self._suspects(fixes)
+        suspect, lone, held = self._suspects(fixes)
 
         def emit(
             kind: str,
@@ -399,7 +403,7 @@ class Reference:
                                     else None
                             st.n += 1
                             assert st.first is not None
-                            if (st.n >= self.confirm_points
+                            if (held.get(i) != HELD and st.n >= self.confirm_points
                                     and f.ts - st.first.ts >= self.confirm_ms):
                                 first, base = st.first, st.maxd
                                 st.status, st.first, st.last = 2, first, f
@@ -409,6 +413,18 @@ class Reference:
                                 emit("open", key, z, f.ts, st)
                                 st.evidence_since_report = False
                                 touched.add(key)
+                        elif (held.get(i) == RELEASED and s == 1 and st.first is not None
+                              and st.n >= self.confirm_points
+                              and f.ts - st.first.ts >= self.confirm_ms):
+                            # the held run was real: this fix (whatever its side) opens it
+                            first, base = st.first, st.maxd
+                            st.status, st.first, st.last = 2, first, f
+                            st.maxd = max(base, depth)
+                            st.started = first.ts
+                            st.right_ts = -1
+                            emit("open", key, z, f.ts, st)
+                            st.evidence_since_report = False
+                            touched.add(key)
                         elif sym == "R":
                             if s == 1 and typ == 0 and cz.kind == "exclusion":
                                 self._transit(emit, key, z, st, f)

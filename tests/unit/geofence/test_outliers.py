@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geofence.outliers import Carry, OutlierConfig, detect, outlier_mask
+from geofence.outliers import HELD, RELEASED, Carry, OutlierConfig, detect, outlier_mask
 from tests.unit.geofence.helpers import ll
 
 T0 = 1_700_000_000_000
@@ -190,3 +190,73 @@ def test_a_rest_of_few_noisy_fixes_is_known_no_better_than_they_are() -> None:
     cfg = OutlierConfig(rest_s=60.0)  # (the default; explicit: a minute of rest counts)
     res = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, np.asarray(acc), None, cfg)
     assert not res.suspect.any() and not res.outlier.any()
+
+
+def _held(pts: list[tuple[float, float, float]], acc: float, batch: int = 0
+          ) -> tuple[list[int], list[bool]]:
+    """Hold flags and final outlier flags, in one batch or in batches of ``batch``."""
+    ts, lat, lon, a = track(pts, acc)
+    if not batch:
+        res = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, a)
+        return res.held.tolist(), outlier_mask(ts, lat, lon, a).tolist()
+    carry: Carry | None = None
+    held: list[int] = []
+    for k in range(0, ts.shape[0], batch):
+        part = detect(np.zeros(1, dtype=np.int64), ts[k:k + batch], lat[k:k + batch],
+                      lon[k:k + batch], a[k:k + batch], carry)
+        held += part.held.tolist()
+        carry = part.carry
+    return held, outlier_mask(ts, lat, lon, a).tolist()
+
+
+def test_multipath_after_an_outage_is_held_then_outliers_when_it_jumps_back() -> None:
+    # at rest, a 6-minute outage, then a cluster 300 m away (reaching it is plausible:
+    # the gap) that sits still and jumps back in 60 s: held (counts, cannot confirm),
+    # then outliers; the fix back is neither held nor a departure
+    rest = still(0, 10, every=60)
+    cluster = [(900.0 + 60 * k, 300.0 + 4 * k, 0.0) for k in range(3)]
+    back = still(1080, 5, every=60, seed=2)
+    held, out = _held([*rest, *cluster, *back], 10.0)
+    assert held == [0] * 10 + [HELD] * 3 + [0] * 5
+    assert out == [False] * 10 + [True] * 3 + [False] * 5
+
+
+def test_a_departure_during_an_outage_that_walks_on_is_released() -> None:
+    # the same reappearance 300 m away, but the person walks on (40 m a minute, over
+    # the noise): released at the first leg that moves, where the held run confirms
+    rest = still(0, 10, every=60)
+    walk = [(900.0 + 60 * k, 300.0 + 80 * k, 0.0) for k in range(4)]
+    held, out = _held([*rest, *walk], 10.0)
+    assert held == [0] * 10 + [HELD, RELEASED, 0, 0]
+    assert not any(out)
+
+
+def test_a_departure_during_an_outage_that_walks_back_slowly_is_released() -> None:
+    # two still fixes 150 m out, then home on foot (1.4 m/s): no jump back, so real
+    rest = still(0, 10, every=60)
+    out_there = [(900.0, 150.0, 0.0), (960.0, 152.0, 0.0)]
+    home = [(1020.0, 66.0, 0.0), *still(1080, 3, every=60, seed=3)]
+    held, out = _held([*rest, *out_there, *home], 10.0)
+    assert held == [0] * 10 + [HELD, HELD, RELEASED] + [0] * 3
+    assert not any(out)
+
+
+def test_a_still_reappearance_is_released_after_settle_s() -> None:
+    rest = still(0, 10, every=60)
+    there = still(900, 8, every=60, x=500.0, seed=4)
+    held, out = _held([*rest, *there], 10.0)
+    # the hold began at 900 s: the fix at 1200 s (settle_s later) counts in full
+    assert held == [0] * 10 + [HELD] * 5 + [RELEASED, 0, 0]
+    assert not any(out)
+
+
+def test_holds_are_the_same_whatever_the_batching() -> None:
+    rest = still(0, 10, every=60)
+    cluster = [(900.0 + 60 * k, 300.0 + 4 * k, 0.0) for k in range(3)]
+    back = still(1080, 4, every=60, seed=2)
+    walk = [(2400.0 + 60 * k, 300.0 + 80 * k, 0.0) for k in range(4)]
+    pts = [*rest, *cluster, *back, *walk]
+    whole, _ = _held(pts, 10.0)
+    for b in (1, 2, 3, 5):
+        assert _held(pts, 10.0, batch=b)[0] == whole
+    assert whole.count(HELD) == 4 and whole.count(RELEASED) == 1

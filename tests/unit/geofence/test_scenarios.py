@@ -363,3 +363,43 @@ def test_state_serialisation_per_device() -> None:
     assert back.to_dict() == merged.to_dict()
     assert isinstance(Transitions.empty(), Transitions)
     assert st2.n_episodes == 1
+
+
+def _fix_by_fix(reg: CaseZones, pts: list[tuple[datetime, float, float, float]]) -> list[Any]:
+    """One batch per fix (as a live device sends them), through a stored state."""
+    state, out = EngineState.empty(), []
+    for p in pts:
+        state, trs = run(reg, [p], state)
+        out += trs
+        state = EngineState.from_dict(state.to_dict())
+    return out
+
+
+def test_multipath_after_an_outage_during_curfew_raises_nothing() -> None:
+    # at home in curfew, a 6-minute outage, then three fixes 300 m out (acc 10 m, still)
+    # that jump straight back: the held fixes count but cannot confirm (issue 13)
+    reg = world()
+    t0 = T_2310 + timedelta(minutes=10)
+    home = walk(t0, [(0, 0)] * 10, step=timedelta(seconds=60))
+    away = walk(t0 + timedelta(minutes=15), [(300, 0), (302, 3), (299, -2)],
+                step=timedelta(seconds=60))
+    back = walk(t0 + timedelta(minutes=18), [(0, 0)] * 5, step=timedelta(seconds=60))
+    pts = home + away + back
+    assert run(reg, pts)[1] == []
+    assert _fix_by_fix(reg, pts) == []
+
+
+def test_a_short_break_during_an_outage_walked_back_is_one_alert_from_its_first_fix() -> None:
+    # the same reappearance, 150 m out for two fixes, then home on foot: released by the
+    # walk back, the held run opens (dated from its first fix) and the walk home closes it
+    reg = world()
+    t0 = T_2310 + timedelta(minutes=10)
+    home = walk(t0, [(0, 0)] * 10, step=timedelta(seconds=60))
+    away = walk(t0 + timedelta(minutes=15), [(150, 0), (152, 2)], step=timedelta(seconds=60))
+    back = walk(t0 + timedelta(minutes=17), [(66, 0), (0, 0), (0, 0), (0, 0)],
+                step=timedelta(seconds=60))
+    pts = home + away + back
+    for trs in (run(reg, pts)[1], _fix_by_fix(reg, pts)):
+        assert kinds(trs) == [("open", "inclusion_zone_left"), ("close", "inclusion_zone_left")]
+        assert trs[0].first_fix.ts == ms(t0 + timedelta(minutes=15))
+        assert trs[0].at == ms(t0 + timedelta(minutes=17))
