@@ -23,6 +23,11 @@ count (they neither open, close nor infer an episode) until either
   a train); its fixes from then on count, the earlier ones never do, none is an
   outlier.
 
+A *hold* (`OutlierConfig.hold_m`) is the milder verdict for a leg from rest that
+kinematics cannot judge (the first fix after an outage): its fixes count but cannot
+confirm an opening (`OutlierResult.held`: HELD) until the hold is released (RELEASED:
+that fix confirms the held run, whatever its side) or ends as an excursion.
+
 Decisions are causal: a fix's suspect flag depends only on fixes before it, so the
 engine needs no look-ahead and late uploads replay deterministically. Only the stored
 outlier flag is decided later (at the return), as a range ``[since, returned)``.
@@ -71,12 +76,13 @@ class OutlierConfig:
     still_leg_s: float = 150.0
     v_depart_mps: float = 1.0
     v_depart_raw_mps: float = 2.5
-    #: Holds (`PreciseLegs.holds`): a leg from rest that kinematics cannot judge (after
-    #: a gap, or too slow for a departure) landing more than ``hold_m`` beyond both
-    #: margins from where the person rests. Its fixes count but cannot confirm until
-    #: the person moves (a leg that is no rest), ``settle_s`` passes or a jump; a fast
-    #: leg back to where the person rested ends it as an excursion (outliers).
-    hold_m: float = 100.0
+    #: Holds (`PreciseLegs.holds`, `_hold_run`): a leg from rest that kinematics cannot
+    #: judge (after a gap, or too slow for a departure) landing more than ``hold_m``
+    #: and at most ``hold_max_m`` beyond both margins from where the person rests. Its
+    #: fixes count but cannot confirm an opening until the person moves, ``settle_s``
+    #: passes or a jump (released: that fix confirms); a fast leg back to where the
+    #: person rested ends it as an excursion (outliers).
+    hold_m: float = 50.0
     hold_max_m: float = 1500.0
 
 
