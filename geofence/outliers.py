@@ -434,12 +434,21 @@ class PreciseLegs:
         cfg = self.cfg
         out = np.zeros(self.ts.shape[0], dtype=bool)
         self.hold_anchors: dict[int, tuple[int, float, float, float]] = {}
-        cand = np.flatnonzero(self.brk & ~decided & np.isfinite(self.dist)
+        # the leg into the previous precise fix was rest, soon after the fix before it
+        # (a device that reports every few minutes has no outages to tell apart:
+        # nothing is held); one gather per row, the carried legs for the few rows whose
+        # previous precise fix is carried
+        p = self.prev
+        restleg = ~self.brk & (self.dt <= cfg.still_leg_s)
+        okp = restleg[np.maximum(p, 0)] & (p >= 0)
+        cr = np.flatnonzero(p == -1)
+        if cr.size:
+            g = self.gid[cr]
+            c = self.c
+            okp[cr] = (c.q_w[g] <= cfg.still_k) & c.has_pp[g] & (
+                c.prev_ts[g] - c.pp_ts[g] <= int(cfg.still_leg_s * 1000))
+        cand = np.flatnonzero(okp & self.brk & ~decided
                               & (self.dist - self.p_m - self.m > cfg.hold_m))
-        p = self.prev[cand]
-        still0 = np.where(p >= 0, ~self.brk[np.maximum(p, 0)],
-                          (p == -1) & (self.c.q_w[self.gid[cand]] <= cfg.still_k))
-        cand = cand[still0 & (p > -2)]
         if cand.size == 0:
             return out
         since, c_lat, c_lon, c_m = self.rested_place(cand)
@@ -651,6 +660,7 @@ def _hold_run(
     back = moved & fast & near
     # settled: the person is still there settle_s on (a fix soon after the one before)
     settled = (ts[seg] >= since + int(cfg.settle_s * 1000)) & (pdt <= cfg.still_leg_s)
+    settled |= ts[seg] >= since + int(2 * cfg.settle_s * 1000)  # however sparse the fixes
     release = (moved | jump[seg] | (~short & seen) | settled) & ~back
     r_idx, s_idx = np.flatnonzero(back), np.flatnonzero(release)
     r = i + int(r_idx[0]) if r_idx.size else b

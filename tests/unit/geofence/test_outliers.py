@@ -260,3 +260,21 @@ def test_holds_are_the_same_whatever_the_batching() -> None:
     for b in (1, 2, 3, 5):
         assert _held(pts, 10.0, batch=b)[0] == whole
     assert whole.count(HELD) == 4 and whole.count(RELEASED) == 1
+
+
+def test_a_device_that_reports_every_few_minutes_holds_nothing() -> None:
+    # fixes every 5 minutes: every leg is a "gap", no outage to tell apart
+    rest = still(0, 10, every=300)
+    away = [(3300.0, 300.0, 0.0), (3600.0, 302.0, 0.0)]
+    held, _ = _held([*rest, *away], 10.0)
+    assert not any(held)
+
+
+def test_a_hold_with_only_sparse_fixes_after_it_is_released_after_ten_minutes() -> None:
+    # dense rest, an outage, a reappearance 300 m away, then a fix every 400 s there:
+    # no short leg to judge by, so the hold ends 10 minutes after it began
+    rest = still(0, 10, every=60)
+    there = [(900.0 + 400 * k, 300.0 + 3 * k, 0.0) for k in range(3)]
+    held, out = _held([*rest, *there], 10.0)
+    assert held == [0] * 10 + [HELD, HELD, RELEASED]
+    assert not any(out)
