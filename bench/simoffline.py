@@ -11,7 +11,9 @@ zone's wrong side (`real_not_due`: the truth's replay of the rules did not make 
 a false alarm; the ones within 5 minutes of a noise burst of the realistic model are
 counted apart. A truth of the soak's bar (an
 exclusion entry, a curfew break over 2 minutes) with no opening of its case and type
-within those 5 minutes is missed (`bar_missed`; `examples` lists the first ones). Not
+within those 5 minutes is missed (`bar_missed`; `examples` lists the first ones;
+`bar_missed_held_at_end`: of them, those whose device is in a hold when the run ends,
+a reappearance the rules are still waiting on, `geofence.outliers`). Not
 modelled: rapid mode (no downlink), late uploads' re-evaluation, the reopening of alerts
 (the database's part).
 """
