@@ -184,14 +184,14 @@ OUT_FIELDS: dict[str, Any] = {
     "q_m": np.float64, "q_w": np.float64, "q_rest": np.int64, "q_slat": np.float64,
     "q_slon": np.float64, "q_sn": np.float64, "q_sm2": np.float64, "depart": np.bool_,
     "hold": np.bool_, "stay": np.bool_, "h_lat": np.float64, "h_lon": np.float64,
-    "h_m": np.float64,
+    "h_m": np.float64, "h_in": np.bool_,
 }
 #: values for carry fields a state stored before they existed
 _OUT_DEFAULTS: dict[str, Any] = {"q_ts": 0, "q_lat": 0.0, "q_lon": 0.0, "q_m": 0.0,
                                  "q_w": UNKNOWN_SPEED, "q_rest": 0, "q_slat": 0.0,
                                  "q_slon": 0.0, "q_sn": 0.0, "q_sm2": 0.0,
                                  "depart": False, "hold": False, "stay": False,
-                                 "h_lat": 0.0, "h_lon": 0.0, "h_m": 0.0}
+                                 "h_lat": 0.0, "h_lon": 0.0, "h_m": 0.0, "h_in": False}
 _OUT_COLS: dict[str, Any] = {"o_id": object, **{f"o_{k}": v for k, v in OUT_FIELDS.items()}}
 
 

@@ -84,6 +84,11 @@ class OutlierConfig:
     #: person rested ends it as an excursion (outliers).
     hold_m: float = 50.0
     hold_max_m: float = 1500.0
+    #: ... unless the person rested indoors (the rest's fixes' margins, root mean square,
+    #: at least ``indoor_m``) and the fix is an outdoor one (margin up to ``outdoor_m``):
+    #: the receiver went out, so did the person (the hold is released there too)
+    indoor_m: float = 30.0
+    outdoor_m: float = 20.0
 
 
 DEFAULT_OUTLIER_CONFIG = OutlierConfig()
@@ -137,6 +142,7 @@ class Carry:
     h_lat: F64  # ... and its first fix (where the person appeared)
     h_lon: F64
     h_m: F64
+    h_in: BoolA  # ... and whether the person had rested indoors (`OutlierConfig.indoor_m`)
 
     @classmethod
     def empty(cls, groups: int) -> Carry:
@@ -148,7 +154,8 @@ class Carry:
                    zi.copy(), z.copy(), z.copy(), z.copy(), np.full(groups, UNKNOWN_SPEED),
                    zi.copy(), z.copy(), z.copy(), z.copy(), z.copy(),
                    np.zeros(groups, dtype=bool), np.zeros(groups, dtype=bool),
-                   np.zeros(groups, dtype=bool), z.copy(), z.copy(), z.copy())
+                   np.zeros(groups, dtype=bool), z.copy(), z.copy(), z.copy(),
+                   np.zeros(groups, dtype=bool))
 
     def copy(self) -> Carry:
         return Carry(*(np.array(getattr(self, f)) for f in _CARRY_FIELDS))
@@ -157,7 +164,7 @@ class Carry:
 _CARRY_FIELDS = ("has_prev", "prev_ts", "prev_lat", "prev_lon", "prev_m", "prev_v", "since",
                  "has_pp", "pp_ts", "pp_lat", "pp_lon", "pp_m",
                  "anc_ts", "anc_lat", "anc_lon", "anc_m", "anc_v", "q_ts", "q_lat", "q_lon", "q_m", "q_w",
-                 "q_rest", "q_slat", "q_slon", "q_sn", "q_sm2", "depart", "hold", "stay", "h_lat", "h_lon", "h_m")
+                 "q_rest", "q_slat", "q_slon", "q_sn", "q_sm2", "depart", "hold", "stay", "h_lat", "h_lon", "h_m", "h_in")
 
 
 @dataclass(eq=False)
@@ -372,11 +379,12 @@ class PreciseLegs:
                                  upto - before_gs + carried[g]).astype(np.float64))
         return since, sums[0], sums[1], sums[2], sums[3]
 
-    def rested_place(self, rows: I64) -> tuple[I64, F64, F64, F64]:
+    def rested_place(self, rows: I64) -> tuple[I64, F64, F64, F64, F64]:
         """For rows with a previous precise fix: since when the person rested up to it,
-        where (the mean of the rest's fixes; that fix when none) and how well that is
+        where (the mean of the rest's fixes; that fix when none), how well that is
         known (the mean's margin, sqrt(sum of squared margins) / n: a rest of few noisy
-        fixes is known no better than they are; at least ``min_margin_m``)."""
+        fixes is known no better than they are; at least ``min_margin_m``) and the
+        rest's typical margin (root mean square: indoors 30-80 m, outdoors about 10)."""
         p = self.prev[rows]
         inb = p >= 0
         k = rows.shape[0]
@@ -394,8 +402,9 @@ class PreciseLegs:
         n = np.maximum(s_n, 1.0)
         den = n * _E7
         margin = np.where(ok, np.maximum(np.sqrt(s_m2) / 10.0 / n, self.cfg.min_margin_m), p_m)
+        rms = np.where(ok, np.sqrt(s_m2 / n) / 10.0, p_m)
         return (since, np.where(ok, s_lat / den, p_lat), np.where(ok, s_lon / den, p_lon),
-                margin)
+                margin, rms)
 
     def departures(self, jump: BoolA) -> BoolA:
         """Departures from rest (`OutlierConfig`): cheap tests on every row, where the
@@ -412,7 +421,7 @@ class PreciseLegs:
         cand = cand[still0 & (p > -2)]
         if cand.size == 0:
             return out
-        since, c_lat, c_lon, c_m = self.rested_place(cand)
+        since, c_lat, c_lon, c_m, _ = self.rested_place(cand)
         p_ts, p_lat, p_lon, p_m = self.prev_fix(cand)
         dt = np.maximum((self.ts[cand] - p_ts) * 0.001, 1.0)
         from_rest = np.maximum(_planar_m(c_lat, c_lon, self.lat[cand], self.lon[cand])
@@ -433,7 +442,7 @@ class PreciseLegs:
         place's margin) goes to ``hold_anchors``."""
         cfg = self.cfg
         out = np.zeros(self.ts.shape[0], dtype=bool)
-        self.hold_anchors: dict[int, tuple[int, float, float, float]] = {}
+        self.hold_anchors: dict[int, tuple[int, float, float, float, bool]] = {}
         # the leg into the previous precise fix was rest, soon after the fix before it
         # (a device that reports every few minutes has no outages to tell apart:
         # nothing is held); one gather per row, the carried legs for the few rows whose
@@ -451,16 +460,19 @@ class PreciseLegs:
                               & (self.dist - self.p_m - self.m > cfg.hold_m))
         if cand.size == 0:
             return out
-        since, c_lat, c_lon, c_m = self.rested_place(cand)
+        since, c_lat, c_lon, c_m, rms = self.rested_place(cand)
         p_ts, p_lat, p_lon, p_m = self.prev_fix(cand)
+        # a receiver that rested indoors and now reports an outdoor fix went out: the
+        # person left (an excursion keeps the indoor accuracy it would have had)
+        outdoors = (rms >= cfg.indoor_m) & (self.m[cand] <= cfg.outdoor_m)
         far = _planar_m(c_lat, c_lon, self.lat[cand], self.lon[cand]) - self.m[cand] - c_m
         away = (far > cfg.hold_m) & (far <= cfg.hold_max_m)
         rested = _planar_m(c_lat, c_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
-        ok = (p_ts - since >= int(cfg.rest_s * 1000)) & rested & away
+        ok = (p_ts - since >= int(cfg.rest_s * 1000)) & rested & away & ~outdoors
         out[cand[ok]] = True
-        self.hold_anchors = {j: (t, la, lo, mm) for j, t, la, lo, mm in zip(
+        self.hold_anchors = {j: (t, la, lo, mm, ind) for j, t, la, lo, mm, ind in zip(
             cand[ok].tolist(), p_ts[ok].tolist(), c_lat[ok].tolist(), c_lon[ok].tolist(),
-            c_m[ok].tolist(), strict=True)}
+            c_m[ok].tolist(), (rms[ok] >= cfg.indoor_m).tolist(), strict=True)}
         return out
 
     def carry_out(self, starts: I64) -> None:
@@ -489,7 +501,7 @@ def _scan_group(
     dep = bool(c.depart[g])
     hld = bool(c.hold[g])
     stay = [bool(c.stay[g])]
-    first = (float(c.h_lat[g]), float(c.h_lon[g]), float(c.h_m[g]))
+    first = (float(c.h_lat[g]), float(c.h_lon[g]), float(c.h_m[g]), bool(c.h_in[g]))
     anc = (int(c.anc_ts[g]), float(c.anc_lat[g]), float(c.anc_lon[g]), float(c.anc_m[g]),
            float(c.anc_v[g]))
     run_from = a  # first row of the current suspect run inside this batch
@@ -501,11 +513,11 @@ def _scan_group(
             j = i + int(nxt[0])
             hld = bool(hold[j] and not (jump[j] or depart[j]))
             if hld:  # counts, cannot confirm: the next fixes decide
-                a_ts, a_lat, a_lon, a_m = pq.hold_anchors[j]
+                a_ts, a_lat, a_lon, a_m, indoor = pq.hold_anchors[j]
                 anc = (a_ts, a_lat, a_lon, a_m, 0.0)
                 since, dep, run_from = int(ts[j]), False, j
                 stay[0] = False
-                first = (float(lat[j]), float(lon[j]), float(m[j]))
+                first = (float(lat[j]), float(lon[j]), float(m[j]), indoor)
                 held[j] = HELD
                 i = j + 1
                 if i >= b:
@@ -621,14 +633,14 @@ def _scan_group(
     c.hold[g] = hld and since != 0
     c.stay[g] = c.hold[g] and stay[0]
     if c.hold[g]:
-        c.h_lat[g], c.h_lon[g], c.h_m[g] = first
+        c.h_lat[g], c.h_lon[g], c.h_m[g], c.h_in[g] = first
     if since:
         c.anc_ts[g], c.anc_lat[g], c.anc_lon[g], c.anc_m[g], c.anc_v[g] = anc
 
 
 def _hold_run(
     g: int, i: int, b: int, since: int, run_from: int, anc: tuple[int, float, float, float, float],
-    first: tuple[float, float, float], stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA, depart: BoolA,
+    first: tuple[float, float, float, bool], stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA, depart: BoolA,
     pq: PreciseLegs, outlier: BoolA, after_lone: BoolA, held: npt.NDArray[np.int8],
     ranges: list[tuple[int, int, int]], cfg: OutlierConfig,
 ) -> tuple[int, int]:
@@ -649,9 +661,11 @@ def _hold_run(
     short = pdt <= cfg.still_leg_s
     # moved: a leg that is no rest, or away from where the person appeared (a slow walk
     # has legs within the noise); a leg across a gap shows no motion
-    f_lat, f_lon, f_m = first
+    f_lat, f_lon, f_m, indoor = first
     off = _planar_m(np.float64(f_lat), np.float64(f_lon), lat[seg], lon[seg])
     moved = (pq.brk[seg] | (pq.q[seg] & (off > cfg.still_k * np.hypot(f_m, m[seg])))) & short
+    if indoor:  # an outdoor fix after an indoor rest: the person went out
+        moved |= pq.q[seg] & (m[seg] <= cfg.outdoor_m)
     # after a gap, the hold is released only if someone was seen there (two held fixes
     # soon after each other that agree: a lone spike before a gap is not)
     agree = pq.q[seg] & ~pq.brk[seg] & short

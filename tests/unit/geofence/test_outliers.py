@@ -278,3 +278,17 @@ def test_a_hold_with_only_sparse_fixes_after_it_is_released_after_ten_minutes() 
     held, out = _held([*rest, *there], 10.0)
     assert held == [0] * 10 + [HELD, HELD, RELEASED]
     assert not any(out)
+
+
+def test_an_outdoor_fix_after_an_indoor_rest_is_not_held() -> None:
+    # rested indoors (acc 60 m), an outage, then 300 m away with acc 8 m: the receiver
+    # went out, so did the person (an excursion keeps the indoor accuracy)
+    rest = still(0, 10, every=60)
+    there = [(900.0, 300.0, 0.0), (960.0, 302.0, 0.0), (1020.0, 301.0, 0.0)]
+    ts, lat, lon, _ = track([*rest, *there])
+    indoors_then_out = np.array([60.0] * 10 + [8.0] * 3)
+    assert not detect(np.zeros(1, dtype=np.int64), ts, lat, lon, indoors_then_out).held.any()
+    # the same with the indoor accuracy: held until the first outdoor fix releases it
+    indoor_first = np.array([60.0] * 10 + [60.0, 60.0, 8.0])
+    held = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, indoor_first).held.tolist()
+    assert held == [0] * 10 + [HELD, HELD, RELEASED]
