@@ -89,6 +89,9 @@ class OutlierConfig:
     #: the receiver went out, so did the person (the hold is released there too)
     indoor_m: float = 30.0
     outdoor_m: float = 20.0
+    #: a hold's fix back is near where the person rested within a walk of it or within
+    #: ``back_k`` x the noise of the place and the fix
+    back_k: float = 3.0
 
 
 DEFAULT_OUTLIER_CONFIG = OutlierConfig()
@@ -639,43 +642,19 @@ def _scan_group(
 
 
 def _hold_run(
-    g: int, i: int, b: int, since: int, run_from: int, anc: tuple[int, float, float, float, float],
-    first: tuple[float, float, float, bool], stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA, depart: BoolA,
-    pq: PreciseLegs, outlier: BoolA, after_lone: BoolA, held: npt.NDArray[np.int8],
-    ranges: list[tuple[int, int, int]], cfg: OutlierConfig,
+    g: int, i: int, b: int, since: int, run_from: int,
+    anc: tuple[int, float, float, float, float], first: tuple[float, float, float, bool],
+    stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
+    depart: BoolA, pq: PreciseLegs, outlier: BoolA, after_lone: BoolA,
+    held: npt.NDArray[np.int8], ranges: list[tuple[int, int, int]], cfg: OutlierConfig,
 ) -> tuple[int, int]:
     """Rows i.. of a hold that began at ``since`` (`OutlierConfig.hold_m`). It ends at
     the first fast leg back to where the person rested (the held fixes were an
     excursion: outliers, and the leg back is no jump nor departure), or releases at
     the first leg that moves, jump or fix ``settle_s`` on (that row counts in full).
     Returns the next row to walk and ``since`` (0: the hold ended in this batch)."""
-    a_ts, a_lat, a_lon, a_m, _ = anc
-    rows = np.arange(i, b, dtype=np.int64)
-    seg = slice(i, b)
-    p_ts, p_lat, p_lon, p_m = pq.prev_fix(rows)
-    pdt = np.maximum((ts[seg] - p_ts) * 0.001, 1.0)
-    pd = _planar_m(p_lat, p_lon, lat[seg], lon[seg])
-    fast = ((pdt <= cfg.still_leg_s) & (pd > cfg.v_depart_raw_mps * pdt)
-            & (_eff_speed(pd, p_m, m[seg], pdt) > cfg.v_depart_mps))
-    d = _planar_m(np.float64(a_lat), np.float64(a_lon), lat[seg], lon[seg])
-    short = pdt <= cfg.still_leg_s
-    # moved: a leg that is no rest, or away from where the person appeared (a slow walk
-    # has legs within the noise); a leg across a gap shows no motion
-    f_lat, f_lon, f_m, indoor = first
-    off = _planar_m(np.float64(f_lat), np.float64(f_lon), lat[seg], lon[seg])
-    moved = (pq.brk[seg] | (pq.q[seg] & (off > cfg.still_k * np.hypot(f_m, m[seg])))) & short
-    if indoor:  # an outdoor fix after an indoor rest: the person went out
-        moved |= pq.q[seg] & (m[seg] <= cfg.outdoor_m)
-    # after a gap, the hold is released only if someone was seen there (two held fixes
-    # soon after each other that agree: a lone spike before a gap is not)
-    agree = pq.q[seg] & ~pq.brk[seg] & short
-    seen = stay[0] | np.concatenate(([False], np.logical_or.accumulate(agree)[:-1]))
-    near = (d - a_m - m[seg] <= cfg.v_depart_mps * pdt) | (d <= 3.0 * np.hypot(a_m, m[seg]))
-    back = moved & fast & near
-    # settled: the person is still there settle_s on (a fix soon after the one before)
-    settled = (ts[seg] >= since + int(cfg.settle_s * 1000)) & (pdt <= cfg.still_leg_s)
-    settled |= ts[seg] >= since + int(2 * cfg.settle_s * 1000)  # however sparse the fixes
-    release = (moved | jump[seg] | (~short & seen) | settled) & ~back
+    back, release, agree, d = _hold_verdicts(i, b, since, anc, first, stay[0], ts, lat, lon,
+                                             m, jump, pq, cfg)
     r_idx, s_idx = np.flatnonzero(back), np.flatnonzero(release)
     r = i + int(r_idx[0]) if r_idx.size else b
     s = i + int(s_idx[0]) if s_idx.size else b
@@ -686,7 +665,7 @@ def _hold_run(
         ranges.append((g, since, int(ts[r])))
         after_lone[r] = True
         jump[r] = depart[r] = False
-        v_raw[r] = float(d[r - i]) / max((int(ts[r]) - a_ts) / 1000.0, 1.0)
+        v_raw[r] = float(d[r - i]) / max((int(ts[r]) - anc[0]) / 1000.0, 1.0)
         if r + 1 < b:
             _rejudge(r + 1, ts, lat, lon, m, v_raw, jump, cfg)
         return r + 1, 0
@@ -694,6 +673,45 @@ def _hold_run(
     if s < b:
         held[s] = RELEASED
     return s, (since if s >= b else 0)
+
+
+def _hold_verdicts(
+    i: int, b: int, since: int, anc: tuple[int, float, float, float, float],
+    first: tuple[float, float, float, bool], stay: bool, ts: I64, lat: F64, lon: F64,
+    m: F64, jump: BoolA, pq: PreciseLegs, cfg: OutlierConfig,
+) -> tuple[BoolA, BoolA, BoolA, F64]:
+    """Per row i..b of a hold: back (a fast leg back to where the person rested),
+    release, agree (a still leg soon after the fix before: someone is there) and the
+    distance from where the person rested."""
+    _, a_lat, a_lon, a_m, _ = anc
+    seg = slice(i, b)
+    p_ts, p_lat, p_lon, p_m = pq.prev_fix(np.arange(i, b, dtype=np.int64))
+    pdt = np.maximum((ts[seg] - p_ts) * 0.001, 1.0)
+    pd = _planar_m(p_lat, p_lon, lat[seg], lon[seg])
+    short = pdt <= cfg.still_leg_s  # a leg across a gap shows no motion
+    fast = short & (pd > cfg.v_depart_raw_mps * pdt) & (
+        _eff_speed(pd, p_m, m[seg], pdt) > cfg.v_depart_mps)
+    # moved: a leg that is no rest, or away from where the person appeared (a slow walk
+    # has legs within the noise); after an indoor rest, an outdoor fix (went out)
+    f_lat, f_lon, f_m, indoor = first
+    off = _planar_m(np.float64(f_lat), np.float64(f_lon), lat[seg], lon[seg])
+    q = pq.q[seg]
+    moved = (pq.brk[seg] | (q & (off > cfg.still_k * np.hypot(f_m, m[seg])))) & short
+    if indoor:
+        moved |= q & (m[seg] <= cfg.outdoor_m)
+    d = _planar_m(np.float64(a_lat), np.float64(a_lon), lat[seg], lon[seg])
+    near = ((d - a_m - m[seg] <= cfg.v_depart_mps * pdt)
+            | (d <= cfg.back_k * np.hypot(a_m, m[seg])))
+    back = moved & fast & near
+    # after a gap, released only if someone was seen there (two held fixes soon after
+    # each other that agree: a lone spike before a gap is not)
+    agree = q & ~pq.brk[seg] & short
+    seen = stay | np.concatenate(([False], np.logical_or.accumulate(agree)[:-1]))
+    # settled: still there settle_s on (soon after the fix before), or 2 x settle_s on
+    settled = (ts[seg] >= since + int(cfg.settle_s * 1000)) & short
+    settled |= ts[seg] >= since + int(2 * cfg.settle_s * 1000)
+    release = (moved | jump[seg] | (~short & seen) | settled) & ~back
+    return back, release, agree, d
 
 
 def _lone_before(g: int, j: int, a: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,
