@@ -311,6 +311,19 @@ class Reference:
                 }
             )
 
+        def open_here(key: tuple[str, str, str, int], z: RefZone, st: _Key, f: RefFix,
+                      depth: float) -> None:
+            """The pending run opens at fix f."""
+            assert st.first is not None
+            first, base = st.first, st.maxd
+            st.status, st.first, st.last = 2, first, f
+            st.maxd = max(base, depth)
+            st.started = first.ts
+            st.right_ts = -1
+            emit("open", key, z, f.ts, st)
+            st.evidence_since_report = False
+            touched.add(key)
+
         for i in order:
             f = fixes[i]
             if i in suspect:  # outliers (and fixes not yet decided) never decide
@@ -405,26 +418,12 @@ class Reference:
                             assert st.first is not None
                             if (held.get(i) != HELD and st.n >= self.confirm_points
                                     and f.ts - st.first.ts >= self.confirm_ms):
-                                first, base = st.first, st.maxd
-                                st.status, st.first, st.last = 2, first, f
-                                st.maxd = max(base, depth)
-                                st.started = first.ts
-                                st.right_ts = -1
-                                emit("open", key, z, f.ts, st)
-                                st.evidence_since_report = False
-                                touched.add(key)
+                                open_here(key, z, st, f, depth)
                         elif (held.get(i) == RELEASED and s == 1 and st.first is not None
                               and st.n >= self.confirm_points
                               and f.ts - st.first.ts >= self.confirm_ms):
                             # the held run was real: this fix (whatever its side) opens it
-                            first, base = st.first, st.maxd
-                            st.status, st.first, st.last = 2, first, f
-                            st.maxd = max(base, depth)
-                            st.started = first.ts
-                            st.right_ts = -1
-                            emit("open", key, z, f.ts, st)
-                            st.evidence_since_report = False
-                            touched.add(key)
+                            open_here(key, z, st, f, depth)
                         elif sym == "R":
                             if s == 1 and typ == 0 and cz.kind == "exclusion":
                                 self._transit(emit, key, z, st, f)
