@@ -409,13 +409,19 @@ class PreciseLegs:
         return (since, np.where(ok, s_lat / den, p_lat), np.where(ok, s_lon / den, p_lon),
                 margin, rms)
 
+    def fast(self, rows: slice) -> BoolA:
+        """Legs of at most ``still_leg_s`` faster than ``v_depart_mps`` beyond both
+        margins and ``v_depart_raw_mps`` on the raw distance: no walk (departures, and
+        the leg back that ends a hold)."""
+        cfg, dt = self.cfg, self.dt[rows]
+        return ((dt <= cfg.still_leg_s) & (self.eff[rows] > cfg.v_depart_mps)
+                & (self.dist[rows] > cfg.v_depart_raw_mps * dt))
+
     def departures(self, jump: BoolA) -> BoolA:
         """Departures from rest (`OutlierConfig`): cheap tests on every row, where the
         person rests only for the few rows that pass them."""
         cfg = self.cfg
-        cand = np.flatnonzero(self.q & ~jump & (self.eff > cfg.v_depart_mps)
-                              & (self.dt <= cfg.still_leg_s)
-                              & (self.dist > cfg.v_depart_raw_mps * self.dt))
+        cand = np.flatnonzero(self.q & ~jump & self.fast(slice(None)))
         out = np.zeros(self.ts.shape[0], dtype=bool)
         p = self.prev[cand]
         # the leg into the previous precise fix was still (a carried one: its record)
@@ -685,12 +691,9 @@ def _hold_verdicts(
     distance from where the person rested."""
     _, a_lat, a_lon, a_m, _ = anc
     seg = slice(i, b)
-    p_ts, p_lat, p_lon, p_m = pq.prev_fix(np.arange(i, b, dtype=np.int64))
-    pdt = np.maximum((ts[seg] - p_ts) * 0.001, 1.0)
-    pd = _planar_m(p_lat, p_lon, lat[seg], lon[seg])
+    pdt = pq.dt[seg]  # the legs from the previous precise fix (`PreciseLegs`)
     short = pdt <= cfg.still_leg_s  # a leg across a gap shows no motion
-    fast = short & (pd > cfg.v_depart_raw_mps * pdt) & (
-        _eff_speed(pd, p_m, m[seg], pdt) > cfg.v_depart_mps)
+    fast = pq.fast(seg)
     # moved: a leg that is no rest, or away from where the person appeared (a slow walk
     # has legs within the noise); after an indoor rest, an outdoor fix (went out)
     f_lat, f_lon, f_m, indoor = first

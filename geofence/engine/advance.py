@@ -533,8 +533,7 @@ def prune_rows(
     last_s = np.append(k_s[1:] != k_s[:-1], True)
     keep_u = (sym_s != SYM_U) | (tie_s == 1) | last_s
     if held is not None:
-        f_s = r.fix[order]
-        keep_u |= (f_s < held.shape[0]) & (held[np.minimum(f_s, held.shape[0] - 1)] == RELEASED)
+        keep_u |= _hold_of(r.fix[order], held) == RELEASED
     keep_r &= keep_u
     order = order[np.flatnonzero(keep_r)]
     if order.size == 0:
@@ -679,11 +678,7 @@ def scan_rows(
     if has_st.any():
         s0_seg[has_st] = state.status[sd.rows[srow_of_first[has_st]]]
     s0 = s0_seg[seg_id]
-    hold = None
-    if held is not None:  # per row: the row's fix's hold flag (batch fixes only)
-        f = r.fix
-        hold = np.where((f >= 0) & (f < held.shape[0]), held[np.clip(f, 0, held.shape[0] - 1)],
-                        0).astype(np.int8)
+    hold = _hold_of(r.fix, held) if held is not None else None
     sym, run_n, rel = _confirmations(cfg, zones, state, r, seq.dc_case, seg_start, seg_id,
                                      s0_seg, sd.rows, srow_of_first, hold)
     before, after = scan_states(sym, seg_start, s0)
@@ -703,6 +698,12 @@ def scan_rows(
         pending = np.setdiff1d(pending, firsts)
     r = replace(r, sym=sym)
     return r, Scan(first, fpos, seg_start, seg_id, s0_seg, srow_of_first, before, after, run_n)
+
+
+def _hold_of(fix: I64, held: np.ndarray) -> np.ndarray:
+    """Per row: its fix's hold flag (`geofence.outliers`; 0 for a row of no batch fix)."""
+    ok = (fix >= 0) & (fix < held.shape[0])
+    return np.where(ok, held[np.clip(fix, 0, held.shape[0] - 1)], 0).astype(np.int8)
 
 
 def _confirmations(
