@@ -113,6 +113,8 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     opened = [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000, bool(o.get("inferred")))
               for o in records]
     run = parse_truth(cfg.truth.read_text().splitlines())
+    # the scored window (the run went on for SimConfig's tail: nothing starting there counts)
+    opened = [o for o in opened if o[2] <= run.sim_end]
     truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     barred: list[tuple[str, str, float, float]] = []  # the soak bar's truths
     for t in run.truths:

@@ -50,7 +50,8 @@ PROBATION = str(Path(sys.executable).parent / "probation")
 class SoakConfig:
     people: int = 5_000
     speed: float = 60.0
-    minutes: float = 30.0
+    minutes: float = 30.0  # scored
+    tail_s: float = 600.0  # simulated seconds after them, not scored (SimConfig.tail_s)
     fix_interval_s: float = 60.0
     seed: int = 1
     start: str = "auto"
@@ -256,7 +257,7 @@ class _Stack:
         from simulator.run import resolve_start
 
         now = time.time()
-        duration = self.cfg.minutes * 60
+        duration = self.cfg.minutes * 60 + self.cfg.tail_s / self.cfg.speed
         start = resolve_start(self.cfg.start, now=now, speed=self.cfg.speed, duration_s=duration,
                               tz=ZoneInfo("Asia/Almaty"))
         return now - start + 3 * 3_600
@@ -362,7 +363,8 @@ def run_soak(cfg: SoakConfig, *, out: Callable[[str], None] = print) -> dict[str
         sim_cfg = SimConfig(
             mqtt=stack.mqtt_url, api=stack.api_url, username="admin", password=stack.password,
             people=cfg.people, fix_interval_s=cfg.fix_interval_s, speed=cfg.speed,
-            duration_s=cfg.minutes * 60, seed=cfg.seed, truth=work / "truth.jsonl",
+            duration_s=cfg.minutes * 60, tail_s=cfg.tail_s, seed=cfg.seed,
+            truth=work / "truth.jsonl",
             start=cfg.start, rates=cfg.rates, checkin_deadline_s=cfg.checkin_deadline_s,
             setup_workers=cfg.setup_workers, max_inflight=cfg.max_inflight,
             gps_model=cfg.gps_model,

@@ -121,6 +121,16 @@ class SimConfig:
     checkin_frames: bool = False
     supervisor_id: str | None = None  # the simulated officers' supervisor
     gps_model: str = "realistic"  # simulator.gps.GPS_MODELS
+    #: simulated seconds the run goes on after the scored window (`duration_s`): the rules
+    #: may decide a violation late (a hold waits up to 10 minutes, monitoring-rules.md
+    #: "Holds"), and a run that stops at the window's end would cut that decision off.
+    #: Nothing that starts in the tail is scored (`simulator.score`).
+    tail_s: float = 600.0
+
+    @property
+    def total_s(self) -> float:
+        """Wall seconds the run lasts: the scored window and the tail."""
+        return self.duration_s + self.tail_s / self.speed
 
 
 class Sink(Protocol):
@@ -187,15 +197,19 @@ class World:
 
     @classmethod
     def build(cls, *, n: int, seed: int, sim_start: float, sim_end: float, tz: ZoneInfo,
-              rates: Rates) -> World:
+              rates: Rates, plan_end: float | None = None) -> World:
+        """People, their days and violations planned in [sim_start, plan_end) (default
+        sim_end; a run's tail plans none: the same world with or without it)."""
         ss = np.random.SeedSequence(seed)
         s_places, s_routine, s_viol, s_paths, s_charge = ss.spawn(5)
         people = make_people(n, np.random.default_rng(s_places))
+        plan_end = sim_end if plan_end is None else min(plan_end, sim_end)
         first = datetime.fromtimestamp(sim_start, tz).date() - timedelta(days=1)
-        days = (datetime.fromtimestamp(sim_end, tz).date() - first).days + 2
+        # a day more than the plan's last: a tail of up to a day has its stays
+        days = (datetime.fromtimestamp(plan_end, tz).date() - first).days + 2
         r_routine = np.random.default_rng(s_routine)
         stays = [plan_stays(p, first, days, tz, r_routine) for p in people]
-        plan = plan_violations(people, stays, start=sim_start, end=sim_end, rates=rates, tz=tz,
+        plan = plan_violations(people, stays, start=sim_start, end=plan_end, rates=rates, tz=tz,
                                rng=np.random.default_rng(s_viol))
         r_paths = np.random.default_rng(s_paths)
         trajectories = [build_trajectory(p, st, plan.excursions[p.index], r_paths)
@@ -307,11 +321,12 @@ class Simulator:
         cfg = self.cfg
         now = time.time() if now is None else now
         self.sim_start = resolve_start(cfg.start, now=now, speed=cfg.speed,
-                                       duration_s=cfg.duration_s, tz=self.tz)
-        sim_end = self.sim_start + cfg.speed * cfg.duration_s
+                                       duration_s=cfg.total_s, tz=self.tz)
+        sim_end = self.sim_start + cfg.speed * cfg.total_s
         t0 = time.monotonic()
         self.world = World.build(n=cfg.people, seed=cfg.seed, sim_start=self.sim_start,
-                                 sim_end=sim_end, tz=self.tz, rates=cfg.rates)
+                                 sim_end=sim_end, tz=self.tz, rates=cfg.rates,
+                                 plan_end=self.sim_start + cfg.speed * cfg.duration_s)
         log.info("planned %d people over %s .. %s (simulated) in %.1f s", cfg.people,
                  iso(self.sim_start), iso(sim_end), time.monotonic() - t0)
         return self.world
@@ -413,7 +428,8 @@ class Simulator:
         return self.sim_start + self.cfg.speed * (real - self.real_start)
 
     def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Publish the status, then run for `duration_s` real seconds (or until stopped)."""
+        """Publish the status, then run for `duration_s` real seconds and the tail (or until
+        stopped)."""
         assert self.truth is not None and self.sink is not None
         cfg = self.cfg
         self._init_state()
@@ -430,8 +446,8 @@ class Simulator:
         while True:
             now = time.time()
             elapsed = now - self.real_start
-            done = elapsed >= cfg.duration_s or self.stop_event.is_set()
-            target = self.sim_now(min(now, self.real_start + cfg.duration_s))
+            done = elapsed >= cfg.total_s or self.stop_event.is_set()
+            target = self.sim_now(min(now, self.real_start + cfg.total_s))
             self._advance(target)
             self._commands(now, target)
             self._phones(now)
@@ -459,7 +475,7 @@ class Simulator:
         self._wrong_side_records()
         for r in self.registry:
             self._status(r.person, "online", self.sim_start)
-        end = self.sim_start + self.cfg.speed * self.cfg.duration_s
+        end = self.sim_start + self.cfg.speed * self.cfg.total_s
         t = self.sim_start
         while t < end:
             t = min(end, t + step_s)
@@ -478,8 +494,8 @@ class Simulator:
         out = getattr(self.sink, "outstanding", 0)
         assert self.truth is not None
         self.on_progress(Progress(
-            elapsed_s=now - self.real_start, duration_s=self.cfg.duration_s,
-            sim_time=self.sim_now(min(now, self.real_start + self.cfg.duration_s)),
+            elapsed_s=now - self.real_start, duration_s=self.cfg.total_s,
+            sim_time=self.sim_now(min(now, self.real_start + self.cfg.total_s)),
             fixes=f1, fixes_per_s=(f1 - f0) / span if len(window) > 1 else 0.0,
             messages=m1, messages_per_s=(m1 - m0) / span if len(window) > 1 else 0.0,
             outstanding=int(out), lag_s=self.lag_s, open_alerts=self.open_alerts,
@@ -994,6 +1010,9 @@ class Simulator:
             self._truth(q, "communication_lost", float(self.comm_start[q]), None, clock="real")
         self.truth.write({
             "record": "end", "sim_end": iso(self.sim_end), "real_end": iso(self.real_end),
+            # the scored window's end (the run went on for the tail after it)
+            "window_end": iso(min(self.sim_end, self.sim_start + self.cfg.speed * self.cfg.duration_s)),
+            "real_window_end": iso(min(self.real_end, self.real_start + self.cfg.duration_s)),
             "stats": dict(self.stats), "noise_due": len(self.world.book.noise_due) if self.world else 0,
             "truths": dict(self.truth.counts),
         })
@@ -1004,7 +1023,8 @@ class Simulator:
             "record": "run", "version": 1, "seed": cfg.seed, "people": cfg.people,
             "speed": cfg.speed, "fix_interval_s": cfg.fix_interval_s, "duration_s": cfg.duration_s,
             "sim_start": iso(self.sim_start), "real_start": iso(self.real_start),
-            "sim_end_planned": iso(self.sim_start + cfg.speed * cfg.duration_s),
+            "sim_end_planned": iso(self.sim_start + cfg.speed * cfg.total_s),
+            "tail_s": cfg.tail_s,
             "timezone": cfg.timezone, "prefix": cfg.prefix, "tag": cfg.tag,
             "rates": {k: getattr(cfg.rates, k) for k in cfg.rates.__dataclass_fields__},
             "gps_model": cfg.gps_model,
@@ -1231,7 +1251,8 @@ def run_simulation(cfg: SimConfig, *, on_progress: Callable[[Progress], None] | 
             helpers = _Helpers(sim, api)
         if api is not None and not state.enrolled:
             enrolling = _enrol_alongside(sim, api, state, setup_file, phase)
-        phase(f"simulating for {cfg.duration_s:.0f} s ...")
+        phase(f"simulating for {cfg.duration_s:.0f} s and a tail of {cfg.tail_s / cfg.speed:.0f} s "
+              f"({cfg.tail_s:.0f} simulated s, not scored) ...")
         sim.run(on_started=helpers.start if helpers is not None else None)
     finally:
         if enrolling is not None:

@@ -14,7 +14,16 @@ The truth file (JSON lines, written by `probation simulate`):
   "offset_m", "acc"}``: a noise burst of the realistic GPS model (no truth: an alert it
   causes is a false alarm; the score counts the false alarms that start within
   `NOISE_NEAR_S` of a burst of their case, `false_alarms_near_noise`);
-- ``{"record": "end", "sim_end", "real_end", ...}`` last.
+- ``{"record": "end", "sim_end", "real_end", "window_end", "real_window_end", ...}`` last.
+
+The scored window: a run goes on for a tail after it (`tail_s` in the run record, 10
+simulated minutes by default), because the rules may decide late (a hold waits for the
+next fixes, up to 10 minutes: monitoring-rules.md "Holds"); a run that stopped at the
+window's end would cut such a decision off and score a violation the rules do raise as
+missed. Truth records that start in the tail are not scored (`truths_in_tail`), nor are
+alerts that start in it (`after_run`); person-days are the window's. A violation that
+starts in the window is scored whenever its alert comes, and so is a false alarm that
+starts in the window.
 
 Matching rule: an alert matches a truth record of the same case and type when its
 episode start (`started_at`) lies in ``[start - before, end + after]`` on the truth's
@@ -116,6 +125,10 @@ class TruthRun:
     noise: list[tuple[str, str, float, float]] = field(default_factory=list)
     #: (case_id, alert type, start, end): every stretch on a zone's wrong side
     wrong_side: list[tuple[str, str, float, float]] = field(default_factory=list)
+    #: simulated seconds the run went on after the scored window (`sim_end`, `real_end`)
+    tail_s: float = 0.0
+    #: truth records that start in the tail: not scored
+    in_tail: int = 0
 
     @property
     def person_days(self) -> float:
@@ -199,12 +212,15 @@ def parse_truth(lines: Iterable[str]) -> TruthRun:
     real_start = ts(run["real_start"]) or 0.0
     speed = float(run["speed"])
     duration = float(run["duration_s"])
-    sim_end = ts(end.get("sim_end")) or sim_start + speed * duration
-    real_end = ts(end.get("real_end")) or real_start + duration
+    # the scored window: a run with a tail went on after it (`SimConfig.tail_s`)
+    sim_end = ts(end.get("window_end")) or ts(end.get("sim_end")) or sim_start + speed * duration
+    real_end = ts(end.get("real_window_end")) or ts(end.get("real_end")) or real_start + duration
+    scored = [t for t in truths if t.start <= (real_end if t.clock == "real" else sim_end)]
     return TruthRun(people=int(run["people"]), speed=speed, sim_start=sim_start,
                     real_start=real_start, sim_end=sim_end, real_end=real_end,
-                    cases={str(c) for c in run.get("cases", [])}, truths=truths,
-                    noise_due=noise, meta=run, noise=bursts, wrong_side=wrong)
+                    cases={str(c) for c in run.get("cases", [])}, truths=scored,
+                    noise_due=noise, meta=run, noise=bursts, wrong_side=wrong,
+                    tail_s=float(run.get("tail_s") or 0.0), in_tail=len(truths) - len(scored))
 
 
 def load_truth(path: Path) -> TruthRun:
@@ -273,7 +289,7 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
             per_matched[a.type] += 1
             continue
         end = run.real_end if clock_of(a.type) == "real" else run.sim_end
-        if a.started_at > end + after:
+        if a.started_at > end + (0.0 if run.tail_s > 0 else after):  # not in the window
             after_run[a.type] += 1
             continue
         if any(w0 - before - slack_s <= a.started_at <= w1 + after + slack_s
@@ -324,6 +340,8 @@ def score(run: TruthRun, alerts: Sequence[Alert], *, slack_s: float = 0.0,
         "person_days": round(pdays, 2),
         "clock_artifacts": dict(artifacts),
         "after_run": dict(after_run),
+        "tail_s": run.tail_s,
+        "truths_in_tail": run.in_tail,
         "real_not_due": dict(real_undue),
         "noise_due": run.noise_due,
         "gps_model": run.meta.get("gps_model", "simple"),

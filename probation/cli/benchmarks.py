@@ -251,7 +251,11 @@ def bench_login(
 def bench_soak(
     people: Annotated[int, typer.Option(help="Simulated people.")] = 5000,
     speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 60.0,
-    minutes: Annotated[float, typer.Option(help="Real minutes of simulation.")] = 30.0,
+    minutes: Annotated[float, typer.Option(help="Real minutes of simulation (scored).")] = 30.0,
+    tail: Annotated[float, typer.Option(help="Simulated seconds the run goes on after them, "
+                    "so that a decision the rules may hold back (up to 10 minutes) on a "
+                    "violation inside the scored minutes can come; nothing that starts in "
+                    "the tail is scored.")] = 600.0,
     fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     start: Annotated[str, typer.Option(help="Simulated start (see `simulate --start`).")] = "auto",
@@ -275,7 +279,8 @@ def bench_soak(
     from simulator.violations import Rates
 
     quiet()
-    cfg = SoakConfig(people=people, speed=speed, minutes=minutes, fix_interval_s=fix_interval,
+    cfg = SoakConfig(people=people, speed=speed, minutes=minutes, tail_s=tail,
+                     fix_interval_s=fix_interval,
                      seed=seed, start=start, durable=durable, keep=keep,
                      ingest_workers=ingest_workers, gps_model=gps_model,
                      rates=Rates(curfew=8.0, exclusion=4.0, strap=1.0, power_off=1.0, gap=2.0,

@@ -30,7 +30,11 @@ def simulate(
     people: Annotated[int, typer.Option(help="Simulated people (one bracelet and phone each).")] = 100,
     fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
     speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 10.0,
-    duration: Annotated[float, typer.Option(help="Real seconds to run.")] = 600.0,
+    duration: Annotated[float, typer.Option(help="Real seconds to run (scored).")] = 600.0,
+    tail: Annotated[float, typer.Option(help="Simulated seconds the run goes on after them, "
+                    "so that a decision the rules may hold back (up to 10 minutes) on a "
+                    "violation inside the scored time can come; `probation score` scores "
+                    "nothing that starts in the tail.")] = 600.0,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same people and plan.")] = 1,
     truth: Annotated[Path, typer.Option(help="Truth records (JSON lines) for `probation score`.")] = Path("truth.jsonl"),
     setup: Annotated[bool, typer.Option("--setup/--no-setup", help="Register subjects, cases, "
@@ -67,8 +71,8 @@ def simulate(
     quiet()
     cfg = SimConfig(
         mqtt=mqtt, api=api_url, username=username, password=password, people=people,
-        fix_interval_s=fix_interval, speed=speed, duration_s=duration, seed=seed, truth=truth,
-        setup=setup, setup_file=setup_file, start=start, prefix=prefix, phones=phones,
+        fix_interval_s=fix_interval, speed=speed, duration_s=duration, tail_s=tail, seed=seed,
+        truth=truth, setup=setup, setup_file=setup_file, start=start, prefix=prefix, phones=phones,
         rates=_rates(curfew, exclusion, strap, power_off, gaps, checkins, checkin_missed,
                      checkin_failed),
         checkin_deadline_s=checkin_deadline, max_inflight=max_inflight,

@@ -203,3 +203,39 @@ def test_an_alert_on_a_real_wrong_side_stretch_the_rules_did_not_make_due_is_no_
     r = score(run, alerts)
     assert r["real_not_due"] == {"exclusion_zone_entered": 1}
     assert r["false_alarms"] == 2
+
+
+def test_a_run_with_a_tail_scores_its_window_only() -> None:
+    """The run went on 10 simulated minutes after its window: a violation that starts in
+    the window counts whenever its alert comes; nothing that starts in the tail does."""
+    window = SIM0 + 36_000
+    lines = [
+        json.dumps({"record": "run", "people": 10, "speed": 10, "duration_s": 3600,
+                    "tail_s": 600, "sim_start": SIM0, "real_start": T0, "cases": ["c1", "c2"]}),
+        json.dumps({"record": "violation", "type": "inclusion_zone_left", "case_id": "c1",
+                    "clock": "sim", "start": window - 180, "end": window + 400}),
+        json.dumps({"record": "violation", "type": "exclusion_zone_entered", "case_id": "c2",
+                    "clock": "sim", "start": window + 120, "end": window + 500}),
+        json.dumps({"record": "end", "sim_end": window + 600, "real_end": T0 + 3660,
+                    "window_end": window, "real_window_end": T0 + 3600}),
+    ]
+    run = parse_truth(lines)
+    assert run.sim_end == window and run.real_end == T0 + 3600
+    assert run.person_days == pytest.approx(10 * 36_000 / 86_400)  # the window's
+    assert [t.case_id for t in run.truths] == ["c1"] and run.in_tail == 1
+    alerts = [
+        # held back by the rules: raised in the tail, dated from the window
+        _alert(1, "c1", "inclusion_zone_left", window - 170, run.to_real(window + 300)),
+        _alert(2, "c2", "exclusion_zone_entered", window + 130, run.to_real(window + 200)),
+        _alert(3, "c2", "inclusion_zone_left", window + 60, run.to_real(window + 120)),
+    ]
+    r = score(run, alerts)
+    assert r["bar"]["curfew_over_2min_recall"] == 1.0
+    assert r["false_alarms"] == 0
+    assert r["after_run"] == {"exclusion_zone_entered": 1, "inclusion_zone_left": 1}
+    assert r["truths_in_tail"] == 1 and r["tail_s"] == 600
+    # without its alert the violation that started in the window is missed, tail or not
+    assert score(run, alerts[1:])["bar"]["curfew_over_2min_recall"] == 0.0
+    # a false alarm that starts in the window counts, though raised in the tail
+    late_false = _alert(4, "c1", "exclusion_zone_entered", window - 30, run.to_real(window + 240))
+    assert score(run, [*alerts, late_false])["false_alarms"] == 1

@@ -268,6 +268,12 @@ def test_offline_run_follows_the_protocol_and_writes_scorable_truth(tmp_path: Pa
     fixes_per_msg = [len(b["fixes"]) for t, b, _ in sink.messages if t.endswith("/fixes")]
     assert np.mean(fixes_per_msg) > 1.5  # several fixes per upload
     run = load_truth(tmp_path / "truth.jsonl")
+    # the run went on for the tail after the scored window, which the score keeps to
+    assert run.sim_end == pytest.approx(sim.sim_end - sim.cfg.tail_s) and sim.cfg.tail_s == 600
+    assert max(it["ts"] for _, b, _ in sink.messages for it in b.get("fixes", [])) \
+        > run.sim_end * 1000
+    assert all(t.start <= (run.real_end if t.clock == "real" else run.sim_end)
+               for t in run.truths)
     types = {t.type for t in run.truths}
     assert {"inclusion_zone_left", "exclusion_zone_entered", "strap_tamper", "power_off"} <= types
     assert run.people == 40 and len(run.cases) == 40
