@@ -113,8 +113,6 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     opened = [(o["case_id"], o["alert_type"], o["first_fix"]["ts"] / 1000, bool(o.get("inferred")))
               for o in records]
     run = parse_truth(cfg.truth.read_text().splitlines())
-    # the scored window (the run went on for SimConfig's tail: nothing starting there counts)
-    opened = [o for o in opened if o[2] <= run.sim_end]
     truths: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     barred: list[tuple[str, str, float, float]] = []  # the soak bar's truths
     for t in run.truths:
@@ -138,7 +136,10 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     missed = [t for t in barred
               if not any(o[0] == t[0] and o[1] == t[1] and near(o[2], [(t[2], t[3])])
                          for o in opened)]
-    unmatched = [o for o in opened if not near(o[2], truths[(o[0], o[1])])]
+    # an opening that starts in the run's tail (after the scored window) and matches no
+    # truth is not scored (`simulator.score`: after the run)
+    unmatched = [o for o in opened if not near(o[2], truths[(o[0], o[1])])
+                 and o[2] <= run.sim_end]
     # on the wrong side for real, though the simulator's rules did not make it due
     real = [o for o in unmatched if near(o[2], wrong[(o[0], o[1])])]
     false = [o for o in unmatched if not near(o[2], wrong[(o[0], o[1])])]
@@ -148,7 +149,7 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
         by_type[o[1] + (" (inferred)" if o[3] else "")] += 1
     pdays = people * sim_hours / 24
     return {
-        "gps_model": model, "fix_interval_s": fix_interval_s, "people": people,
+        "gps_model": model, "fix_interval_s": fix_interval_s, "people": people, "seed": seed,
         "sim_hours": sim_hours, "person_days": round(pdays, 2), "fixes": n_fixes,
         "noise_bursts": dict(kinds), "openings": len(opened),
         "truths": sum(len(v) for v in truths.values()),

@@ -324,9 +324,9 @@ class PreciseLegs:
             dist[fix] = np.where(prev[fix] == -2, np.inf, d)
         self.dist, self.dt, self.p_m, self.eff = dist, dt, p_m, eff
         # rest: a precise fix reached by a leg that is no rest (`wander`) starts it anew
-        self.brk = q & ~(self._wander(dist, dt, p_m, m) <= cfg.still_k)
+        self.brk = q & ~self._rest_leg(dist, dt, p_m, m)
         self.lastb = np.maximum.accumulate(np.where(self.brk, pos, -1))
-        self._cs: list[npt.NDArray[np.int64]] | None = None
+        self._cs: npt.NDArray[np.int64] | None = None
         self.anchors: dict[int, tuple[int, float, float]] = {}
 
     def _wander(self, dist: F64, dt: F64, p_m: F64, m: F64) -> F64:
@@ -337,19 +337,30 @@ class PreciseLegs:
         ok = np.isfinite(dist) & (dt <= self.cfg.rest_leg_max_s)
         return np.where(ok, dist / np.hypot(p_m, m), UNKNOWN_SPEED)
 
+    def _rest_leg(self, dist: F64, dt: F64, p_m: F64, m: F64) -> BoolA:
+        """`_wander` <= ``still_k``, without the square root (on every row)."""
+        k2 = self.cfg.still_k * self.cfg.still_k
+        ok = np.isfinite(dist) & (dt <= self.cfg.rest_leg_max_s)
+        out: BoolA = ok & (dist * dist <= k2 * (p_m * p_m + m * m))
+        return out
+
     def wander(self, rows: I64) -> F64:
         """`_wander` of the given rows' precise legs (what the carry keeps)."""
         return self._wander(self.dist[rows], self.dt[rows], self.p_m[rows], self.m[rows])
 
-    def _sums(self) -> list[npt.NDArray[np.int64]]:
-        """Running sums of the precise fixes' coordinates (in 1e-7 degrees), count and
-        squared margins (in 0.01 m²): whole numbers, exact whatever the batching."""
-        if self._cs is None:
-            qi = self.q.astype(np.int64)
+    def _sums(self) -> npt.NDArray[np.int64]:
+        """Running sums (one row each) of the precise fixes' coordinates (in 1e-7
+        degrees), count and squared margins (in 0.01 m²): whole numbers, exact whatever
+        the batching."""
+        if self._cs is None:  # in place: one (4, n) buffer (truncation as astype's)
+            v = np.empty((4, self.m.shape[0]), dtype=np.int64)
+            np.multiply(self.lat, _E7, out=v[0], casting="unsafe")
+            np.multiply(self.lon, _E7, out=v[1], casting="unsafe")
+            v[2] = 1
             m10 = np.rint(self.m * 10.0).astype(np.int64)
-            self._cs = [np.cumsum((self.lat * _E7).astype(np.int64) * qi),
-                        np.cumsum((self.lon * _E7).astype(np.int64) * qi), np.cumsum(qi),
-                        np.cumsum(m10 * m10 * qi)]
+            np.multiply(m10, m10, out=v[3])
+            v *= self.q
+            self._cs = np.cumsum(v, axis=1, out=v)
         return self._cs
 
     def prev_fix(self, rows: I64) -> tuple[I64, F64, F64, F64]:
@@ -372,14 +383,13 @@ class PreciseLegs:
         has_c = self.c.q_ts[g] > 0
         since = np.where(inb, self.ts[np.maximum(lb, 0)],
                          np.where(has_c, self.c.q_rest[g], self.ts[rows]))
-        sums = []
-        for cs, carried in zip(self._sums(), (self.c.q_slat, self.c.q_slon, self.c.q_sn,
-                                              self.c.q_sm2), strict=True):
-            upto = cs[rows]
-            before_lb = np.where(lb > 0, cs[np.maximum(lb - 1, 0)], 0)
-            before_gs = np.where(gs > 0, cs[np.maximum(gs - 1, 0)], 0)
-            sums.append(np.where(inb, upto - before_lb,
-                                 upto - before_gs + carried[g]).astype(np.float64))
+        cs = self._sums()
+        upto = cs[:, rows]
+        before_lb = np.where(lb > 0, cs[:, np.maximum(lb - 1, 0)], 0)
+        before_gs = np.where(gs > 0, cs[:, np.maximum(gs - 1, 0)], 0)
+        c = self.c
+        carried = np.stack((c.q_slat[g], c.q_slon[g], c.q_sn[g], c.q_sm2[g]))
+        sums = np.where(inb, upto - before_lb, upto - before_gs + carried).astype(np.float64)
         return since, sums[0], sums[1], sums[2], sums[3]
 
     def rested_place(self, rows: I64) -> tuple[I64, F64, F64, F64, F64]:

@@ -118,8 +118,9 @@ def advance_ex(
     d_s = batch.device[o]
     starts = np.flatnonzero(np.concatenate(([True], d_s[1:] != d_s[:-1]))).astype(np.int64)
     ids = batch.device_ids[d_s[starts]]
+    rows = _carry_rows(state, ids)
     res = detect(starts, batch.ts[o], batch.lat[o], batch.lon[o], batch.acc[o],
-                 _carry_in(state, ids), config.outliers)
+                 _carry_in(state, rows), config.outliers)
     # the accepted fixes in arrival order (the engine orders them as `o` did, so the
     # per-row flags, in (device, ts) order, stay aligned)
     if res.suspect.any():
@@ -129,7 +130,7 @@ def advance_ex(
         inner, lone, held = batch, res.after_lone, res.held
     new, trans = _advance(state, inner, zones, config, lone if lone.any() else None,
                           held if held.any() else None)
-    new = _with_carry(new, state, ids, res.carry)
+    new = _with_carry(new, state, ids, rows, res.carry)
     return new, trans, [(str(ids[g]), a, b) for g, a, b in res.ranges]
 
 
@@ -142,24 +143,29 @@ def _device_order(batch: FixBatch) -> I64:
     return o if o_ts is None else o_ts[o]
 
 
-def _carry_in(state: EngineState, ids: np.ndarray) -> Carry:
-    c = Carry.empty(ids.size)
+def _carry_rows(state: EngineState, ids: np.ndarray) -> I64:
+    """Each device's row in the stored outlier carry (-1: none yet)."""
     if state.o_id.size == 0:
-        return c
-    idx = state.out_index()
-    rows = np.fromiter((idx.get(d, -1) for d in ids.tolist()), np.int64, ids.size)
+        return np.full(ids.size, -1, dtype=np.int64)
+    return lookup_ids(state.out_index(), ids)
+
+
+def _carry_in(state: EngineState, rows: I64) -> Carry:
+    c = Carry.empty(rows.size)
     hit = np.flatnonzero(rows >= 0)
-    for k in OUT_FIELDS:
-        getattr(c, k)[hit] = state.col(f"o_{k}")[rows[hit]]
+    if hit.size:
+        for k in OUT_FIELDS:
+            getattr(c, k)[hit] = state.col(f"o_{k}")[rows[hit]]
     return c
 
 
-def _with_carry(new: EngineState, old: EngineState, ids: np.ndarray, carry: Carry
-                ) -> EngineState:
-    """``new`` with the outlier carry of ``ids`` replaced (others kept from ``old``)."""
+def _with_carry(new: EngineState, old: EngineState, ids: np.ndarray, rows: I64,
+                carry: Carry) -> EngineState:
+    """``new`` with the outlier carry of ``ids`` (stored at ``rows``, -1: none)
+    replaced; the other devices' kept from ``old``."""
     cols = {k: v for k, v in new.columns().items() if not k.startswith("o_")}
-    # (np.isin on object arrays compares every pair: a dict lookup per stored row)
-    keep = lookup_ids({d: i for i, d in enumerate(ids.tolist())}, old.o_id) < 0
+    keep = np.ones(old.o_id.size, dtype=bool)
+    keep[rows[rows >= 0]] = False
     cols["o_id"] = np.concatenate((old.o_id[keep], ids))
     for k in OUT_FIELDS:
         cols[f"o_{k}"] = np.concatenate((old.col(f"o_{k}")[keep], getattr(carry, k)))

@@ -320,13 +320,15 @@ def bench_sim_offline(
     fix_interval: Annotated[list[float] | None, typer.Option(help="Fix intervals, s (repeat).")] = None,
     people: Annotated[int, typer.Option(help="Simulated people.")] = 200,
     hours: Annotated[float, typer.Option(help="Simulated hours from 21:00.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Random seed (the people, their plan, the noise).")] = 1,
     json_path: Annotated[Path, typer.Option("--json", help="The results.")] = Path("bench-results/sim-offline.json"),
 ) -> None:
     """The simulator's fixes through the geofence engine in-process: zone false alarms per
     person-day per GPS model and fix interval, in a minute (no servers)."""
     from bench.simoffline import main
 
-    argv = ["--people", str(people), "--hours", str(hours), "--json", str(json_path)]
+    argv = ["--people", str(people), "--hours", str(hours), "--seed", str(seed),
+            "--json", str(json_path)]
     argv += ["--gps-model", *(gps_model or ["simple", "realistic"])]
     argv += ["--fix-interval", *[str(f) for f in (fix_interval or [60.0, 30.0])]]
     main(argv, out=typer.echo)

@@ -64,3 +64,19 @@ def test_with_realistic_noise_they_differ_only_at_noise_bursts(tmp_path: Path) -
     # the same episode seen from its first fix that is not noise (a burst just before)
     assert all(at_burst(c, f, 600, 600) for c, _, f in mine - engine), sorted(mine - engine)
     assert engine - mine  # the bursts are not all outliers to the engine (see the report)
+
+
+def test_bench_sim_offline_command_takes_a_seed(tmp_path: Path) -> None:
+    """The documented `probation bench sim-offline ... --seed N` runs and says its seed."""
+    from typer.testing import CliRunner
+
+    from probation.cli import app
+
+    out = tmp_path / "so.json"
+    r = CliRunner().invoke(app, ["bench", "sim-offline", "--gps-model", "simple",
+                                 "--fix-interval", "60", "--people", "20", "--hours", "0.5",
+                                 "--seed", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    run = json.loads(out.read_text())["runs"][0]
+    assert (run["seed"], run["people"], run["gps_model"]) == (2, 20, "simple")
+    assert run["person_days"] > 0 and run["fixes"] > 0
