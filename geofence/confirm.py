@@ -37,11 +37,11 @@ def _runs(member: BoolA, breaker: BoolA, seg_start: I64) -> tuple[I64, I64, Bool
     reaches_start = lb < seg_start
     cm = np.cumsum(member, dtype=np.int64)
     cm0 = np.concatenate(([0], cm))
-    count = cm - cm0[lb + 1]
-    # first member at or after each position (reverse running minimum)
-    nxt = np.where(member, pos, n)
-    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
-    first = nxt[np.minimum(lb + 1, n - 1)] if n else nxt
+    before = cm0[lb + 1]  # members before the run
+    count = cm - before
+    # the run's first member: the member after those (n: none; member and breaker
+    # rows are disjoint)
+    first = np.append(np.flatnonzero(member), n)[before]
     return first, count, reaches_start
 
 

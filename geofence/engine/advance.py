@@ -123,20 +123,22 @@ def advance_ex(
                  _carry_in(state, rows), config.outliers)
     # the accepted fixes in arrival order (the engine orders them as `o` did, so the
     # per-row flags, in (device, ts) order, stay aligned)
+    order: I64 | None = o  # the (device, ts) order, unless suspects leave the batch
     if res.suspect.any():
         keep = np.flatnonzero(~res.suspect)
         inner, lone, held = batch.select(np.sort(o[keep])), res.after_lone[keep], res.held[keep]
+        order = None
     else:
         inner, lone, held = batch, res.after_lone, res.held
     new, trans = _advance(state, inner, zones, config, lone if lone.any() else None,
-                          held if held.any() else None)
+                          held if held.any() else None, order)
     new = _with_carry(new, state, ids, rows, res.carry)
     return new, trans, [(str(ids[g]), a, b) for g, a, b in res.ranges]
 
 
 def _device_order(batch: FixBatch) -> I64:
-    """(device, ts) order, stable, as `order_fixes` sorts (a counting sort by device of
-    a batch that arrives in time order)."""
+    """(device, ts) order, stable: a counting sort by device of a batch that arrives in
+    time order (computed once: the outlier layer and `order_fixes` share it)."""
     ts, dev = batch.ts, batch.device
     o_ts = np.argsort(ts, kind="stable") if np.any(ts[1:] < ts[:-1]) else None
     o = argsort_int(dev if o_ts is None else dev[o_ts], max(len(batch.device_ids), 1))
@@ -181,10 +183,12 @@ def _advance(
     config: GeofenceConfig = DEFAULT_CONFIG,
     no_segment: np.ndarray | None = None,
     held: np.ndarray | None = None,
+    order: I64 | None = None,
 ) -> tuple[EngineState, Transitions]:
     """`advance` on the accepted fixes; ``no_segment``: per fix (in (device, ts)
     order), no segment from its previous fix; ``held``: per fix, `geofence.outliers`'
-    hold flag (HELD: counts but cannot confirm; RELEASED: the held run confirms)."""
+    hold flag (HELD: counts but cannot confirm; RELEASED: the held run confirms);
+    ``order``: the batch's (device, ts) order when already known (`_device_order`)."""
     cfg = config
     if len(batch) == 0:
         return state, Transitions.empty()
@@ -192,7 +196,7 @@ def _advance(
     nc = max(len(zones.case_ids), 1)
     if batch.case.min() < 0 or batch.case.max() >= len(zones.case_ids):
         raise ValueError("FixBatch.case: index outside this CaseZones registry")
-    fx = order_fixes(batch, cfg)
+    fx = order_fixes(batch, cfg, order)
     seq = sequences(fx, nc)
     ext = extend_with_stored(state, batch, zones, cfg, fx, seq)
     if no_segment is not None:
@@ -233,7 +237,7 @@ def _advance(
 # --------------------------------------------------------------------------- 0.-3. frames
 
 
-def order_fixes(batch: FixBatch, cfg: GeofenceConfig) -> Fixes:
+def order_fixes(batch: FixBatch, cfg: GeofenceConfig, order: I64 | None = None) -> Fixes:
     """Step 0: the batch in (device, ts) order.
 
     A batch arrives in time order across devices. Evaluated in (device, ts) order,
@@ -244,10 +248,7 @@ def order_fixes(batch: FixBatch, cfg: GeofenceConfig) -> Fixes:
     n = len(batch)
     ndev = len(batch.device_ids)
     ts, dev = batch.ts, batch.device
-    o_ts = np.argsort(ts, kind="stable") if np.any(ts[1:] < ts[:-1]) else None
-    o = argsort_int(dev if o_ts is None else dev[o_ts], max(ndev, 1))
-    if o_ts is not None:
-        o = o_ts[o]
+    o = _device_order(batch) if order is None else order
     if np.any(o[1:] < o[:-1]):
         ts, case, dev = ts[o], batch.case[o], dev[o]
         lat, lon, acc = batch.lat[o], batch.lon[o], batch.acc[o]
