@@ -326,7 +326,7 @@ class Simulator:
         t0 = time.monotonic()
         self.world = World.build(n=cfg.people, seed=cfg.seed, sim_start=self.sim_start,
                                  sim_end=sim_end, tz=self.tz, rates=cfg.rates,
-                                 plan_end=self.sim_start + cfg.speed * cfg.duration_s)
+                                 plan_end=self.window_end)
         log.info("planned %d people over %s .. %s (simulated) in %.1f s", cfg.people,
                  iso(self.sim_start), iso(sim_end), time.monotonic() - t0)
         return self.world
@@ -423,6 +423,11 @@ class Simulator:
         self.lag_samples: deque[float] = deque(maxlen=100_000)
 
     # -- the loop --------------------------------------------------------------------
+
+    @property
+    def window_end(self) -> float:
+        """The scored window's simulated end (the run goes on for the tail after it)."""
+        return self.sim_start + self.cfg.speed * self.cfg.duration_s
 
     def sim_now(self, real: float) -> float:
         return self.sim_start + self.cfg.speed * (real - self.real_start)
@@ -1011,7 +1016,7 @@ class Simulator:
         self.truth.write({
             "record": "end", "sim_end": iso(self.sim_end), "real_end": iso(self.real_end),
             # the scored window's end (the run went on for the tail after it)
-            "window_end": iso(min(self.sim_end, self.sim_start + self.cfg.speed * self.cfg.duration_s)),
+            "window_end": iso(min(self.sim_end, self.window_end)),
             "real_window_end": iso(min(self.real_end, self.real_start + self.cfg.duration_s)),
             "stats": dict(self.stats), "noise_due": len(self.world.book.noise_due) if self.world else 0,
             "truths": dict(self.truth.counts),
