@@ -211,16 +211,18 @@ def detect(
     acc: F64,
     carry: Carry | None = None,
     cfg: OutlierConfig = DEFAULT_OUTLIER_CONFIG,
+    own_carry: bool = False,
 ) -> OutlierResult:
     """Suspect and outlier flags of rows sorted by (device, ts).
 
     ``starts``: index of the first row of each device group (ascending, ``starts[0]
     == 0`` when there are rows); ``carry``: one entry per group (``None``: nothing
-    known before this batch). Returns the flags and the carry after the batch.
+    known before this batch; ``own_carry``: it is the caller's to give away, updated in
+    place rather than copied). Returns the flags and the carry after the batch.
     """
     n = ts.shape[0]
     g_n = starts.shape[0]
-    c = carry.copy() if carry is not None else Carry.empty(g_n)
+    c = Carry.empty(g_n) if carry is None else carry if own_carry else carry.copy()
     suspect = np.zeros(n, dtype=bool)
     outlier = np.zeros(n, dtype=bool)
     after_lone = np.zeros(n, dtype=bool)

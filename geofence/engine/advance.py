@@ -115,23 +115,21 @@ def advance_ex(
     if n == 0:
         return state, Transitions.empty(), []
     o = _device_order(batch)
-    d_s = batch.device[o]
+    # the batch in (device, ts) order once: the outlier layer and the evaluation share it
+    sb = batch.select(o) if np.any(o[1:] < o[:-1]) else batch
+    d_s = sb.device
     starts = np.flatnonzero(np.concatenate(([True], d_s[1:] != d_s[:-1]))).astype(np.int64)
     ids = batch.device_ids[d_s[starts]]
     rows = _carry_rows(state, ids)
-    res = detect(starts, batch.ts[o], batch.lat[o], batch.lon[o], batch.acc[o],
-                 _carry_in(state, rows), config.outliers)
-    # the accepted fixes in arrival order (the engine orders them as `o` did, so the
-    # per-row flags, in (device, ts) order, stay aligned)
-    order: I64 | None = o  # the (device, ts) order, unless suspects leave the batch
-    if res.suspect.any():
+    res = detect(starts, sb.ts, sb.lat, sb.lon, sb.acc, _carry_in(state, rows),
+                 config.outliers, own_carry=True)
+    if res.suspect.any():  # the accepted fixes, still in (device, ts) order
         keep = np.flatnonzero(~res.suspect)
-        inner, lone, held = batch.select(np.sort(o[keep])), res.after_lone[keep], res.held[keep]
-        order = None
+        inner, lone, held = sb.select(keep), res.after_lone[keep], res.held[keep]
     else:
-        inner, lone, held = batch, res.after_lone, res.held
+        inner, lone, held = sb, res.after_lone, res.held
     new, trans = _advance(state, inner, zones, config, lone if lone.any() else None,
-                          held if held.any() else None, order)
+                          held if held.any() else None, ordered=True)
     new = _with_carry(new, state, ids, rows, res.carry)
     return new, trans, [(str(ids[g]), a, b) for g, a, b in res.ranges]
 
@@ -183,12 +181,12 @@ def _advance(
     config: GeofenceConfig = DEFAULT_CONFIG,
     no_segment: np.ndarray | None = None,
     held: np.ndarray | None = None,
-    order: I64 | None = None,
+    ordered: bool = False,
 ) -> tuple[EngineState, Transitions]:
     """`advance` on the accepted fixes; ``no_segment``: per fix (in (device, ts)
     order), no segment from its previous fix; ``held``: per fix, `geofence.outliers`'
     hold flag (HELD: counts but cannot confirm; RELEASED: the held run confirms);
-    ``order``: the batch's (device, ts) order when already known (`_device_order`)."""
+    ``ordered``: the batch is already in (device, ts) order (`advance_ex` sorts it)."""
     cfg = config
     if len(batch) == 0:
         return state, Transitions.empty()
@@ -196,7 +194,7 @@ def _advance(
     nc = max(len(zones.case_ids), 1)
     if batch.case.min() < 0 or batch.case.max() >= len(zones.case_ids):
         raise ValueError("FixBatch.case: index outside this CaseZones registry")
-    fx = order_fixes(batch, cfg, order)
+    fx = order_fixes(batch, cfg, ordered)
     seq = sequences(fx, nc)
     ext = extend_with_stored(state, batch, zones, cfg, fx, seq)
     if no_segment is not None:
@@ -237,7 +235,7 @@ def _advance(
 # --------------------------------------------------------------------------- 0.-3. frames
 
 
-def order_fixes(batch: FixBatch, cfg: GeofenceConfig, order: I64 | None = None) -> Fixes:
+def order_fixes(batch: FixBatch, cfg: GeofenceConfig, ordered: bool = False) -> Fixes:
     """Step 0: the batch in (device, ts) order.
 
     A batch arrives in time order across devices. Evaluated in (device, ts) order,
@@ -248,7 +246,7 @@ def order_fixes(batch: FixBatch, cfg: GeofenceConfig, order: I64 | None = None) 
     n = len(batch)
     ndev = len(batch.device_ids)
     ts, dev = batch.ts, batch.device
-    o = _device_order(batch) if order is None else order
+    o = np.zeros(0, np.int64) if ordered else _device_order(batch)
     if np.any(o[1:] < o[:-1]):
         ts, case, dev = ts[o], batch.case[o], dev[o]
         lat, lon, acc = batch.lat[o], batch.lon[o], batch.acc[o]
