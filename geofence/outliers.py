@@ -272,14 +272,15 @@ def detect(
     depart = pq.departures(jump)
     hold = pq.holds(jump | depart)
     busy = c.since > 0
-    jumps = np.flatnonzero(jump | depart | hold)
+    ev = jump | depart | hold  # kept equal to that as the walk below revises the flags
+    jumps = np.flatnonzero(ev)
     if jumps.size:
         busy = busy.copy()
         busy[np.searchsorted(starts, jumps, side="right") - 1] = True
     for g in np.flatnonzero(busy).tolist():
         a = int(starts[g])
         b = int(starts[g + 1]) if g + 1 < g_n else n
-        _scan_group(g, a, b, ts, lat, lon, m, v_raw, jump, depart, hold, pq, suspect,
+        _scan_group(g, a, b, ts, lat, lon, m, v_raw, (jump, depart, hold, ev), pq, suspect,
                     outlier, after_lone, held, ranges, c, cfg)
     # the carry after the batch: each group's last fix
     last = np.append(starts[1:], n) - 1
@@ -528,13 +529,14 @@ class PreciseLegs:
 
 
 def _scan_group(
-    g: int, a: int, b: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
-    depart: BoolA, hold: BoolA, pq: PreciseLegs, suspect: BoolA, outlier: BoolA,
+    g: int, a: int, b: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,
+    flags: tuple[BoolA, BoolA, BoolA, BoolA], pq: PreciseLegs, suspect: BoolA, outlier: BoolA,
     after_lone: BoolA, held: npt.NDArray[np.int8], ranges: list[tuple[int, int, int]], c: Carry,
     cfg: OutlierConfig,
 ) -> None:
     """Walk one device's jumps, departures from rest and holds: suspect runs, their
-    returns and settling."""
+    returns and settling. ``flags``: jump, depart, hold and their union, per row."""
+    jump, depart, hold, ev = flags
     i = a
     since = int(c.since[g])
     dep = bool(c.depart[g])
@@ -546,10 +548,9 @@ def _scan_group(
     run_from = a  # first row of the current suspect run inside this batch
     while i < b:
         if since == 0:
-            nxt = np.flatnonzero(jump[i:b] | depart[i:b] | hold[i:b])
-            if nxt.size == 0:
+            j = i + int(ev[i:b].argmax())
+            if not ev[j]:
                 break
-            j = i + int(nxt[0])
             hld = bool(hold[j] and not (jump[j] or depart[j]))
             if hld:  # counts, cannot confirm: the next fixes decide
                 a_ts, a_lat, a_lon, a_m, indoor = pq.hold_anchors[j]
@@ -563,13 +564,14 @@ def _scan_group(
                     break
         if hld:
             i, since = _hold_run(g, i, b, since, run_from, anc, first, stay, ts, lat, lon, m,
-                                 v_raw, jump, depart, pq, outlier, after_lone, held, ranges, cfg)
+                                 v_raw, flags, pq, outlier, after_lone, held, ranges, cfg)
             if since:
                 break
             hld = False
             run_from = i
             if i < b:
                 hold[i] = False  # the fix that releases a hold starts none
+                ev[i] = jump[i] | depart[i]
             continue
         if since == 0:
             dep = bool(depart[j])
@@ -581,6 +583,7 @@ def _scan_group(
                     outlier[j - 1] = True
                 after_lone[j] = True
                 jump[j] = False
+                ev[j] = depart[j] | hold[j]
                 i = j + 1
                 continue
             if dep:  # from where the person rested (the mean of their precise fixes)
@@ -611,12 +614,15 @@ def _scan_group(
             back = from_anchor <= _allowed(np.float64(a_v), dt, cfg)
         # ... and left the previous (suspect) fix at an implausible speed: it came back
         # (judged from the anchor's speed: the legs inside the run mean nothing)
-        p_ts = np.concatenate(([c.prev_ts[g]], ts[a:b - 1]))[i - a:]
-        p_lat = np.concatenate(([c.prev_lat[g]], lat[a:b - 1]))[i - a:]
-        p_lon = np.concatenate(([c.prev_lon[g]], lon[a:b - 1]))[i - a:]
-        p_m = np.concatenate(([c.prev_m[g]], m[a:b - 1]))[i - a:]
         if dep:  # legs between precise fixes (a cell fix neither returns nor travels)
             p_ts, p_lat, p_lon, p_m = pq.prev_fix(np.arange(i, b, dtype=np.int64))
+        elif i > a:
+            p_ts, p_lat, p_lon, p_m = ts[i - 1:b - 1], lat[i - 1:b - 1], lon[i - 1:b - 1], m[i - 1:b - 1]
+        else:
+            p_ts = np.concatenate(([c.prev_ts[g]], ts[a:b - 1]))
+            p_lat = np.concatenate(([c.prev_lat[g]], lat[a:b - 1]))
+            p_lon = np.concatenate(([c.prev_lon[g]], lon[a:b - 1]))
+            p_m = np.concatenate(([c.prev_m[g]], m[a:b - 1]))
         pdt = np.maximum((ts[seg] - p_ts) / 1000.0, 1.0)
         pd = haversine_m(p_lat, p_lon, lat[seg], lon[seg])
         left = (_eff_speed(pd, p_m, m[seg], pdt)
@@ -655,7 +661,7 @@ def _scan_group(
                 after_lone[r] = True
             v_raw[r] = float(d[r - i]) / float(dt[r - i])  # the leg from the anchor
             if r + 1 < b:  # the next leg's allowance starts from that speed
-                _rejudge(r + 1, ts, lat, lon, m, v_raw, jump, cfg)
+                _rejudge(r + 1, ts, lat, lon, m, v_raw, flags, cfg)
             since = 0
             i = r + 1
             run_from = i
@@ -680,8 +686,8 @@ def _scan_group(
 def _hold_run(
     g: int, i: int, b: int, since: int, run_from: int,
     anc: tuple[int, float, float, float, float], first: tuple[float, float, float, bool],
-    stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
-    depart: BoolA, pq: PreciseLegs, outlier: BoolA, after_lone: BoolA,
+    stay: list[bool], ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,
+    flags: tuple[BoolA, BoolA, BoolA, BoolA], pq: PreciseLegs, outlier: BoolA, after_lone: BoolA,
     held: npt.NDArray[np.int8], ranges: list[tuple[int, int, int]], cfg: OutlierConfig,
 ) -> tuple[int, int]:
     """Rows i.. of a hold that began at ``since`` (`OutlierConfig.hold_m`). It ends at
@@ -689,6 +695,7 @@ def _hold_run(
     excursion: outliers, and the leg back is no jump nor departure), or releases at
     the first leg that moves, jump or fix ``settle_s`` on (that row counts in full).
     Returns the next row to walk and ``since`` (0: the hold ended in this batch)."""
+    jump, depart, hold, ev = flags
     back, release, agree, d = _hold_verdicts(i, b, since, anc, first, stay[0], ts, lat, lon,
                                              m, jump, pq, cfg)
     r_idx, s_idx = np.flatnonzero(back), np.flatnonzero(release)
@@ -701,9 +708,10 @@ def _hold_run(
         ranges.append((g, since, int(ts[r])))
         after_lone[r] = True
         jump[r] = depart[r] = False
+        ev[r] = hold[r]
         v_raw[r] = float(d[r - i]) / max((int(ts[r]) - anc[0]) / 1000.0, 1.0)
         if r + 1 < b:
-            _rejudge(r + 1, ts, lat, lon, m, v_raw, jump, cfg)
+            _rejudge(r + 1, ts, lat, lon, m, v_raw, flags, cfg)
         return r + 1, 0
     held[i:s] = HELD
     if s < b:
@@ -777,14 +785,16 @@ def _lone_before(g: int, j: int, a: int, ts: I64, lat: F64, lon: F64, m: F64, v_
     return min(d21, d1j) > 2 * max(d2j - m2 - float(m[j]), 0.0) and min(d21, d1j) > 0
 
 
-def _rejudge(k: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64, jump: BoolA,
-             cfg: OutlierConfig) -> None:
+def _rejudge(k: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,
+             flags: tuple[BoolA, BoolA, BoolA, BoolA], cfg: OutlierConfig) -> None:
     """Recompute row k's jump flag after the speed of the leg before it changed."""
+    jump, depart, hold, ev = flags
     dt = max((int(ts[k]) - int(ts[k - 1])) / 1000.0, 1.0)
     d = float(haversine_m(lat[k - 1], lon[k - 1], lat[k], lon[k]))
     eff = max(d - float(m[k - 1]) - float(m[k]), 0.0) / dt
     allowed = min(cfg.v_max_mps, max(cfg.v_free_mps, float(v_raw[k - 1]) + cfg.accel_mps2 * dt / 2))
     jump[k] = eff > allowed
+    ev[k] = jump[k] | depart[k] | hold[k]
 
 
 def outlier_mask(ts: I64, lat: F64, lon: F64, acc: F64,
