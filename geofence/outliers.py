@@ -372,16 +372,20 @@ class PreciseLegs:
     def _sums(self) -> npt.NDArray[np.int64]:
         """Running sums (one row each) of the precise fixes' coordinates (in 1e-7
         degrees), count and squared margins (in 0.01 m²): whole numbers, exact whatever
-        the batching."""
-        if self._cs is None:  # in place: one (4, n) buffer (truncation as astype's)
-            v = np.empty((4, self.m.shape[0]), dtype=np.int64)
-            np.multiply(self.lat, _E7, out=v[0], casting="unsafe")
-            np.multiply(self.lon, _E7, out=v[1], casting="unsafe")
-            v[2] = 1
+        the batching. Column k sums the rows before k (column 0 is zero)."""
+        if self._cs is None:  # in place: one (4, n + 1) buffer (truncation as astype's)
+            n = self.m.shape[0]
+            v = np.empty((4, n + 1), dtype=np.int64)
+            v[:, 0] = 0
+            w = v[:, 1:]
+            np.multiply(self.lat, _E7, out=w[0], casting="unsafe")
+            np.multiply(self.lon, _E7, out=w[1], casting="unsafe")
+            w[2] = 1
             m10 = np.rint(self.m * 10.0).astype(np.int64)
-            np.multiply(m10, m10, out=v[3])
-            v *= self.q
-            self._cs = np.cumsum(v, axis=1, out=v)
+            np.multiply(m10, m10, out=w[3])
+            w *= self.q
+            np.cumsum(w, axis=1, out=w)
+            self._cs = v
         return self._cs
 
     def prev_fix(self, rows: I64) -> tuple[I64, F64, F64, F64]:
@@ -389,10 +393,14 @@ class PreciseLegs:
         when there is none)."""
         p = self.prev[rows]
         k = np.where(p >= 0, p, rows)
-        g = self.gid[rows]
-        cr = p == -1
-        return (np.where(cr, self.c.q_ts[g], self.ts[k]), np.where(cr, self.c.q_lat[g], self.lat[k]),
-                np.where(cr, self.c.q_lon[g], self.lon[k]), np.where(cr, self.c.q_m[g], self.m[k]))
+        out = self.ts[k], self.lat[k], self.lon[k], self.m[k]
+        cr = np.flatnonzero(p == -1)
+        if cr.size:
+            g = self.gid[rows[cr]]
+            c = self.c
+            for o, v in zip(out, (c.q_ts, c.q_lat, c.q_lon, c.q_m), strict=True):
+                o[cr] = v[g]
+        return out
 
     def rest_of(self, rows: I64) -> tuple[I64, F64, F64, F64, F64]:
         """For precise rows: since when the person has rested up to and including the
@@ -400,17 +408,17 @@ class PreciseLegs:
         lb = self.lastb[rows]
         g = self.gid[rows]
         gs = self.starts[g]
-        inb = lb >= gs
-        has_c = self.c.q_ts[g] > 0
-        since = np.where(inb, self.ts[np.maximum(lb, 0)],
-                         np.where(has_c, self.c.q_rest[g], self.ts[rows]))
+        inb = lb >= gs  # the rest began in this batch (else: carried in, or none)
+        start = np.where(inb, lb, gs)
+        since = self.ts[start]
         cs = self._sums()
-        upto = cs[:, rows]
-        before_lb = np.where(lb > 0, cs[:, np.maximum(lb - 1, 0)], 0)
-        before_gs = np.where(gs > 0, cs[:, np.maximum(gs - 1, 0)], 0)
-        c = self.c
-        carried = np.stack((c.q_slat[g], c.q_slon[g], c.q_sn[g], c.q_sm2[g]))
-        sums = np.where(inb, upto - before_lb, upto - before_gs + carried).astype(np.float64)
+        sums = (np.take(cs, rows + 1, axis=1) - np.take(cs, start, axis=1)).astype(np.float64)
+        out = np.flatnonzero(~inb)
+        if out.size:
+            go = g[out]
+            c = self.c
+            since[out] = np.where(c.q_ts[go] > 0, c.q_rest[go], self.ts[rows[out]])
+            sums[:, out] += np.stack((c.q_slat[go], c.q_slon[go], c.q_sn[go], c.q_sm2[go]))
         return since, sums[0], sums[1], sums[2], sums[3]
 
     def rested_place(self, rows: I64) -> tuple[I64, F64, F64, F64, F64]:
