@@ -26,23 +26,32 @@ I8 = npt.NDArray[np.int8]
 BoolA = npt.NDArray[np.bool_]
 
 
-def _runs(member: BoolA, breaker: BoolA, seg_start: I64) -> tuple[I64, I64, BoolA]:
-    """Per row: position of the first member of its run, members so far in the run,
-    and whether the run reaches back to the start of the key's rows (no breaker before).
+def _runs(member: BoolA, breaker: BoolA, seg_start: I64, floor: I64) -> tuple[I64, I64, BoolA]:
+    """Per row: position of the first member of its run (n: none), members so far in the
+    run, and whether the run reaches back to the start of the key's rows (no breaker
+    before). ``floor``: `_floor` of ``seg_start``.
     """
     n = member.shape[0]
-    pos = np.arange(n, dtype=np.int64)
-    lb = np.maximum.accumulate(np.where(breaker, pos, -1))
-    lb = np.maximum(lb, seg_start - 1)  # the last breaker of the same key, or before it
+    lb = np.where(breaker, np.arange(n, dtype=np.int64), floor)
+    np.maximum.accumulate(lb, out=lb)  # the last breaker of the same key, or before it
     reaches_start = lb < seg_start
-    cm = np.cumsum(member, dtype=np.int64)
-    cm0 = np.concatenate(([0], cm))
-    before = cm0[lb + 1]  # members before the run
-    count = cm - before
-    # the run's first member: the member after those (n: none; member and breaker
-    # rows are disjoint)
+    cm0 = np.empty(n + 1, dtype=np.int64)
+    cm0[0] = 0
+    np.cumsum(member, out=cm0[1:])
+    lb += 1
+    before = np.take(cm0, lb)  # members before the run
+    count = cm0[1:] - before
+    # the run's first member: the member after those (member and breaker rows are disjoint)
     first = np.append(np.flatnonzero(member), n)[before]
     return first, count, reaches_start
+
+
+def _floor(seg_start: I64) -> I64:
+    """-1, except at a key's first row: that row - 1 (running maxima of breaker positions
+    over it stop at the key's start)."""
+    pos = np.arange(seg_start.shape[0], dtype=np.int64)
+    out: I64 = np.where(seg_start == pos, seg_start - 1, -1)
+    return out
 
 
 def confirm(
@@ -75,22 +84,25 @@ def confirm(
     if sym.shape[0] == 0:
         return out, np.zeros(0, np.int64), rel
     w = (sym == SYM_W) | (sym == SYM_D)
-    first, count, back = _runs(w, (sym == SYM_R) | (sym == SYM_I), seg_start)
-    start_ts = np.where(count > 0, ts[np.minimum(first, ts.shape[0] - 1)], ts)
-    carry = back & carried_pending
-    count = count + np.where(carry, carried_count, 0)
-    start_ts = np.where(carry, carried_first_ts, start_ts)
-    can = hold != HELD if hold is not None else np.ones(sym.shape[0], dtype=bool)
-    out[w & can & (count >= n_open) & (ts - start_ts >= t_open_ms)] = SYM_D
-    if hold is not None:
-        rel = _released(w | (sym == SYM_I), hold, count, start_ts, ts, seg_start,
-                        carried_pending, carried_count, carried_first_ts, n_open, t_open_ms)
     r = sym == SYM_R
-    rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | (sym == SYM_I), seg_start)
-    rstart = np.where(rcount > 0, ts[np.minimum(rfirst, ts.shape[0] - 1)], ts)
+    reset = sym == SYM_I
+    floor = _floor(seg_start)
+    first, count, back = _runs(w, r | reset, seg_start, floor)
+    start_ts = np.where(count > 0, np.take(ts, first, mode="clip"), ts)
+    carry = back & carried_pending
+    np.add(count, carried_count, out=count, where=carry)
+    np.copyto(start_ts, carried_first_ts, where=carry)
+    opens = w & (count >= n_open) & (ts - start_ts >= t_open_ms)
+    if hold is not None:
+        opens &= hold != HELD
+        rel = _released(w | reset, hold, count, start_ts, ts, seg_start,
+                        carried_pending, carried_count, carried_first_ts, n_open, t_open_ms)
+    out[opens] = SYM_D
+    rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | reset, seg_start, floor)
+    rstart = np.where(rcount > 0, np.take(ts, rfirst, mode="clip"), ts)
     rcarry = rback & carried_closing
-    rcount = rcount + rcarry.astype(np.int64)
-    rstart = np.where(rcarry, carried_right_ts, rstart)
+    rcount += rcarry
+    np.copyto(rstart, carried_right_ts, where=rcarry)
     out[r & (rcount >= n_close) & (ts - rstart >= t_close_ms)] = SYM_RC
     return out, count, rel
 
