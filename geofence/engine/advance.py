@@ -152,13 +152,15 @@ def _carry_rows(state: EngineState, ids: np.ndarray) -> I64:
 
 def _carry_in(state: EngineState, rows: I64) -> Carry:
     """The stored carry of each row (-1: a device with none yet: empty)."""
-    if rows.size and rows.min() >= 0:  # every device has one (steady state): gathers only
-        return Carry(**{k: state.col(f"o_{k}")[rows] for k in OUT_FIELDS})
-    c = Carry.empty(rows.size)
-    hit = np.flatnonzero(rows >= 0)
-    if hit.size:
+    if rows.size == 0 or state.o_id.size == 0:
+        return Carry.empty(rows.size)
+    at = np.maximum(rows, 0)
+    c = Carry(**{k: state.col(f"o_{k}")[at] for k in OUT_FIELDS})
+    miss = np.flatnonzero(rows < 0)
+    if miss.size:
+        e = Carry.empty(miss.size)
         for k in OUT_FIELDS:
-            getattr(c, k)[hit] = state.col(f"o_{k}")[rows[hit]]
+            getattr(c, k)[miss] = getattr(e, k)
     return c
 
 
