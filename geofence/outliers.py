@@ -579,7 +579,7 @@ def _scan_group(
             run_from = i
             if i < b:
                 hold[i] = False  # the fix that releases a hold starts none
-                ev[i] = jump[i] | depart[i]
+                _sync(flags, i)
             continue
         if since == 0:
             dep = bool(depart[j])
@@ -591,7 +591,7 @@ def _scan_group(
                     outlier[j - 1] = True
                 after_lone[j] = True
                 jump[j] = False
-                ev[j] = depart[j] | hold[j]
+                _sync(flags, j)
                 i = j + 1
                 continue
             if dep:  # from where the person rested (the mean of their precise fixes)
@@ -703,7 +703,7 @@ def _hold_run(
     excursion: outliers, and the leg back is no jump nor departure), or releases at
     the first leg that moves, jump or fix ``settle_s`` on (that row counts in full).
     Returns the next row to walk and ``since`` (0: the hold ended in this batch)."""
-    jump, depart, hold, ev = flags
+    jump, depart = flags[0], flags[1]
     back, release, agree, d = _hold_verdicts(i, b, since, anc, first, stay[0], ts, lat, lon,
                                              m, jump, pq, cfg)
     r_idx, s_idx = np.flatnonzero(back), np.flatnonzero(release)
@@ -716,7 +716,7 @@ def _hold_run(
         ranges.append((g, since, int(ts[r])))
         after_lone[r] = True
         jump[r] = depart[r] = False
-        ev[r] = hold[r]
+        _sync(flags, r)
         v_raw[r] = float(d[r - i]) / max((int(ts[r]) - anc[0]) / 1000.0, 1.0)
         if r + 1 < b:
             _rejudge(r + 1, ts, lat, lon, m, v_raw, flags, cfg)
@@ -793,16 +793,22 @@ def _lone_before(g: int, j: int, a: int, ts: I64, lat: F64, lon: F64, m: F64, v_
     return min(d21, d1j) > 2 * max(d2j - m2 - float(m[j]), 0.0) and min(d21, d1j) > 0
 
 
+def _sync(flags: tuple[BoolA, BoolA, BoolA, BoolA], k: int) -> None:
+    """Row k of the union flag after its jump, departure or hold flag was revised."""
+    jump, depart, hold, ev = flags
+    ev[k] = jump[k] | depart[k] | hold[k]
+
+
 def _rejudge(k: int, ts: I64, lat: F64, lon: F64, m: F64, v_raw: F64,
              flags: tuple[BoolA, BoolA, BoolA, BoolA], cfg: OutlierConfig) -> None:
     """Recompute row k's jump flag after the speed of the leg before it changed."""
-    jump, depart, hold, ev = flags
+    jump = flags[0]
     dt = max((int(ts[k]) - int(ts[k - 1])) / 1000.0, 1.0)
     d = float(haversine_m(lat[k - 1], lon[k - 1], lat[k], lon[k]))
     eff = max(d - float(m[k - 1]) - float(m[k]), 0.0) / dt
     allowed = min(cfg.v_max_mps, max(cfg.v_free_mps, float(v_raw[k - 1]) + cfg.accel_mps2 * dt / 2))
     jump[k] = eff > allowed
-    ev[k] = jump[k] | depart[k] | hold[k]
+    _sync(flags, k)
 
 
 def outlier_mask(ts: I64, lat: F64, lon: F64, acc: F64,

@@ -251,8 +251,8 @@ def order_fixes(batch: FixBatch, cfg: GeofenceConfig, ordered: bool = False) -> 
     n = len(batch)
     ndev = len(batch.device_ids)
     ts, dev = batch.ts, batch.device
-    o = np.zeros(0, np.int64) if ordered else _device_order(batch)
-    if np.any(o[1:] < o[:-1]):
+    o = None if ordered else _device_order(batch)
+    if o is not None and np.any(o[1:] < o[:-1]):
         ts, case, dev = ts[o], batch.case[o], dev[o]
         lat, lon, acc = batch.lat[o], batch.lon[o], batch.acc[o]
     else:
