@@ -201,6 +201,24 @@ def _planar_m(lat1: F64 | np.float64, lon1: F64 | np.float64, lat2: F64, lon2: F
     return out
 
 
+def _legs_m(starts: I64, lat: F64, lon: F64, kx: F64, c: Carry) -> F64:
+    """`_planar_m` of each row's leg from the row before (a group's first row: from the
+    carried last fix), without copying the rows before."""
+    dy = np.empty(lat.shape[0])
+    np.subtract(lat[1:], lat[:-1], out=dy[1:])
+    dy[starts] = lat[starts] - c.prev_lat
+    dx = np.empty(lat.shape[0])
+    np.subtract(lon[1:], lon[:-1], out=dx[1:])
+    dx[starts] = lon[starts] - c.prev_lon
+    dy *= M_PER_DEG
+    dy *= dy
+    dx *= kx
+    dx *= dx
+    dx += dy
+    out: F64 = np.sqrt(dx, out=dx)
+    return out
+
+
 def _kx(lat: F64) -> F64:
     """Metres per degree of longitude at ``lat``. The cosine in single precision (numpy
     vectorises it; the double one is a scalar libm call, ~6x slower): a relative error
@@ -247,28 +265,36 @@ def detect(
     if n == 0:
         return OutlierResult(suspect, outlier, after_lone, held, ranges, c)
     m = np.clip(acc, cfg.min_margin_m, np.inf)  # np.maximum(a, scalar) is ~3x slower
-    # previous fix of each row: the row before in its group, else the carried one
-    p_ts = np.empty(n, dtype=np.int64)
-    p_lat = np.empty(n)
-    p_lon = np.empty(n)
-    p_m = np.empty(n)
-    p_ts[1:], p_lat[1:], p_lon[1:], p_m[1:] = ts[:-1], lat[:-1], lon[:-1], m[:-1]
-    p_ts[starts], p_lat[starts], p_lon[starts] = c.prev_ts, c.prev_lat, c.prev_lon
-    p_m[starts] = c.prev_m
-    has_p = np.ones(n, dtype=bool)
-    has_p[starts] = c.has_prev
-    dt = np.clip((ts - p_ts) * 0.001, 1.0, np.inf)
+    # the leg from the previous fix of each row: the row before in its group (slices),
+    # else the carried one (a group's first row); rows without one: `nop`
+    d_ts = np.empty(n, dtype=np.int64)
+    np.subtract(ts[1:], ts[:-1], out=d_ts[1:])
+    d_ts[starts] = ts[starts] - c.prev_ts
+    dt = np.multiply(d_ts, 0.001)
+    np.clip(dt, 1.0, np.inf, out=dt)
     kx = _kx(lat)
-    dist = _planar_m(p_lat, p_lon, lat, lon, kx)
-    # without a previous fix the speed is unknown: anything up to v_max is plausible
-    v_raw = np.where(has_p, dist / dt, cfg.v_max_mps)
-    v0 = np.empty(n)
-    v0[1:] = v_raw[:-1]
-    v0[starts] = np.where(c.has_prev, c.prev_v, cfg.v_max_mps)
-    eff = np.where(has_p, _eff_speed(dist, p_m, m, dt), cfg.v_max_mps)
-    jump = has_p & (eff > _allowed(v0, dt, cfg))
-    pq = PreciseLegs(starts, ts, lat, lon, m, c, cfg,  # (dt, p_m, eff: not used after)
-                     (np.where(has_p, dist, np.inf), dt, p_m, eff.copy()), kx)
+    dist = _legs_m(starts, lat, lon, kx, c)
+    p_m = np.empty(n)
+    p_m[1:] = m[:-1]
+    p_m[starts] = c.prev_m
+    nop = starts[~c.has_prev]  # without a previous fix the speed is unknown: up to v_max
+    v_raw = dist / dt
+    v_raw[nop] = cfg.v_max_mps
+    eff = np.subtract(dist, p_m)
+    eff -= m
+    np.clip(eff, 0.0, np.inf, out=eff)
+    eff /= dt
+    eff[nop] = cfg.v_max_mps
+    # allowed = min(v_max, max(v_free, v_prev + accel * dt / 2)), v_prev the leg before's
+    allowed = np.multiply(dt, cfg.accel_mps2 * 0.5)
+    allowed[1:] += v_raw[:-1]
+    allowed[starts] = dt[starts] * (cfg.accel_mps2 * 0.5) + np.where(
+        c.has_prev, c.prev_v, cfg.v_max_mps)
+    np.clip(allowed, cfg.v_free_mps, cfg.v_max_mps, out=allowed)
+    jump = eff > allowed
+    jump[nop] = False
+    dist[nop] = np.inf
+    pq = PreciseLegs(starts, ts, lat, lon, m, c, cfg, (dist, dt, p_m, eff), kx)  # taken over
     depart = pq.departures(jump)
     hold = pq.holds(jump | depart)
     busy = c.since > 0
@@ -323,19 +349,26 @@ class PreciseLegs:
         self.kx = kx
         self.starts = starts
         pos = np.arange(n, dtype=np.int64)
-        self.gid = np.repeat(np.arange(starts.shape[0], dtype=np.int64),
-                             np.diff(np.append(starts, n)))
+        gid = np.zeros(n, dtype=np.int64)
+        gid[starts[1:]] = 1
+        self.gid = np.cumsum(gid, out=gid)
         self.q = q = m <= cfg.still_acc_m
         self.lastq = np.maximum.accumulate(np.where(q, pos, -1))
-        prev = np.full(n, -1, dtype=np.int64)
+        prev = np.empty(n, dtype=np.int64)
+        prev[0] = -1
         prev[1:] = self.lastq[:-1]
-        carried = np.flatnonzero(prev < starts[self.gid])
-        prev[carried] = np.where(c.q_ts[self.gid[carried]] > 0, -1, -2)
+        # the rows whose leg from the row before is not their precise leg: a group's
+        # first row and the rows after a coarse fix (the only ones whose previous
+        # precise fix may be carried); only those rows are recomputed
+        nq = np.empty(n, dtype=bool)
+        np.logical_not(q[:-1], out=nq[1:])
+        nq[starts] = True
+        fix = np.flatnonzero(nq)
+        g = self.group_of(fix)
+        car = prev[fix] < starts[g]
+        prev[fix[car]] = np.where(c.q_ts[g[car]] > 0, -1, -2)
         self.prev = prev
-        # the legs from the row before are those from the previous precise fix except
-        # after a coarse fix and at a group's start: only those rows are recomputed
         dist, dt, p_m, eff = near
-        fix = np.flatnonzero((prev != pos - 1) | (prev < 0))
         if fix.size:
             f_ts, f_lat, f_lon, f_m = self.prev_fix(fix)
             d = _planar_m(f_lat, f_lon, lat[fix], lon[fix], kx[fix])
@@ -345,10 +378,15 @@ class PreciseLegs:
             dist[fix] = np.where(prev[fix] == -2, np.inf, d)
         self.dist, self.dt, self.p_m, self.eff = dist, dt, p_m, eff
         # rest: a precise fix reached by a leg that is no rest (`wander`) starts it anew
-        self.brk = q & ~self._rest_leg(dist, dt, p_m, m)
+        self.brk = np.greater(q, self._rest_leg(dist, dt, p_m, m))  # q and no rest
         self.lastb = np.maximum.accumulate(np.where(self.brk, pos, -1))
         self._cs: npt.NDArray[np.int64] | None = None
         self.anchors: dict[int, tuple[int, float, float]] = {}
+
+    def group_of(self, rows: I64) -> I64:
+        """The group (device) of each of the given rows."""
+        out: I64 = self.gid[rows]
+        return out
 
     def _wander(self, dist: F64, dt: F64, p_m: F64, m: F64) -> F64:
         """A leg's length over its noise (the two margins in quadrature: a still
@@ -361,13 +399,42 @@ class PreciseLegs:
     def _rest_leg(self, dist: F64, dt: F64, p_m: F64, m: F64) -> BoolA:
         """`_wander` <= ``still_k``, without the square root (on every row)."""
         k2 = self.cfg.still_k * self.cfg.still_k
-        ok = np.isfinite(dist) & (dt <= self.cfg.rest_leg_max_s)
-        out: BoolA = ok & (dist * dist <= k2 * (p_m * p_m + m * m))
+        lim = np.multiply(p_m, p_m)
+        lim += m * m
+        lim *= k2
+        d2 = np.multiply(dist, dist)  # an infinite leg (no fix before) is no rest
+        out: BoolA = np.less_equal(d2, lim)
+        out &= dt <= self.cfg.rest_leg_max_s
         return out
 
     def wander(self, rows: I64) -> F64:
         """`_wander` of the given rows' precise legs (what the carry keeps)."""
         return self._wander(self.dist[rows], self.dt[rows], self.p_m[rows], self.m[rows])
+
+    def _range_sums(self, lo: I64, hi: I64) -> F64:
+        """The sums (`_sums`, as floats) over the precise rows lo..hi (inclusive) of each
+        pair: gathered when the ranges are short (a rest rarely spans many fixes of one
+        batch), else from the running-sum table. Whole numbers: the same either way."""
+        span = hi - lo + 1
+        total = int(span.sum())
+        if total > (self.m.shape[0] >> 2) or lo.size == 0:
+            cs = self._sums()
+            out: F64 = (np.take(cs, hi + 1, axis=1) - np.take(cs, lo, axis=1)).astype(np.float64)
+            return out
+        first = np.zeros(lo.size + 1, dtype=np.int64)  # where each range begins in idx
+        np.cumsum(span, out=first[1:])
+        # every row of every range: lo[k] + (position - first[k]) over the ranges
+        idx = np.arange(total, dtype=np.int64)
+        idx += np.repeat(lo - first[:-1], span)
+        v = np.empty((4, total), dtype=np.int64)
+        np.multiply(self.lat[idx], _E7, out=v[0], casting="unsafe")
+        np.multiply(self.lon[idx], _E7, out=v[1], casting="unsafe")
+        v[2] = 1
+        m10 = np.rint(self.m[idx] * 10.0).astype(np.int64)
+        np.multiply(m10, m10, out=v[3])
+        v *= self.q[idx]
+        out = np.add.reduceat(v, first[:-1], axis=1).astype(np.float64)
+        return out
 
     def _sums(self) -> npt.NDArray[np.int64]:
         """Running sums (one row each) of the precise fixes' coordinates (in 1e-7
@@ -396,7 +463,7 @@ class PreciseLegs:
         out = self.ts[k], self.lat[k], self.lon[k], self.m[k]
         cr = np.flatnonzero(p == -1)
         if cr.size:
-            g = self.gid[rows[cr]]
+            g = self.group_of(rows[cr])
             c = self.c
             for o, v in zip(out, (c.q_ts, c.q_lat, c.q_lon, c.q_m), strict=True):
                 o[cr] = v[g]
@@ -406,13 +473,12 @@ class PreciseLegs:
         """For precise rows: since when the person has rested up to and including the
         row, and the sums (`_sums`) of that rest's fixes."""
         lb = self.lastb[rows]
-        g = self.gid[rows]
+        g = self.group_of(rows)
         gs = self.starts[g]
         inb = lb >= gs  # the rest began in this batch (else: carried in, or none)
         start = np.where(inb, lb, gs)
         since = self.ts[start]
-        cs = self._sums()
-        sums = (np.take(cs, rows + 1, axis=1) - np.take(cs, start, axis=1)).astype(np.float64)
+        sums = self._range_sums(start, rows)
         out = np.flatnonzero(~inb)
         if out.size:
             go = g[out]
@@ -434,7 +500,7 @@ class PreciseLegs:
         s_lat, s_lon, s_n, s_m2 = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
         if inb.any():
             since[inb], s_lat[inb], s_lon[inb], s_n[inb], s_m2[inb] = self.rest_of(p[inb])
-        g = self.gid[rows[~inb]]
+        g = self.group_of(rows[~inb])
         c = self.c
         since[~inb] = c.q_rest[g]
         s_lat[~inb], s_lon[~inb], s_n[~inb] = c.q_slat[g], c.q_slon[g], c.q_sn[g]
@@ -465,7 +531,7 @@ class PreciseLegs:
         p = self.prev[cand]
         # the leg into the previous precise fix was still (a carried one: its record)
         still0 = np.where(p >= 0, ~self.brk[np.maximum(p, 0)],
-                          (p == -1) & (self.c.q_w[self.gid[cand]] <= cfg.still_k))
+                          (p == -1) & (self.c.q_w[self.group_of(cand)] <= cfg.still_k))
         cand = cand[still0 & (p > -2)]
         if cand.size == 0:
             return out
@@ -500,7 +566,7 @@ class PreciseLegs:
         okp = restleg[np.maximum(p, 0)] & (p >= 0)
         cr = np.flatnonzero(p == -1)
         if cr.size:
-            g = self.gid[cr]
+            g = self.group_of(cr)
             c = self.c
             okp[cr] = (c.q_w[g] <= cfg.still_k) & c.has_pp[g] & (
                 c.prev_ts[g] - c.pp_ts[g] <= int(cfg.still_leg_s * 1000))
@@ -612,17 +678,9 @@ def _scan_group(
         # in a suspect run from row i: the first return to the anchor, or settling
         a_ts, a_lat, a_lon, a_m, a_v = anc
         seg = slice(i, b)
-        dt = np.maximum((ts[seg] - a_ts) / 1000.0, 1.0)
-        d = haversine_m(a_lat, a_lon, lat[seg], lon[seg])
-        from_anchor = _eff_speed(d, np.float64(a_m), m[seg], dt)
-        # a departure's return is to where the person rested (within a walk of it)
-        if dep:  # within a walk of where the person rested (a gap does not widen it)
-            back = (d - a_m - m[seg]) <= cfg.v_depart_mps * np.minimum(dt, cfg.still_leg_s)
-        else:
-            back = from_anchor <= _allowed(np.float64(a_v), dt, cfg)
-        # ... and left the previous (suspect) fix at an implausible speed: it came back
-        # (judged from the anchor's speed: the legs inside the run mean nothing)
-        if dep:  # legs between precise fixes (a cell fix neither returns nor travels)
+        # the fix before each row: legs between precise fixes after a departure (a cell
+        # fix neither returns nor travels), else the row before (or the carried fix)
+        if dep:
             p_ts, p_lat, p_lon, p_m = pq.prev_fix(np.arange(i, b, dtype=np.int64))
         elif i > a:
             p_ts, p_lat, p_lon, p_m = ts[i - 1:b - 1], lat[i - 1:b - 1], lon[i - 1:b - 1], m[i - 1:b - 1]
@@ -631,8 +689,19 @@ def _scan_group(
             p_lat = np.concatenate(([c.prev_lat[g]], lat[a:b - 1]))
             p_lon = np.concatenate(([c.prev_lon[g]], lon[a:b - 1]))
             p_m = np.concatenate(([c.prev_m[g]], m[a:b - 1]))
+        # from the anchor, from the fix before (and, after a departure, from the anchor
+        # to the fix before), in one call
+        d, pd, ap = _distances(a_lat, a_lon, p_lat, p_lon, lat[seg], lon[seg], dep)
+        dt = np.maximum((ts[seg] - a_ts) / 1000.0, 1.0)
+        from_anchor = _eff_speed(d, np.float64(a_m), m[seg], dt)
+        # a departure's return is to where the person rested (within a walk of it)
+        if dep:  # within a walk of where the person rested (a gap does not widen it)
+            back = (d - a_m - m[seg]) <= cfg.v_depart_mps * np.minimum(dt, cfg.still_leg_s)
+        else:
+            back = from_anchor <= _allowed(np.float64(a_v), dt, cfg)
+        # ... and left the previous (suspect) fix at an implausible speed: it came back
+        # (judged from the anchor's speed: the legs inside the run mean nothing)
         pdt = np.maximum((ts[seg] - p_ts) / 1000.0, 1.0)
-        pd = haversine_m(p_lat, p_lon, lat[seg], lon[seg])
         left = (_eff_speed(pd, p_m, m[seg], pdt)
                 > (cfg.v_depart_mps if dep else _allowed(np.float64(a_v), pdt, cfg)))
         back &= left
@@ -645,17 +714,15 @@ def _scan_group(
         if dep:  # after a departure, one more leg faster than a walk, away: travel
             back &= pq.q[seg]
             fast = (pd - p_m - m[seg]) / pdt > cfg.v_depart_mps
-            away = d - haversine_m(a_lat, a_lon, p_lat, p_lon) >= 0.5 * pd
+            away = d - ap >= 0.5 * pd
             # staying away settles only on a fix that stayed (not one more hop)
             settled &= pq.q[seg] & ~fast
             settled |= pq.q[seg] & away & fast
-        elif d.shape[0] >= 3:
-            lt = np.maximum((ts[i + 1:b] - ts[i:b - 1]) / 1000.0, 1.0)
-            ld = haversine_m(lat[i:b - 1], lon[i:b - 1], lat[i + 1:b], lon[i + 1:b])
+        elif d.shape[0] >= 3:  # the legs inside the run: those from the row before
+            lt, ld = pdt[1:], pd[1:]
             lm = m[i + 1:b] + m[i:b - 1]
             moving = np.zeros(d.shape[0], dtype=bool)
-            cap = cfg.v_max_mps if dep else _allowed(np.float64(a_v), lt, cfg)
-            moving[1:] = (ld > lm) & ((ld - lm) / lt <= cap)
+            moving[1:] = (ld > lm) & ((ld - lm) / lt <= _allowed(np.float64(a_v), lt, cfg))
             settled[2:] |= moving[2:] & moving[1:-1]
         r_idx = np.flatnonzero(back)
         s_idx = np.flatnonzero(settled)
@@ -689,6 +756,21 @@ def _scan_group(
         c.h_lat[g], c.h_lon[g], c.h_m[g], c.h_in[g] = first
     if since:
         c.anc_ts[g], c.anc_lat[g], c.anc_lon[g], c.anc_m[g], c.anc_v[g] = anc
+
+
+def _distances(a_lat: float, a_lon: float, p_lat: F64, p_lon: F64, lat: F64, lon: F64,
+               dep: bool) -> tuple[F64, F64, F64]:
+    """Great-circle distances of a suspect run's rows from the anchor and from the fix
+    before each, and (``dep``) from the anchor to that fix (else empty): one call."""
+    k = lat.shape[0]
+    la_a, lo_a = np.full(k, a_lat), np.full(k, a_lon)
+    if dep:
+        h = haversine_m(np.concatenate((la_a, p_lat, la_a)), np.concatenate((lo_a, p_lon, lo_a)),
+                        np.concatenate((lat, lat, p_lat)), np.concatenate((lon, lon, p_lon)))
+        return h[:k], h[k:2 * k], h[2 * k:]
+    h = haversine_m(np.concatenate((la_a, p_lat)), np.concatenate((lo_a, p_lon)),
+                    np.concatenate((lat, lat)), np.concatenate((lon, lon)))
+    return h[:k], h[k:], h[:0]
 
 
 def _hold_run(
