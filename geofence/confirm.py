@@ -58,13 +58,14 @@ def confirm(
     sym: I8,
     ts: I64,
     seg_start: I64,
+    seg_id: I64,
     carried_pending: BoolA,
     carried_first_ts: I64,
     carried_count: I64,
     carried_closing: BoolA,
     carried_right_ts: I64,
-    n_open: I64,
-    t_open_ms: I64,
+    n_open: I64 | int,
+    t_open_ms: I64 | int,
     n_close: int,
     t_close_ms: int,
     hold: I8 | None = None,
@@ -73,11 +74,12 @@ def confirm(
     wrong-side run count per row (what a pending state stores) and the released rows
     that confirm the run before them (`_released`: D where the state before is pending).
 
-    ``carried_*`` are per row (the value of the row's key, used where the run reaches
-    back to the key's first row); ``n_open``/``t_open_ms`` per row (per case);
-    ``hold`` per row (`geofence.outliers.HELD`/`RELEASED`): a held member of its run
-    confirms nothing; a released row that is no wrong-side fix may confirm the run just
-    before it (held fixes found real: the person walked back in before the next one).
+    ``carried_*`` are per key (``seg_id[i]``: row i's key; used where the run reaches
+    back to the key's first row); ``n_open``/``t_open_ms`` per row (per case) or one
+    for all; ``hold`` per row (`geofence.outliers.HELD`/`RELEASED`): a held member of
+    its run confirms nothing; a released row that is no wrong-side fix may confirm the
+    run just before it (held fixes found real: the person walked back in before the
+    next one).
     """
     out = sym.copy()
     rel = np.zeros(sym.shape[0], dtype=bool)
@@ -89,28 +91,32 @@ def confirm(
     floor = _floor(seg_start)
     first, count, back = _runs(w, r | reset, seg_start, floor)
     start_ts = np.where(count > 0, np.take(ts, first, mode="clip"), ts)
-    carry = back & carried_pending
-    np.add(count, carried_count, out=count, where=carry)
-    np.copyto(start_ts, carried_first_ts, where=carry)
+    # a run that reaches back to its key's first row continues the key's pending run
+    k = np.flatnonzero(back)
+    k = k[carried_pending[seg_id[k]]]
+    sk = seg_id[k]
+    count[k] += carried_count[sk]
+    start_ts[k] = carried_first_ts[sk]
     opens = w & (count >= n_open) & (ts - start_ts >= t_open_ms)
     if hold is not None:
         opens &= hold != HELD
-        rel = _released(w | reset, hold, count, start_ts, ts, seg_start,
+        rel = _released(w | reset, hold, count, start_ts, ts, seg_start, seg_id,
                         carried_pending, carried_count, carried_first_ts, n_open, t_open_ms)
     out[opens] = SYM_D
     rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | reset, seg_start, floor)
     rstart = np.where(rcount > 0, np.take(ts, rfirst, mode="clip"), ts)
-    rcarry = rback & carried_closing
-    rcount += rcarry
-    np.copyto(rstart, carried_right_ts, where=rcarry)
+    k = np.flatnonzero(rback)
+    k = k[carried_closing[seg_id[k]]]
+    rcount[k] += 1
+    rstart[k] = carried_right_ts[seg_id[k]]
     out[r & (rcount >= n_close) & (ts - rstart >= t_close_ms)] = SYM_RC
     return out, count, rel
 
 
 def _released(
-    skip: BoolA, hold: I8, count: I64, start_ts: I64, ts: I64, seg_start: I64,
-    carried_pending: BoolA, carried_count: I64, carried_first_ts: I64, n_open: I64,
-    t_open_ms: I64,
+    skip: BoolA, hold: I8, count: I64, start_ts: I64, ts: I64, seg_start: I64, seg_id: I64,
+    carried_pending: BoolA, carried_count: I64, carried_first_ts: I64, n_open: I64 | int,
+    t_open_ms: I64 | int,
 ) -> BoolA:
     """Released rows that are no wrong-side fix (the person walked back in, or the fix
     is uncertain) after a run of wrong-side fixes that holds enough: its fixes were
@@ -121,7 +127,10 @@ def _released(
         return out
     inseg = k > seg_start[k]
     km = np.maximum(k - 1, 0)
-    n_before = np.where(inseg, count[km], np.where(carried_pending[k], carried_count[k], 0))
-    first = np.where(inseg, start_ts[km], carried_first_ts[k])
-    out[k] = (n_before >= n_open[k]) & (ts[k] - first >= t_open_ms[k])
+    sk = seg_id[k]
+    n_before = np.where(inseg, count[km], np.where(carried_pending[sk], carried_count[sk], 0))
+    first = np.where(inseg, start_ts[km], carried_first_ts[sk])
+    n_k = n_open if isinstance(n_open, int) else n_open[k]
+    t_k = t_open_ms if isinstance(t_open_ms, int) else t_open_ms[k]
+    out[k] = (n_before >= n_k) & (ts[k] - first >= t_k)
     return out

@@ -733,13 +733,23 @@ def _confirmations(
         c_first[hs] = state.f_ts[sr]
         c_count[hs] = np.maximum(state.pend_n[sr], 1)
         c_right[hs] = state.right_ts[sr]
-    case = dc_case[r.dc]
-    n_open = zones.confirm_n[case]
-    n_open = np.where(n_open >= 0, n_open, cfg.confirm_points)
-    t_open = zones.confirm_ms[case]
-    t_open = np.where(t_open >= 0, t_open, cfg.confirm_ms)
+    n_open, t_open = _open_thresholds(cfg, zones, dc_case, r.dc)
     return confirm_runs(
-        r.sym, r.ts, seg_start, (s0_seg == C1)[seg_id], c_first[seg_id], c_count[seg_id],
-        (s0_seg == O1)[seg_id], c_right[seg_id], n_open, t_open, cfg.close_points,
-        cfg.close_ms, hold,
+        r.sym, r.ts, seg_start, seg_id, s0_seg == C1, c_first, c_count, s0_seg == O1, c_right,
+        n_open, t_open, cfg.close_points, cfg.close_ms, hold,
     )
+
+
+def _open_thresholds(
+    cfg: GeofenceConfig, zones: CaseZones, dc_case: I64, dc: I64
+) -> tuple[I64 | int, I64 | int]:
+    """Points and milliseconds an opening needs: per row (its case's, else the default),
+    or the defaults alone when no case of the registry sets its own."""
+    n_c, t_c = zones.confirm_n, zones.confirm_ms
+    if not (np.any(n_c >= 0) or np.any(t_c >= 0)):
+        return cfg.confirm_points, cfg.confirm_ms
+    case = dc_case[dc]
+    n_open = n_c[case]
+    t_open = t_c[case]
+    return (np.where(n_open >= 0, n_open, cfg.confirm_points),
+            np.where(t_open >= 0, t_open, cfg.confirm_ms))
