@@ -394,7 +394,10 @@ class PreciseLegs:
         margins is 2.5); UNKNOWN_SPEED when it says nothing of rest (no fix before,
         longer than ``rest_leg_max_s``). Rest is a run of legs up to ``still_k``."""
         ok = np.isfinite(dist) & (dt <= self.cfg.rest_leg_max_s)
-        return np.where(ok, dist / np.hypot(p_m, m), UNKNOWN_SPEED)
+        noise = np.multiply(p_m, p_m)
+        noise += m * m
+        np.sqrt(noise, out=noise)  # (np.hypot is a libm call per element, ~5x slower)
+        return np.where(ok, dist / noise, UNKNOWN_SPEED)
 
     def _rest_leg(self, dist: F64, dt: F64, p_m: F64, m: F64) -> BoolA:
         """`_wander` <= ``still_k``, without the square root (on every row)."""
@@ -413,28 +416,37 @@ class PreciseLegs:
 
     def _range_sums(self, lo: I64, hi: I64) -> F64:
         """The sums (`_sums`, as floats) over the precise rows lo..hi (inclusive) of each
-        pair: gathered when the ranges are short (a rest rarely spans many fixes of one
-        batch), else from the running-sum table. Whole numbers: the same either way."""
+        pair: a one-row range is that row's values, longer ones are gathered when they
+        are short (a rest rarely spans many fixes of one batch), else taken from the
+        running-sum table. Whole numbers: the same either way."""
         span = hi - lo + 1
-        total = int(span.sum())
-        if total > (self.m.shape[0] >> 2) or lo.size == 0:
+        multi = np.flatnonzero(span > 1)
+        total = int(span[multi].sum())
+        if total > (self.m.shape[0] >> 2):
             cs = self._sums()
             out: F64 = (np.take(cs, hi + 1, axis=1) - np.take(cs, lo, axis=1)).astype(np.float64)
             return out
-        first = np.zeros(lo.size + 1, dtype=np.int64)  # where each range begins in idx
-        np.cumsum(span, out=first[1:])
-        # every row of every range: lo[k] + (position - first[k]) over the ranges
-        idx = np.arange(total, dtype=np.int64)
-        idx += np.repeat(lo - first[:-1], span)
-        v = np.empty((4, total), dtype=np.int64)
-        np.multiply(self.lat[idx], _E7, out=v[0], casting="unsafe")
-        np.multiply(self.lon[idx], _E7, out=v[1], casting="unsafe")
-        v[2] = 1
-        m10 = np.rint(self.m[idx] * 10.0).astype(np.int64)
-        np.multiply(m10, m10, out=v[3])
-        v *= self.q[idx]
-        out = np.add.reduceat(v, first[:-1], axis=1).astype(np.float64)
+        v = self._values(hi)
+        if multi.size:
+            first = np.zeros(multi.size + 1, dtype=np.int64)  # where each range begins
+            np.cumsum(span[multi], out=first[1:])
+            # every row of every range: lo + (position - where the range begins)
+            idx = np.arange(total, dtype=np.int64)
+            idx += np.repeat(lo[multi] - first[:-1], span[multi])
+            v[:, multi] = np.add.reduceat(self._values(idx), first[:-1], axis=1)
+        out = v.astype(np.float64)
         return out
+
+    def _values(self, rows: I64) -> npt.NDArray[np.int64]:
+        """`_sums`' terms of the given rows (zero for a coarse fix), one row per sum."""
+        v = np.empty((4, rows.shape[0]), dtype=np.int64)
+        np.multiply(self.lat[rows], _E7, out=v[0], casting="unsafe")
+        np.multiply(self.lon[rows], _E7, out=v[1], casting="unsafe")
+        v[2] = 1
+        m10 = np.rint(self.m[rows] * 10.0).astype(np.int64)
+        np.multiply(m10, m10, out=v[3])
+        v *= self.q[rows]
+        return v
 
     def _sums(self) -> npt.NDArray[np.int64]:
         """Running sums (one row each) of the precise fixes' coordinates (in 1e-7
@@ -557,21 +569,21 @@ class PreciseLegs:
         cfg = self.cfg
         out = np.zeros(self.ts.shape[0], dtype=bool)
         self.hold_anchors: dict[int, tuple[int, float, float, float, bool]] = {}
-        # the leg into the previous precise fix was rest, soon after the fix before it
-        # (a device that reports every few minutes has no outages to tell apart:
-        # nothing is held); one gather per row, the carried legs for the few rows whose
-        # previous precise fix is carried
-        p = self.prev
-        restleg = ~self.brk & (self.dt <= cfg.still_leg_s)
-        okp = restleg[np.maximum(p, 0)] & (p >= 0)
+        cand = np.flatnonzero(np.greater(self.brk, decided)  # a break, not decided
+                              & (self.dist - self.p_m - self.m > cfg.hold_m))
+        # ... and the leg into the previous precise fix was rest, soon after the fix
+        # before it (a device that reports every few minutes has no outages to tell
+        # apart: nothing is held); the carried leg where that fix is carried
+        p = self.prev[cand]
+        pin = np.maximum(p, 0)
+        okp = ~self.brk[pin] & (self.dt[pin] <= cfg.still_leg_s) & (p >= 0)
         cr = np.flatnonzero(p == -1)
         if cr.size:
-            g = self.group_of(cr)
+            g = self.group_of(cand[cr])
             c = self.c
             okp[cr] = (c.q_w[g] <= cfg.still_k) & c.has_pp[g] & (
                 c.prev_ts[g] - c.pp_ts[g] <= int(cfg.still_leg_s * 1000))
-        cand = np.flatnonzero(okp & self.brk & ~decided
-                              & (self.dist - self.p_m - self.m > cfg.hold_m))
+        cand = cand[okp]
         if cand.size == 0:
             return out
         since, c_lat, c_lon, c_m, rms = self.rested_place(cand)
@@ -825,12 +837,13 @@ def _hold_verdicts(
     # moved: a leg that is no rest, or away from where the person appeared (a slow walk
     # has legs within the noise); after an indoor rest, an outdoor fix (went out)
     f_lat, f_lon, f_m, indoor = first
-    off = _planar_m(np.float64(f_lat), np.float64(f_lon), lat[seg], lon[seg])
+    kx = pq.kx[seg]
+    off = _planar_m(np.float64(f_lat), np.float64(f_lon), lat[seg], lon[seg], kx)
     q = pq.q[seg]
     moved = (pq.brk[seg] | (q & (off > cfg.still_k * np.hypot(f_m, m[seg])))) & short
     if indoor:
         moved |= q & (m[seg] <= cfg.outdoor_m)
-    d = _planar_m(np.float64(a_lat), np.float64(a_lon), lat[seg], lon[seg])
+    d = _planar_m(np.float64(a_lat), np.float64(a_lon), lat[seg], lon[seg], kx)
     near = ((d - a_m - m[seg] <= cfg.v_depart_mps * pdt)
             | (d <= cfg.back_k * np.hypot(a_m, m[seg])))
     back = moved & fast & near
