@@ -711,9 +711,10 @@ def scan_rows(
 
 
 def _hold_of(fix: I64, held: np.ndarray) -> np.ndarray:
-    """Per row: its fix's hold flag (`geofence.outliers`; 0 for a row of no batch fix)."""
-    ok = (fix >= 0) & (fix < held.shape[0])
-    return np.where(ok, held[np.clip(fix, 0, held.shape[0] - 1)], 0).astype(np.int8)
+    """Per row: its fix's hold flag (`geofence.outliers`; 0 for a row of no fix, -1).
+    Rows only ever hold a batch fix or none: one gather, the -1 reading the 0 after."""
+    out: np.ndarray = np.append(held.astype(np.int8, copy=False), np.int8(0))[fix]
+    return out
 
 
 def _confirmations(

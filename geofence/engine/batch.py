@@ -96,13 +96,12 @@ class FixBatch:
         )
 
     def select(self, idx: Any) -> FixBatch:
-        """Sub-batch (boolean mask or indices); keeps the device id table."""
-        return FixBatch(
-            self.case[idx],
-            self.device[idx],
-            self.device_ids,
-            self.ts[idx],
-            self.lat[idx],
-            self.lon[idx],
-            self.acc[idx],
-        )
+        """Sub-batch (boolean mask or indices); shares the device id table.
+
+        Not validated again: the rows of a valid batch are valid (the checks and the
+        id table's copy cost as much as the engine's ordering of a batch)."""
+        out = object.__new__(FixBatch)
+        for name in ("case", "device", "ts", "lat", "lon", "acc"):
+            object.__setattr__(out, name, getattr(self, name)[idx])
+        object.__setattr__(out, "device_ids", self.device_ids)
+        return out
