@@ -711,9 +711,11 @@ def scan_rows(
 
 
 def _hold_of(fix: I64, held: np.ndarray) -> np.ndarray:
-    """Per row: its fix's hold flag (`geofence.outliers`; 0 for a row of no fix, -1).
-    Rows only ever hold a batch fix or none: one gather, the -1 reading the 0 after."""
-    out: np.ndarray = np.append(held.astype(np.int8, copy=False), np.int8(0))[fix]
+    """Per row: its fix's hold flag (`geofence.outliers`; 0 for a row of no batch fix).
+    One gather from the flags framed by zeros: -1 and anything past the batch read 0."""
+    framed = np.zeros(held.shape[0] + 2, dtype=np.int8)
+    framed[1:-1] = held
+    out: np.ndarray = np.take(framed, fix + 1, mode="clip")
     return out
 
 

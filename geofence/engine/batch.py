@@ -102,6 +102,6 @@ class FixBatch:
         id table's copy cost as much as the engine's ordering of a batch)."""
         out = object.__new__(FixBatch)
         for name in ("case", "device", "ts", "lat", "lon", "acc"):
-            object.__setattr__(out, name, getattr(self, name)[idx])
+            object.__setattr__(out, name, np.ascontiguousarray(getattr(self, name)[idx]))
         object.__setattr__(out, "device_ids", self.device_ids)
         return out
