@@ -440,29 +440,19 @@ class PreciseLegs:
     def _values(self, rows: I64) -> npt.NDArray[np.int64]:
         """`_sums`' terms of the given rows (zero for a coarse fix), one row per sum."""
         v = np.empty((4, rows.shape[0]), dtype=np.int64)
-        np.multiply(self.lat[rows], _E7, out=v[0], casting="unsafe")
-        np.multiply(self.lon[rows], _E7, out=v[1], casting="unsafe")
-        v[2] = 1
-        m10 = np.rint(self.m[rows] * 10.0).astype(np.int64)
-        np.multiply(m10, m10, out=v[3])
-        v *= self.q[rows]
+        _sum_terms(self.lat[rows], self.lon[rows], self.m[rows], self.q[rows], v)
         return v
 
     def _sums(self) -> npt.NDArray[np.int64]:
         """Running sums (one row each) of the precise fixes' coordinates (in 1e-7
         degrees), count and squared margins (in 0.01 m²): whole numbers, exact whatever
         the batching. Column k sums the rows before k (column 0 is zero)."""
-        if self._cs is None:  # in place: one (4, n + 1) buffer (truncation as astype's)
+        if self._cs is None:  # in place: one (4, n + 1) buffer
             n = self.m.shape[0]
             v = np.empty((4, n + 1), dtype=np.int64)
             v[:, 0] = 0
             w = v[:, 1:]
-            np.multiply(self.lat, _E7, out=w[0], casting="unsafe")
-            np.multiply(self.lon, _E7, out=w[1], casting="unsafe")
-            w[2] = 1
-            m10 = np.rint(self.m * 10.0).astype(np.int64)
-            np.multiply(m10, m10, out=w[3])
-            w *= self.q
+            _sum_terms(self.lat, self.lon, self.m, self.q, w)
             np.cumsum(w, axis=1, out=w)
             self._cs = v
         return self._cs
@@ -768,6 +758,18 @@ def _scan_group(
         c.h_lat[g], c.h_lon[g], c.h_m[g], c.h_in[g] = first
     if since:
         c.anc_ts[g], c.anc_lat[g], c.anc_lon[g], c.anc_m[g], c.anc_v[g] = anc
+
+
+def _sum_terms(lat: F64, lon: F64, m: F64, q: BoolA, out: npt.NDArray[np.int64]) -> None:
+    """Into ``out`` (4 rows): latitude and longitude in 1e-7 degrees (truncated, as
+    astype's), 1, and the squared margin in 0.01 m²; zero where ``q`` is False (a
+    coarse fix is no part of a rest)."""
+    np.multiply(lat, _E7, out=out[0], casting="unsafe")
+    np.multiply(lon, _E7, out=out[1], casting="unsafe")
+    out[2] = 1
+    m10 = np.rint(m * 10.0).astype(np.int64)
+    np.multiply(m10, m10, out=out[3])
+    out *= q
 
 
 def _distances(a_lat: float, a_lon: float, p_lat: F64, p_lon: F64, lat: F64, lon: F64,
