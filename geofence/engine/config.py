@@ -23,8 +23,6 @@ class GeofenceConfig:
     """
 
     min_margin_m: float = 10.0
-    deep_factor: float = 3.0
-    deep_min_m: float = 100.0
     max_open_acc_m: float = 500.0
     segment_max_gap_ms: int = 600_000
     segment_max_speed_mps: float = 45.0

@@ -1,7 +1,8 @@
 """Observations: signed distances of (fix, zone) pairs, classified into symbols.
 
-Symbols (`geofence.episodes`): W/D wrong side (D deep), X wrong side but imprecise,
-R right side, U uncertain or inactive. Buffered exclusion zones add approach rows
+Symbols (`geofence.episodes`): W wrong side, X wrong side but imprecise, R right side,
+U uncertain or inactive (how deep a fix is decides nothing: no single fix opens; D is
+marked later by confirmation). Buffered exclusion zones add approach rows
 (``t == 1``) for the ring around the zone.
 """
 
@@ -18,20 +19,19 @@ from geofence.episodes import SYM_R, SYM_U, SYM_W, SYM_X
 from geofence.geometry import ZoneStore
 
 
-def _symbols(wrong: BoolA, right: BoolA, weak: BoolA, deep: BoolA) -> I8:
-    """Symbol per observation through a 16-entry table (no masked selects)."""
-    key = wrong.view(np.uint8) << 3
-    key |= right.view(np.uint8) << 2
-    key |= weak.view(np.uint8) << 1
-    key |= deep.view(np.uint8)
+def _symbols(wrong: BoolA, right: BoolA, weak: BoolA) -> I8:
+    """Symbol per observation through an 8-entry table (no masked selects)."""
+    key = wrong.view(np.uint8) << 2
+    key |= right.view(np.uint8) << 1
+    key |= weak.view(np.uint8)
     out: I8 = _SYM_TABLE[key]
     return out
 
 
 def _sym_table() -> I8:
-    t = np.empty(16, dtype=np.int8)
-    for k in range(16):
-        wrong, right, weak = k >> 3 & 1, k >> 2 & 1, k >> 1 & 1  # bit 0 (deep): unused
+    t = np.empty(8, dtype=np.int8)
+    for k in range(8):
+        wrong, right, weak = k >> 2 & 1, k >> 1 & 1, k & 1
         if wrong:  # no single fix opens, however deep: confirmation marks D later
             t[k] = SYM_X if weak else SYM_W
         else:
@@ -60,9 +60,8 @@ def observe(
         cutoff = pm[asel] + st.cut_add[za]  # exclusion: m + buffer; inclusion: inf
         d[asel], _ = st.signed_distances(lat, lon, pf[asel], za, cutoff, executor)
     weak = acc[pf] > cfg.max_open_acc_m
-    thr = np.clip(cfg.deep_factor * pm, cfg.deep_min_m, np.inf)
     depth = d * st.depth_sign[pz]  # exclusion: -d (inside), inclusion: d (outside)
-    sym = _symbols(depth >= pm, depth <= -pm, weak, depth > thr)
+    sym = _symbols(depth >= pm, depth <= -pm, weak)
     out: dict[str, np.ndarray] = {
         "f": pf,
         "z": pz,
@@ -81,7 +80,7 @@ def observe(
         ba = st.buffer_m[pz[appr]]
         adepth = ba - da
         in_ring = (da >= ma) & (adepth >= ma)
-        asym = _symbols(in_ring, da >= ba + ma, weak[appr], adepth > thr[appr])
+        asym = _symbols(in_ring, da >= ba + ma, weak[appr])
         add: dict[str, np.ndarray] = {
             "f": pf[appr],
             "z": pz[appr],
