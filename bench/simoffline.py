@@ -3,7 +3,9 @@ process (no broker, no database, no pacing), for a quick look at the zone alerts
 model causes.
 
 The simulator runs offline (`Simulator.run_offline`) with the short soak's plan (21:00
-start, raised violation rates); its published fixes go in time order, in batches, through
+start, raised violation rates; ``--start`` takes an RFC 3339 time instead: "21:00" is the
+latest 21:00 in Almaty that lets the run end before now, so a day's figures and the
+next day's differ: the weekday, hence the plan, moves); its published fixes go in time order, in batches, through
 `geofence.engine.advance` with each person's home (curfew) and exclusion zone. An opening
 whose first fix lies outside every truth record of its case and type (± 5 minutes, as
 `simulator.score` matches zone alerts) and of every stretch the person really was on the
@@ -26,6 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +153,9 @@ def run_offline(*, model: str, fix_interval_s: float = 60.0, people: int = 200,
     pdays = people * sim_hours / 24
     return {
         "gps_model": model, "fix_interval_s": fix_interval_s, "people": people, "seed": seed,
-        "sim_hours": sim_hours, "person_days": round(pdays, 2), "fixes": n_fixes,
+        "sim_hours": sim_hours, "start": start,
+        "sim_start": datetime.fromtimestamp(run.sim_start, UTC).isoformat(),
+        "person_days": round(pdays, 2), "fixes": n_fixes,
         "noise_bursts": dict(kinds), "openings": len(opened),
         "truths": sum(len(v) for v in truths.values()),
         "real_not_due": len(real),
@@ -175,15 +180,18 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     p.add_argument("--people", type=int, default=200)
     p.add_argument("--hours", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--start", default="21:00",
+                   help="HH:MM in Almaty (the latest that ends before now) or RFC 3339")
     p.add_argument("--json", type=Path, default=Path("bench-results/sim-offline.json"))
     args = p.parse_args(argv)
     results = []
     for model in args.gps_model:
         for fi in args.fix_interval:
             r = run_offline(model=model, fix_interval_s=fi, people=args.people,
-                            sim_hours=args.hours, seed=args.seed)
+                            sim_hours=args.hours, seed=args.seed, start=args.start)
             results.append(r)
-            out(f"{model:<9} fixes every {fi:g} s: {r['person_days']} person-days, "
+            out(f"{model:<9} fixes every {fi:g} s from {r['sim_start']}: "
+                f"{r['person_days']} person-days, "
                 f"{r['truths']} truths, {r['openings']} openings, false alarms "
                 f"{r['false_alarms']} = {r['false_alarms_per_person_day']} per person-day "
                 f"{r['false_alarms_by_type']}, near a noise burst {r['false_alarms_near_noise']}"

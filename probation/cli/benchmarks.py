@@ -319,8 +319,12 @@ def bench_sim_offline(
     gps_model: Annotated[list[str] | None, typer.Option(help="GPS models (repeat).")] = None,
     fix_interval: Annotated[list[float] | None, typer.Option(help="Fix intervals, s (repeat).")] = None,
     people: Annotated[int, typer.Option(help="Simulated people.")] = 200,
-    hours: Annotated[float, typer.Option(help="Simulated hours from 21:00.")] = 2.0,
+    hours: Annotated[float, typer.Option(help="Simulated hours from --start.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Random seed (the people, their plan, the noise).")] = 1,
+    start: Annotated[str, typer.Option(
+        help="Simulated start: HH:MM in Almaty (the latest that ends before now: the date, "
+             "hence the plan, moves with the clock) or RFC 3339 for a reproducible run.")]
+    = "21:00",
     json_path: Annotated[Path, typer.Option("--json", help="The results.")] = Path("bench-results/sim-offline.json"),
 ) -> None:
     """The simulator's fixes through the geofence engine in-process: zone false alarms per
@@ -328,7 +332,7 @@ def bench_sim_offline(
     from bench.simoffline import main
 
     argv = ["--people", str(people), "--hours", str(hours), "--seed", str(seed),
-            "--json", str(json_path)]
+            "--start", start, "--json", str(json_path)]
     argv += ["--gps-model", *(gps_model or ["simple", "realistic"])]
     argv += ["--fix-interval", *[str(f) for f in (fix_interval or [60.0, 30.0])]]
     main(argv, out=typer.echo)
