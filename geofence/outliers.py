@@ -26,7 +26,11 @@ count (they neither open, close nor infer an episode) until either
 A *hold* (`OutlierConfig.hold_m`) is the milder verdict for a leg from rest that
 kinematics cannot judge (the first fix after an outage): its fixes count but cannot
 confirm an opening (`OutlierResult.held`: HELD) until the hold is released (RELEASED:
-that fix confirms the held run, whatever its side) or ends as an excursion.
+that fix confirms the held run, whatever its side) or ends as an excursion. A
+*departure* from rest (`PreciseLegs.departures`: a leg faster than a walk that kinematics
+finds plausible) starts a run judged like a jump's, back to where the person rested (a
+gap on the way back counts as a return), but its fixes are held, not suspect: the fix
+that settles it confirms them (a real walk out that began briskly is not lost).
 
 Decisions are causal: a fix's suspect flag depends only on fixes before it, so the
 engine needs no look-ahead and late uploads replay deterministically. Only the stored
@@ -139,7 +143,7 @@ class Carry:
     q_slon: F64  # precise fixes since (where the person rests: their mean)
     q_sn: F64
     q_sm2: F64  # ... and the sum of their squared margins (in 0.01 m², whole numbers)
-    depart: BoolA  # the suspect run began with a departure from rest, not a jump
+    depart: BoolA  # the run began with a departure from rest (its fixes held), not a jump
     hold: BoolA  # the run is a hold (`OutlierConfig.hold_m`), its fixes count
     stay: BoolA  # ... in which two held fixes soon after each other agreed (someone is there)
     h_lat: F64  # ... and its first fix (where the person appeared)
@@ -610,8 +614,9 @@ def _scan_group(
     after_lone: BoolA, held: npt.NDArray[np.int8], ranges: list[tuple[int, int, int]], c: Carry,
     cfg: OutlierConfig,
 ) -> None:
-    """Walk one device's jumps, departures from rest and holds: suspect runs, their
-    returns and settling. ``flags``: jump, depart, hold and their union, per row."""
+    """Walk one device's jumps, departures from rest and holds: suspect runs (held ones
+    after a departure), their returns and settling. ``flags``: jump, depart, hold and
+    their union, per row."""
     jump, depart, hold, ev = flags
     i = a
     since = int(c.since[g])
@@ -706,6 +711,8 @@ def _scan_group(
         pdt = np.maximum((ts[seg] - p_ts) / 1000.0, 1.0)
         left = (_eff_speed(pd, p_m, m[seg], pdt)
                 > (cfg.v_depart_mps if dep else _allowed(np.float64(a_v), pdt, cfg)))
+        if dep:  # ... or came back across a gap (a leg that long says nothing of speed)
+            left |= pdt > cfg.still_leg_s
         back &= left
         if i == run_from and since == int(ts[i]):
             back[0] = False  # the jumping fix itself
@@ -730,8 +737,11 @@ def _scan_group(
         s_idx = np.flatnonzero(settled)
         r = i + int(r_idx[0]) if r_idx.size else b
         s = i + int(s_idx[0]) if s_idx.size else b
+        # after a departure the run's fixes are held (they count, cannot confirm): a run
+        # found real confirms at the fix that settles it; after a jump they are suspect
+        out = held if dep else suspect
         if r < s or (dep and r == s < b):  # an excursion out and back: outliers
-            suspect[i:r] = True
+            out[i:r] = HELD if dep else True
             outlier[run_from:r] = True
             ranges.append((g, since, int(ts[r])))
             if dep:  # no segment from the excursion's last fix back
@@ -743,12 +753,14 @@ def _scan_group(
             i = r + 1
             run_from = i
         elif s < b:  # settled: where the person is
-            suspect[i:s] = True
+            out[i:s] = HELD if dep else True
+            if dep:  # the settling fix confirms the held run (if it is itself a
+                held[s] = RELEASED  # departure, its run is judged from there on)
             since = 0
             i = s  # the rows from s on count; a later jump starts a new run
             run_from = i
         else:  # still suspect at the end of the batch
-            suspect[i:b] = True
+            out[i:b] = HELD if dep else True
             break
     c.since[g] = since
     c.depart[g] = dep and since != 0

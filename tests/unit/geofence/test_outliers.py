@@ -292,3 +292,18 @@ def test_an_outdoor_fix_after_an_indoor_rest_is_not_held() -> None:
     indoor_first = np.array([60.0] * 10 + [60.0, 60.0, 8.0])
     held = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, indoor_first).held.tolist()
     assert held == [0] * 10 + [HELD, HELD, RELEASED]
+
+
+def test_a_departure_runs_fixes_are_held_and_released_where_it_settles() -> None:
+    # a brisk start from 5 minutes of rest (a departure), then wandering 200 m out for
+    # 5 minutes: the departure's own fix counts, the run's fixes are held (they count but
+    # cannot confirm; they used to be suspect: a real walk out never counted), and the
+    # fix 5 minutes on, still away, releases them; nothing is an outlier
+    wander = [(330.0 + 30 * k, 160.0 + 4 * (k % 3), 0.0) for k in range(12)]
+    pts = [*still(0, 10), (300.0, 130.0, 0.0), *wander]
+    for b in (0, 1, 4):
+        held, out = _held(pts, 10.0, batch=b)
+        assert held == [0] * 11 + [HELD] * 9 + [RELEASED, 0, 0]
+        assert not any(out)
+    ts, lat, lon, acc = track(pts)
+    assert not detect(np.zeros(1, dtype=np.int64), ts, lat, lon, acc).suspect.any()

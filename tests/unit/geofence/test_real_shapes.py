@@ -150,3 +150,38 @@ def test_one_fix_in_a_zone_and_back_where_it_came_from_is_no_crossing() -> None:
     pts = [*still(0, 5), (360, 0.0, 1000.0), *still(390, 5, seed=6)]
     trs, _ = run(world(), pts, acc=20.0)
     assert [t for t in trs if t.zone_id == "shop"] == []
+
+
+def _walk_out_and_back() -> list[Pt]:
+    """Five minutes at home, a brisk start west (a departure from rest), five minutes
+    50 m beyond home's edge, then slowly back in: a real curfew break."""
+    out = [(330.0, -165.0, 0.0), (360.0, -190.0, 0.0), *[(390.0 + 30 * k, -200.0 - 2 * k, 0.0)
+                                                        for k in range(6)], (570.0, -180.0, 0.0)]
+    back = [(600.0, -150.0, 0.0), (630.0, -120.0, 0.0), *still(660, 8, x=-10.0, seed=5)]
+    return [*still(0, 10), (300.0, -130.0, 0.0), *out, *back]
+
+
+def test_a_walk_out_that_began_as_a_departure_opens_where_it_settles() -> None:
+    # The departure's fixes count but cannot confirm (a multipath excursion from rest
+    # looks the same at first); 5 minutes on it has not come back: it was real, and the
+    # fix that settles it (on the edge, uncertain) confirms the held run behind it.
+    for per_batch in (1, 4, 40):
+        trs, ranges = run(world(), _walk_out_and_back(), per_batch=per_batch)
+        opens = [t for t in trs if t.kind == "open"]
+        assert [(t.alert_type, t.zone_id) for t in opens] == [("inclusion_zone_left", "home")]
+        t0 = int(T0.timestamp() * 1000)
+        assert opens[0].at == t0 + 600_000  # the settling fix
+        assert opens[0].started_at == t0 + 330_000  # the first fix outside
+        assert ranges == []
+
+
+def test_a_departure_back_home_across_a_gap_is_an_excursion() -> None:
+    # A hop 300 m out from rest (multipath), one more fix there, an outage of 6.5 minutes,
+    # then home: the leg back is slow only because of the gap, so it is a return, and
+    # the two fixes out there are outliers that never open (nor does the settling rule
+    # confirm them: the person did not stay away).
+    pts = [*still(0, 10), (300.0, -300.0, 0.0), (330.0, -302.0, 3.0), *still(720, 10, seed=6)]
+    trs, ranges = run(world(), pts, per_batch=1)
+    assert [t for t in trs if t.kind == "open"] == []
+    t0 = int(T0.timestamp() * 1000)
+    assert ranges == [("d1", t0 + 300_000, t0 + 720_000)]
