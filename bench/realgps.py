@@ -45,6 +45,8 @@ import gzip
 import itertools
 import logging
 import math
+import os
+import re
 import tempfile
 import time
 import uuid
@@ -108,7 +110,12 @@ class Track:
 
 
 def default_data_dir() -> Path:
-    """The `shared/realgps` folder beside the repository (or beside a worktree's main checkout)."""
+    """``$PROBATION_REALGPS_DATA``, else the `shared/realgps` folder beside the repository
+    (or beside a worktree's main checkout, or beside the local repository a clone was
+    made from: ``git clone /work/main /tmp/x`` finds ``/work/shared/realgps``)."""
+    env = os.environ.get("PROBATION_REALGPS_DATA")
+    if env:
+        return Path(env)
     here = Path(__file__).resolve().parent.parent
     candidates = [Path.cwd() / ".." / "shared" / "realgps", here.parent / "shared" / "realgps"]
     git = here / ".git"
@@ -117,10 +124,27 @@ def default_data_dir() -> Path:
         if text.startswith("gitdir:"):
             main = Path(text.split(":", 1)[1].strip()).resolve().parent.parent.parent
             candidates.append(main.parent / "shared" / "realgps")
+    origin = _local_origin(git / "config") if git.is_dir() else None
+    if origin is not None:
+        candidates.append(origin.parent / "shared" / "realgps")
     for c in candidates:
         if c.is_dir():
             return c.resolve()
     return candidates[0]
+
+
+def _local_origin(config: Path) -> Path | None:
+    """The directory a clone's ``origin`` remote names, when it is a local one."""
+    try:
+        text = config.read_text()
+    except OSError:
+        return None
+    m = re.search(r'\[remote "origin"\][^\[]*?^\s*url\s*=\s*(.+?)\s*$', text, re.M | re.S)
+    if m is None:
+        return None
+    url = m.group(1).removeprefix("file://")
+    p = Path(url)
+    return p.resolve() if p.is_absolute() and p.is_dir() else None
 
 
 def _parse_ts(v: str) -> int:
@@ -900,7 +924,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--json", type=Path, default=Path("bench-results/realgps.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run_realgps_bench(RealGpsConfig(data=args.data, files=tuple(args.files)))
+    try:
+        result = run_realgps_bench(RealGpsConfig(data=args.data, files=tuple(args.files)))
+    except FileNotFoundError as e:  # no development set: say where to point it, no traceback
+        raise SystemExit(f"probation bench realgps: {e}; or set PROBATION_REALGPS_DATA") from None
     for line in table_lines(result):
         print(line)
     write_json(args.json, result)

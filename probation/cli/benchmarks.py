@@ -43,7 +43,8 @@ def bench_realgps(
     ] = Path("bench-results/realgps.json"),
     data: Annotated[
         Path | None, typer.Option(help="The development set (CSV files, gzip or not). Default: "
-                                  "the shared/realgps folder beside the repository.")
+                                  "$PROBATION_REALGPS_DATA, else the shared/realgps folder "
+                                  "beside the repository (or the one it was cloned from).")
     ] = None,
     files: Annotated[
         list[str] | None, typer.Option("--file", help="Only these files (name or stem).")
