@@ -92,11 +92,13 @@ def get_device(session: SessionDep, scope: ScopeDep, device_id: uuid.UUID) -> De
     return service.get_device(session, device_id=device_id, scope=scope)
 
 
-@router.get("/cases/{case_id}/devices", response_model=list[AssignmentPublic],
-            summary="A case's device assignments, newest first (history included)",
+@router.get("/cases/{case_id}/devices", response_model=Page[AssignmentPublic],
+            summary="A case's device assignments, newest first (history included; one page: "
+                    "a case has few)",
             responses=problem_responses(401, 404, 422))
-def case_devices(session: SessionDep, scope: ScopeDep, case: VisibleCase) -> list[AssignmentPublic]:
-    return service.case_assignments(session, case=case, actor_id=scope.user_id)
+def case_devices(session: SessionDep, scope: ScopeDep, case: VisibleCase) -> Page[AssignmentPublic]:
+    return Page[AssignmentPublic](
+        items=service.case_assignments(session, case=case, actor_id=scope.user_id))
 
 
 @router.post("/cases/{case_id}/devices", response_model=AssignmentPublic, status_code=201,

@@ -186,6 +186,8 @@ def test_zone_editor_then_a_fix_inside_raises_an_alert(world: World, context: An
     page = context.new_page()
     sign_in(page, world.base, "off1", hash_=f"#/case/{person.case_id}")
     page.wait_for_selector("main[data-view=case][data-loaded='1']")
+    # the case's devices (a page of assignments, api-v1.md's list shape): its bracelet, current
+    assert person.serial in page.inner_text(".view-case table.grid tbody")
     box = page.locator("#case-map").bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.click(".leaflet-pm-icon-polygon")

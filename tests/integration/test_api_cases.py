@@ -120,7 +120,7 @@ def test_case_lifecycle(app_client: TestClient, world: World, database_url: str)
     assert c.post(f"/api/v1/cases/{case['id']}/close", headers=world.h("off2")).status_code == 409
     assert c.patch(f"/api/v1/cases/{case['id']}", headers=world.h("off2"),
                    json={"risk_level": "low"}).json()["code"] == "case_closed"
-    history = c.get(f"/api/v1/cases/{case['id']}/devices", headers=world.h("off2")).json()
+    history = c.get(f"/api/v1/cases/{case['id']}/devices", headers=world.h("off2")).json()["items"]
     assert len(history) == 1 and history[0]["unassigned_at"] is not None
     assert c.get(f"/api/v1/devices/{dev.json()['id']}", headers=world.h("admin")).json()["current_case_id"] is None
     with psycopg.connect(database_url) as conn:
@@ -253,7 +253,9 @@ def test_devices_and_assignments(app_client: TestClient, world: World) -> None:
                     headers=w.h("off1")).json()["code"] == "no_active_assignment"
     assert c.post(f"/api/v1/cases/{w.cases['off3']}/devices", headers=w.h("off3"),
                   json={"device_id": phone["id"]}).status_code == 201
-    history = c.get(f"/api/v1/cases/{w.cases['off1']}/devices", headers=w.h("off1")).json()
+    page = c.get(f"/api/v1/cases/{w.cases['off1']}/devices", headers=w.h("off1")).json()
+    assert page["next_cursor"] is None  # a list is a page (api-v1.md), one for a case's few
+    history = page["items"]
     assert {h["serial"] for h in history} == {"PH-1", "BR-off1"}
 
 

@@ -40,7 +40,7 @@ export async function render(main, args) {
   if (!c) { html(main, '<section class="view"><h1 data-i18n="case.not_found"></h1></section>'); return null; }
   const tz = c.timezone;
   const [subject, devices, zones] = await Promise.all([
-    api(`/subjects/${c.subject_id}`), api(`/cases/${id}/devices`), all(`/cases/${id}/zones`),
+    api(`/subjects/${c.subject_id}`), all(`/cases/${id}/devices`), all(`/cases/${id}/zones`),
   ]);
   html(main, `<section class="view view-case" data-case="${id}">
 <h1 translate="no">${esc(subject.full_name)}</h1>
