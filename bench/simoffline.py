@@ -4,9 +4,10 @@ model causes.
 
 The simulator runs offline (`Simulator.run_offline`) with the short soak's plan (21:00
 start, raised violation rates; ``--start`` takes an RFC 3339 time instead: "21:00" is the
-latest 21:00 in Almaty that lets the run end before now, so a day's figures and the
-next day's differ: the weekday, hence the plan, moves); its published fixes go in time order, in batches, through
-`geofence.engine.advance` with each person's home (curfew) and exclusion zone. An opening
+latest 21:00 in Almaty that lets the run end before now, so a day's figures and the next
+day's differ: the weekday, hence the plan, moves); its published fixes go in time order,
+in batches, through `geofence.engine.advance` with each person's home (curfew) and
+exclusion zone. An opening
 whose first fix lies outside every truth record of its case and type (± 5 minutes, as
 `simulator.score` matches zone alerts) and of every stretch the person really was on the
 zone's wrong side (`real_not_due`: the truth's replay of the rules did not make it due) is

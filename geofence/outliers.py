@@ -739,9 +739,9 @@ def _scan_group(
         s = i + int(s_idx[0]) if s_idx.size else b
         # after a departure the run's fixes are held (they count, cannot confirm): a run
         # found real confirms at the fix that settles it; after a jump they are suspect
-        out = held if dep else suspect
+        mark = held if dep else suspect
         if r < s or (dep and r == s < b):  # an excursion out and back: outliers
-            out[i:r] = HELD if dep else True
+            mark[i:r] = HELD if dep else True
             outlier[run_from:r] = True
             ranges.append((g, since, int(ts[r])))
             if dep:  # no segment from the excursion's last fix back
@@ -753,14 +753,14 @@ def _scan_group(
             i = r + 1
             run_from = i
         elif s < b:  # settled: where the person is
-            out[i:s] = HELD if dep else True
+            mark[i:s] = HELD if dep else True
             if dep:  # the settling fix confirms the held run (if it is itself a
                 held[s] = RELEASED  # departure, its run is judged from there on)
             since = 0
             i = s  # the rows from s on count; a later jump starts a new run
             run_from = i
         else:  # still suspect at the end of the batch
-            out[i:b] = HELD if dep else True
+            mark[i:b] = HELD if dep else True
             break
     c.since[g] = since
     c.depart[g] = dep and since != 0
