@@ -180,7 +180,7 @@ class OutlierResult:
     outlier: BoolA  # per row: decided outlier within this batch (the return was seen)
     #: per row: the fix before it was found a lone spike at this row (no segment from it)
     after_lone: BoolA
-    #: per row: HELD counts, but cannot confirm an opening or a closing (a hold);
+    #: per row: HELD counts (it may close an episode), but cannot confirm an opening;
     #: RELEASED ends a hold as real: the held run confirms there if it holds enough
     held: npt.NDArray[np.int8]
     #: decided outlier ranges per group: (group, from_ms, to_ms) with from <= ts < to;
@@ -739,9 +739,9 @@ def _scan_group(
         s = i + int(s_idx[0]) if s_idx.size else b
         # after a departure the run's fixes are held (they count, cannot confirm): a run
         # found real confirms at the fix that settles it; after a jump they are suspect
-        mark = held if dep else suspect
+        mark, flag = (held, HELD) if dep else (suspect, True)
         if r < s or (dep and r == s < b):  # an excursion out and back: outliers
-            mark[i:r] = HELD if dep else True
+            mark[i:r] = flag
             outlier[run_from:r] = True
             ranges.append((g, since, int(ts[r])))
             if dep:  # no segment from the excursion's last fix back
@@ -753,14 +753,14 @@ def _scan_group(
             i = r + 1
             run_from = i
         elif s < b:  # settled: where the person is
-            mark[i:s] = HELD if dep else True
+            mark[i:s] = flag
             if dep:  # the settling fix confirms the held run (if it is itself a
                 held[s] = RELEASED  # departure, its run is judged from there on)
             since = 0
             i = s  # the rows from s on count; a later jump starts a new run
             run_from = i
         else:  # still suspect at the end of the batch
-            mark[i:b] = HELD if dep else True
+            mark[i:b] = flag
             break
     c.since[g] = since
     c.depart[g] = dep and since != 0
