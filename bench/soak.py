@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 from bench.harness import private_postgres
-from simulator.run import Progress, SimConfig, run_simulation
+from simulator.run import DECISION_TAIL_S, Progress, SimConfig, run_simulation
 from simulator.violations import Rates
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class SoakConfig:
     people: int = 5_000
     speed: float = 60.0
     minutes: float = 30.0  # scored
-    tail_s: float = 600.0  # simulated seconds after them, not scored (SimConfig.tail_s)
+    tail_s: float = DECISION_TAIL_S  # simulated seconds after them, not scored (SimConfig.tail_s)
     fix_interval_s: float = 60.0
     seed: int = 1
     start: str = "auto"

@@ -50,7 +50,7 @@ import numpy.typing as npt
 import orjson
 
 from simulator.faces import Frames
-from simulator.gps import NOISE_NAMES, SRC_GPS, SRC_NAMES, GpsModel
+from simulator.gps import MAX_OUTAGE_S, NOISE_NAMES, SRC_GPS, SRC_NAMES, GpsModel
 from simulator.people import (
     Person,
     Stay,
@@ -85,6 +85,14 @@ LOW, CRITICAL = 20.0, 10.0
 DEVICE_UPLOAD_S = {"high": 60.0, "medium": 120.0, "low": 300.0}  # simulated seconds
 BACKEND_UPLOAD_S = {"high": 60.0, "medium": 120.0, "low": 300.0}  # the backend's defaults
 CHECKIN_EARLY_S = 120.0  # a check-in counts for a request from 2 min before it (the backend's)
+
+
+#: The longest the rules may take to decide a violation that begins in a run's window:
+#: the device may be dark when it begins (an outage, up to `MAX_OUTAGE_S`), and the fixes
+#: it reappears with may be held up to 10 minutes (monitoring-rules.md "Holds"), then
+#: confirmed; 5 minutes more for fix intervals and the confirmation. A run goes on this
+#: long after its window by default (`SimConfig.tail_s`).
+DECISION_TAIL_S = MAX_OUTAGE_S + 2 * 300.0 + 300.0
 
 
 @dataclass
@@ -122,10 +130,10 @@ class SimConfig:
     supervisor_id: str | None = None  # the simulated officers' supervisor
     gps_model: str = "realistic"  # simulator.gps.GPS_MODELS
     #: simulated seconds the run goes on after the scored window (`duration_s`): the rules
-    #: may decide a violation late (a hold waits up to 10 minutes, monitoring-rules.md
-    #: "Holds"), and a run that stops at the window's end would cut that decision off.
-    #: Nothing that starts in the tail is scored (`simulator.score`).
-    tail_s: float = 600.0
+    #: may decide a violation late, and a run that stops at the window's end would cut
+    #: that decision off (`DECISION_TAIL_S`). Nothing that starts in the tail is scored
+    #: (`simulator.score`).
+    tail_s: float = DECISION_TAIL_S
 
     @property
     def total_s(self) -> float:

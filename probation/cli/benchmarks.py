@@ -254,9 +254,9 @@ def bench_soak(
     speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 60.0,
     minutes: Annotated[float, typer.Option(help="Real minutes of simulation (scored).")] = 30.0,
     tail: Annotated[float, typer.Option(help="Simulated seconds the run goes on after them, "
-                    "so that a decision the rules may hold back (up to 10 minutes) on a "
-                    "violation inside the scored minutes can come; nothing that starts in "
-                    "the tail is scored.")] = 600.0,
+                    "so that a decision the rules may hold back on a violation inside the "
+                    "scored minutes can come (an outage up to 25 minutes, then a hold up "
+                    "to 10); nothing that starts in the tail is scored.")] = 2400.0,  # DECISION_TAIL_S
     fix_interval: Annotated[float, typer.Option(help="Seconds (simulated) between fixes.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     start: Annotated[str, typer.Option(help="Simulated start (see `simulate --start`).")] = "auto",

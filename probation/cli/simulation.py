@@ -32,9 +32,9 @@ def simulate(
     speed: Annotated[float, typer.Option(help="Simulated time runs this many times faster.")] = 10.0,
     duration: Annotated[float, typer.Option(help="Real seconds to run (scored).")] = 600.0,
     tail: Annotated[float, typer.Option(help="Simulated seconds the run goes on after them, "
-                    "so that a decision the rules may hold back (up to 10 minutes) on a "
-                    "violation inside the scored time can come; `probation score` scores "
-                    "nothing that starts in the tail.")] = 600.0,
+                    "so that a decision the rules may hold back on a violation inside the "
+                    "scored time can come (an outage up to 25 minutes, then a hold up to "
+                    "10); `probation score` scores nothing that starts in the tail.")] = 2400.0,  # DECISION_TAIL_S
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same people and plan.")] = 1,
     truth: Annotated[Path, typer.Option(help="Truth records (JSON lines) for `probation score`.")] = Path("truth.jsonl"),
     setup: Annotated[bool, typer.Option("--setup/--no-setup", help="Register subjects, cases, "

@@ -19,8 +19,10 @@ person-day, and the engine's rate on that model (0.02-0.05 per person-day, `prob
 bench sim-offline`) would fail the suite's run every second or third time: the suite
 keeps the simple model, the realistic figures are measured with `probation bench soak`.
 
-The run goes on for 10 simulated minutes after its 2 hours (`SimConfig.tail_s`): a
-hold may delay an opening up to 10 minutes; nothing that starts in the tail is scored.
+The run goes on for 40 simulated minutes after its 2 hours (`SimConfig.tail_s`,
+`simulator.run.DECISION_TAIL_S`): a device may be dark for up to 25 minutes when a break
+begins and a hold may delay the opening up to 10 minutes after it reappears; nothing
+that starts in the tail is scored.
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ def test_offline_run_follows_the_protocol_and_writes_scorable_truth(tmp_path: Pa
     assert np.mean(fixes_per_msg) > 1.5  # several fixes per upload
     run = load_truth(tmp_path / "truth.jsonl")
     # the run went on for the tail after the scored window, which the score keeps to
-    assert run.sim_end == pytest.approx(sim.sim_end - sim.cfg.tail_s) and sim.cfg.tail_s == 600
+    assert run.sim_end == pytest.approx(sim.sim_end - sim.cfg.tail_s) and sim.cfg.tail_s == 2400
     assert max(it["ts"] for _, b, _ in sink.messages for it in b.get("fixes", [])) \
         > run.sim_end * 1000
     assert all(t.start <= (run.real_end if t.clock == "real" else run.sim_end)
@@ -391,3 +391,19 @@ def test_checkins_as_frames_of_real_photos(tmp_path: Path) -> None:
     recs = [json.loads(x) for x in (tmp_path / "t4.jsonl").read_text().splitlines()]
     assert [x.get("reason") for x in recs if x["type"] == "checkin_failed"] == [
         "fail_liveness", "fail_face", "fail_challenge"]
+
+
+def test_a_run_waits_for_the_slowest_decision_the_rules_may_take() -> None:
+    """The default tail covers an outage as long as the model draws (the device dark when
+    the violation begins) and a hold of up to 10 minutes after it; the CLI's defaults
+    are the simulator's."""
+    import inspect
+
+    from probation.cli.benchmarks import bench_soak
+    from probation.cli.simulation import simulate
+    from simulator.gps import MAX_OUTAGE_S
+    from simulator.run import DECISION_TAIL_S
+
+    assert SimConfig(mqtt="x").tail_s == DECISION_TAIL_S >= MAX_OUTAGE_S + 600.0
+    for cmd in (bench_soak, simulate):
+        assert inspect.signature(cmd).parameters["tail"].default == DECISION_TAIL_S
