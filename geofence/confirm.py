@@ -20,20 +20,22 @@ import numpy.typing as npt
 
 from geofence.episodes import SYM_D, SYM_I, SYM_R, SYM_RC, SYM_W, SYM_X
 from geofence.outliers import HELD, RELEASED
+from geofence.runs import last_true
 
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 BoolA = npt.NDArray[np.bool_]
 
 
-def _runs(member: BoolA, breaker: BoolA, seg_start: I64, floor: I64) -> tuple[I64, I64, BoolA]:
+def _runs(member: BoolA, breaker: BoolA, seg_start: I64, key_before: I64
+          ) -> tuple[I64, I64, BoolA]:
     """Per row: position of the first member of its run (n: none), members so far in the
     run, and whether the run reaches back to the start of the key's rows (no breaker
-    before). ``floor``: `_floor` of ``seg_start``.
+    before). ``key_before``: ``seg_start - 1``.
     """
     n = member.shape[0]
-    lb = np.where(breaker, np.arange(n, dtype=np.int64), floor)
-    np.maximum.accumulate(lb, out=lb)  # the last breaker of the same key, or before it
+    lb = last_true(breaker)
+    np.maximum(lb, key_before, out=lb)  # the last breaker of the same key, or before it
     reaches_start = lb < seg_start
     cm0 = np.empty(n + 1, dtype=np.int64)
     cm0[0] = 0
@@ -44,14 +46,6 @@ def _runs(member: BoolA, breaker: BoolA, seg_start: I64, floor: I64) -> tuple[I6
     # the run's first member: the member after those (member and breaker rows are disjoint)
     first = np.append(np.flatnonzero(member), n)[before]
     return first, count, reaches_start
-
-
-def _floor(seg_start: I64) -> I64:
-    """-1, except at a key's first row: that row - 1 (running maxima of breaker positions
-    over it stop at the key's start)."""
-    pos = np.arange(seg_start.shape[0], dtype=np.int64)
-    out: I64 = np.where(seg_start == pos, seg_start - 1, -1)
-    return out
 
 
 def confirm(
@@ -88,8 +82,8 @@ def confirm(
     w = (sym == SYM_W) | (sym == SYM_D)
     r = sym == SYM_R
     reset = sym == SYM_I
-    floor = _floor(seg_start)
-    first, count, back = _runs(w, r | reset, seg_start, floor)
+    key_before = seg_start - 1
+    first, count, back = _runs(w, r | reset, seg_start, key_before)
     start_ts = np.where(count > 0, np.take(ts, first, mode="clip"), ts)
     # a run that reaches back to its key's first row continues the key's pending run
     k = np.flatnonzero(back)
@@ -103,7 +97,7 @@ def confirm(
         rel = _released(w | reset, hold, count, start_ts, ts, seg_start, seg_id,
                         carried_pending, carried_count, carried_first_ts, n_open, t_open_ms)
     out[opens] = SYM_D
-    rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | reset, seg_start, floor)
+    rfirst, rcount, rback = _runs(r, w | (sym == SYM_X) | reset, seg_start, key_before)
     rstart = np.where(rcount > 0, np.take(ts, rfirst, mode="clip"), ts)
     k = np.flatnonzero(rback)
     k = k[carried_closing[seg_id[k]]]

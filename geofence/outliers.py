@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geofence.geometry import M_PER_DEG, haversine_m
+from geofence.runs import last_true
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -352,12 +353,11 @@ class PreciseLegs:
         self.ts, self.lat, self.lon, self.m, self.c, self.cfg = ts, lat, lon, m, c, cfg
         self.kx = kx
         self.starts = starts
-        pos = np.arange(n, dtype=np.int64)
         gid = np.zeros(n, dtype=np.int64)
         gid[starts[1:]] = 1
         self.gid = np.cumsum(gid, out=gid)
         self.q = q = m <= cfg.still_acc_m
-        self.lastq = np.maximum.accumulate(np.where(q, pos, -1))
+        self.lastq = last_true(q)
         prev = np.empty(n, dtype=np.int64)
         prev[0] = -1
         prev[1:] = self.lastq[:-1]
@@ -367,7 +367,7 @@ class PreciseLegs:
         nq = np.empty(n, dtype=bool)
         np.logical_not(q[:-1], out=nq[1:])
         nq[starts] = True
-        fix = np.flatnonzero(nq)
+        self.fix = fix = np.flatnonzero(nq)  # (every other row's is the row before)
         g = self.group_of(fix)
         car = prev[fix] < starts[g]
         prev[fix[car]] = np.where(c.q_ts[g[car]] > 0, -1, -2)
@@ -383,7 +383,7 @@ class PreciseLegs:
         self.dist, self.dt, self.p_m, self.eff = dist, dt, p_m, eff
         # rest: a precise fix reached by a leg that is no rest (`wander`) starts it anew
         self.brk = np.greater(q, self._rest_leg(dist, dt, p_m, m))  # q and no rest
-        self.lastb = np.maximum.accumulate(np.where(self.brk, pos, -1))
+        self.lastb = last_true(self.brk)
         self._cs: npt.NDArray[np.int64] | None = None
         self.anchors: dict[int, tuple[int, float, float]] = {}
 
@@ -563,21 +563,31 @@ class PreciseLegs:
         cfg = self.cfg
         out = np.zeros(self.ts.shape[0], dtype=bool)
         self.hold_anchors: dict[int, tuple[int, float, float, float, bool]] = {}
-        cand = np.flatnonzero(np.greater(self.brk, decided)  # a break, not decided
-                              & (self.dist - self.p_m - self.m > cfg.hold_m))
-        # ... and the leg into the previous precise fix was rest, soon after the fix
-        # before it (a device that reports every few minutes has no outages to tell
-        # apart: nothing is held); the carried leg where that fix is carried
-        p = self.prev[cand]
-        pin = np.maximum(p, 0)
-        okp = ~self.brk[pin] & (self.dt[pin] <= cfg.still_leg_s) & (p >= 0)
+        # a break, not decided, and the leg into the previous precise fix was rest, soon
+        # after the fix before it (a device that reports every few minutes has no outages
+        # to tell apart: nothing is held); the carried leg where that fix is carried.
+        # Judged on the previous row (most rows' previous precise fix), then on `fix`'s
+        # rows (whose is another row, or carried)
+        rest = np.less_equal(self.dt, cfg.still_leg_s)
+        rest &= ~self.brk
+        okp = np.empty(rest.shape[0], dtype=bool)
+        okp[0] = False
+        okp[1:] = rest[:-1]
+        fix = self.fix
+        p = self.prev[fix]
+        okf = rest[np.maximum(p, 0)] & (p >= 0)
         cr = np.flatnonzero(p == -1)
         if cr.size:
-            g = self.group_of(cand[cr])
+            g = self.group_of(fix[cr])
             c = self.c
-            okp[cr] = (c.q_w[g] <= cfg.still_k) & c.has_pp[g] & (
+            okf[cr] = (c.q_w[g] <= cfg.still_k) & c.has_pp[g] & (
                 c.prev_ts[g] - c.pp_ts[g] <= int(cfg.still_leg_s * 1000))
-        cand = cand[okp]
+        okp[fix] = okf
+        okp &= self.brk
+        okp &= ~decided
+        cand = np.flatnonzero(okp)
+        # ... landing more than hold_m from it (beyond both margins)
+        cand = cand[self.dist[cand] - self.p_m[cand] - self.m[cand] > cfg.hold_m]
         if cand.size == 0:
             return out
         since, c_lat, c_lon, c_m, rms = self.rested_place(cand)

@@ -681,8 +681,7 @@ def scan_rows(
         srow_of_first[hit] = sd.order[p[hit]]  # index into sd.rows
     has_st = srow_of_first >= 0
     nr = r.key.size
-    pos = np.arange(nr, dtype=np.int64)
-    seg_start = np.maximum.accumulate(pos * first)
+    seg_start = np.repeat(fpos, np.diff(fpos, append=nr))  # each row's key's first row
     seg_id = np.cumsum(first) - 1
     s0_seg = np.zeros(fpos.size, dtype=np.int8)
     if has_st.any():
