@@ -30,7 +30,9 @@ that fix confirms the held run, whatever its side) or ends as an excursion. A
 *departure* from rest (`PreciseLegs.departures`: a leg faster than a walk that kinematics
 finds plausible) starts a run judged like a jump's, back to where the person rested (a
 gap on the way back counts as a return), but its fixes are held, not suspect: the fix
-that settles it confirms them (a real walk out that began briskly is not lost).
+that settles it confirms them (a real walk out that began briskly is not lost). Neither
+a hold nor a departure starts where an indoor rest ends at an outdoor fix
+(`OutlierConfig.indoor_m`): the receiver went out, so did the person.
 
 Decisions are causal: a fix's suspect flag depends only on fixes before it, so the
 engine needs no look-ahead and late uploads replay deterministically. Only the stored
@@ -91,7 +93,8 @@ class OutlierConfig:
     hold_max_m: float = 1500.0
     #: ... unless the person rested indoors (the rest's fixes' margins, root mean square,
     #: at least ``indoor_m``) and the fix is an outdoor one (margin up to ``outdoor_m``):
-    #: the receiver went out, so did the person (the hold is released there too)
+    #: the receiver went out, so did the person (the hold is released there too; no
+    #: departure starts there either)
     indoor_m: float = 30.0
     outdoor_m: float = 20.0
     #: a hold's fix back is near where the person rested within a walk of it or within
@@ -541,13 +544,17 @@ class PreciseLegs:
         cand = cand[still0 & (p > -2)]
         if cand.size == 0:
             return out
-        since, c_lat, c_lon, c_m, _ = self.rested_place(cand)
+        since, c_lat, c_lon, c_m, rms = self.rested_place(cand)
         p_ts, p_lat, p_lon, p_m = self.prev_fix(cand)
         dt = np.maximum((self.ts[cand] - p_ts) * 0.001, 1.0)
         from_rest = np.maximum(_planar_m(c_lat, c_lon, self.lat[cand], self.lon[cand], self.kx[cand])
                                - self.m[cand] - c_m, 0.0) / dt
         rested = _planar_m(c_lat, c_lon, p_lat, p_lon) - p_m <= cfg.rest_radius_m
-        ok = (p_ts - since >= int(cfg.rest_s * 1000)) & (from_rest > cfg.v_depart_mps) & rested
+        # as for holds: a receiver that rested indoors and now reports an outdoor fix went
+        # out, and so did the person (an excursion keeps the indoor accuracy)
+        outdoors = (rms >= cfg.indoor_m) & (self.m[cand] <= cfg.outdoor_m)
+        ok = ((p_ts - since >= int(cfg.rest_s * 1000)) & (from_rest > cfg.v_depart_mps) & rested
+              & ~outdoors)
         out[cand[ok]] = True
         # each departure's anchor: where the person rested, as of the fix before it
         self.anchors = dict(zip(cand[ok].tolist(), zip(p_ts[ok].tolist(), c_lat[ok].tolist(),

@@ -307,3 +307,27 @@ def test_a_departure_runs_fixes_are_held_and_released_where_it_settles() -> None
         assert not any(out)
     ts, lat, lon, acc = track(pts)
     assert not detect(np.zeros(1, dtype=np.int64), ts, lat, lon, acc).suspect.any()
+
+
+def test_a_brisk_walk_out_after_an_indoor_rest_is_no_departure() -> None:
+    # Five minutes indoors (acc 60 m), then a brisk leg of 200 m in 30 s to a precise
+    # outdoor fix (acc 8 m), three minutes 250 m out and back in: the receiver went out,
+    # so did the person (as for holds: an excursion keeps the indoor accuracy). Every fix
+    # counts; before session 13 this was a departure whose run came back within five
+    # minutes, so a real 3-minute curfew break was taken for a multipath excursion.
+    rest = still(0, 11, jitter=20.0)
+    out = [(330.0 + 30 * k, 200.0 + (50.0 if k else 0.0) + 3 * k, 0.0) for k in range(7)]
+    back = [(540.0, 180.0, 0.0), (570.0, 120.0, 0.0), (600.0, 60.0, 0.0)]
+    pts = [*rest, *out, *back]
+    ts, lat, lon, _ = track(pts)
+    outdoors = np.array([60.0] * 11 + [8.0] * 10)
+    res = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, outdoors)
+    assert not (res.suspect.any() or res.outlier.any() or res.held[:18].any())
+    # (the brisk walk home from out there is a departure from an outdoor rest: it
+    # travels on: settled at the next fix)
+    assert res.held[18:].tolist() == [0, RELEASED, 0]
+    # the same fixes with the indoor accuracy: a departure from rest whose fixes are held
+    # (they cannot confirm) until the run settles or comes back
+    indoors = np.full(len(pts), 60.0)
+    res = detect(np.zeros(1, dtype=np.int64), ts, lat, lon, indoors)
+    assert res.held.tolist() == [0] * 12 + [HELD] * 9
