@@ -66,7 +66,7 @@ class OutlierConfig:
     accel_mps2: float = 0.75
     settle_s: float = 300.0
     min_margin_m: float = 10.0
-    #: Departures from rest (`_precise_legs`), judged on precise fixes (acc within
+    #: Departures from rest (`PreciseLegs.departures`), judged on precise fixes (acc within
     #: ``still_acc_m``). Rest: legs no longer than ``still_k`` x their noise (the two
     #: margins in quadrature; across a gap of up to ``rest_leg_max_s`` too: the person is
     #: found where they were) for at least ``rest_s``, the last fix within
@@ -341,9 +341,9 @@ class PreciseLegs:
     says nothing of rest or movement and is skipped), for the departure rule.
 
     Per row: ``q`` precise; ``prev`` the row of the precise fix before it in its group
-    (-1: the carried one, -2: none); the leg from it (``dist``, ``dt``, its margin
-    ``p_m``, effective speed ``eff``); ``brk`` the leg is no rest (`wander`), and
-    ``lastb`` the last such row. Where the person rests (`rest_of`) is computed only for
+    (-1: the carried one, -2: none; ``prev_apart``: the rows whose is not the row
+    before them); the leg from it (``dist``, ``dt``, its margin ``p_m``, effective speed
+    ``eff``); ``brk`` the leg is no rest (`wander`), and ``lastb`` the last such row. Where the person rests (`rest_of`) is computed only for
     the rows asked about (candidates, each group's last precise fix): per-row work stays
     a few numpy passes.
     """
@@ -370,7 +370,7 @@ class PreciseLegs:
         nq = np.empty(n, dtype=bool)
         np.logical_not(q[:-1], out=nq[1:])
         nq[starts] = True
-        self.fix = fix = np.flatnonzero(nq)  # (every other row's is the row before)
+        self.prev_apart = fix = np.flatnonzero(nq)
         g = self.group_of(fix)
         car = prev[fix] < starts[g]
         prev[fix[car]] = np.where(c.q_ts[g[car]] > 0, -1, -2)
@@ -573,23 +573,23 @@ class PreciseLegs:
         # a break, not decided, and the leg into the previous precise fix was rest, soon
         # after the fix before it (a device that reports every few minutes has no outages
         # to tell apart: nothing is held); the carried leg where that fix is carried.
-        # Judged on the previous row (most rows' previous precise fix), then on `fix`'s
-        # rows (whose is another row, or carried)
+        # Judged on the row before (most rows' previous precise fix), then again on the
+        # rows whose previous precise fix is another row or carried (`prev_apart`)
         rest = np.less_equal(self.dt, cfg.still_leg_s)
         rest &= ~self.brk
         okp = np.empty(rest.shape[0], dtype=bool)
         okp[0] = False
         okp[1:] = rest[:-1]
-        fix = self.fix
-        p = self.prev[fix]
+        apart = self.prev_apart
+        p = self.prev[apart]
         okf = rest[np.maximum(p, 0)] & (p >= 0)
         cr = np.flatnonzero(p == -1)
         if cr.size:
-            g = self.group_of(fix[cr])
+            g = self.group_of(apart[cr])
             c = self.c
             okf[cr] = (c.q_w[g] <= cfg.still_k) & c.has_pp[g] & (
                 c.prev_ts[g] - c.pp_ts[g] <= int(cfg.still_leg_s * 1000))
-        okp[fix] = okf
+        okp[apart] = okf
         okp &= self.brk
         okp &= ~decided
         cand = np.flatnonzero(okp)

@@ -19,7 +19,7 @@ def last_true(flags: BoolA) -> I64:
     n = flags.shape[0]
     off = np.flatnonzero(~flags)
     if 2 * off.size > n:
-        out: I64 = np.maximum.accumulate(np.where(flags, np.arange(n), -1))
+        out: I64 = np.maximum.accumulate(np.where(flags, np.arange(n, dtype=np.int64), -1))
         return out
     out = np.arange(n, dtype=np.int64)
     if off.size:

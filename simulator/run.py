@@ -87,12 +87,15 @@ BACKEND_UPLOAD_S = {"high": 60.0, "medium": 120.0, "low": 300.0}  # the backend'
 CHECKIN_EARLY_S = 120.0  # a check-in counts for a request from 2 min before it (the backend's)
 
 
+#: The longest a hold may wait: released at the latest 10 minutes after it began
+#: (2 x `geofence.outliers.OutlierConfig.settle_s`; monitoring-rules.md "Holds").
+HOLD_MAX_S = 600.0
 #: The longest the rules may take to decide a violation that begins in a run's window:
 #: the device may be dark when it begins (an outage, up to `MAX_OUTAGE_S`), and the fixes
-#: it reappears with may be held up to 10 minutes (monitoring-rules.md "Holds"), then
-#: confirmed; 5 minutes more for fix intervals and the confirmation. A run goes on this
-#: long after its window by default (`SimConfig.tail_s`).
-DECISION_TAIL_S = MAX_OUTAGE_S + 2 * 300.0 + 300.0
+#: it reappears with may be held (`HOLD_MAX_S`), then confirmed; 5 minutes more for fix
+#: intervals and the confirmation. A run goes on this long after its window by default
+#: (`SimConfig.tail_s`).
+DECISION_TAIL_S = MAX_OUTAGE_S + HOLD_MAX_S + 300.0
 
 
 @dataclass

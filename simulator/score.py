@@ -16,11 +16,12 @@ The truth file (JSON lines, written by `probation simulate`):
   `NOISE_NEAR_S` of a burst of their case, `false_alarms_near_noise`);
 - ``{"record": "end", "sim_end", "real_end", "window_end", "real_window_end", ...}`` last.
 
-The scored window: a run goes on for a tail after it (`tail_s` in the run record, 10
-simulated minutes by default), because the rules may decide late (a hold waits for the
-next fixes, up to 10 minutes: monitoring-rules.md "Holds"); a run that stopped at the
-window's end would cut such a decision off and score a violation the rules do raise as
-missed. Truth records that start in the tail are not scored (`truths_in_tail`), nor are
+The scored window: a run goes on for a tail after it (`tail_s` in the run record, 40
+simulated minutes by default, `simulator.run.DECISION_TAIL_S`), because the rules may
+decide late (a device may be dark when a violation begins, and a hold waits for the
+next fixes up to 10 minutes after it reappears: monitoring-rules.md "Holds"); a run that
+stopped at the window's end would cut such a decision off and score a violation the
+rules do raise as missed. Truth records that start in the tail are not scored (`truths_in_tail`), nor are
 alerts that start in it (`after_run`); person-days are the window's. A violation that
 starts in the window is scored whenever its alert comes, and so is a false alarm that
 starts in the window.
