@@ -343,9 +343,9 @@ class PreciseLegs:
     Per row: ``q`` precise; ``prev`` the row of the precise fix before it in its group
     (-1: the carried one, -2: none; ``prev_apart``: the rows whose is not the row
     before them); the leg from it (``dist``, ``dt``, its margin ``p_m``, effective speed
-    ``eff``); ``brk`` the leg is no rest (`wander`), and ``lastb`` the last such row. Where the person rests (`rest_of`) is computed only for
-    the rows asked about (candidates, each group's last precise fix): per-row work stays
-    a few numpy passes.
+    ``eff``); ``brk`` the leg is no rest (`wander`), and ``lastb`` the last such row.
+    Where the person rests (`rest_of`) is computed only for the rows asked about
+    (candidates, each group's last precise fix): per-row work stays a few numpy passes.
     """
 
     def __init__(self, starts: I64, ts: I64, lat: F64, lon: F64, m: F64, c: Carry,
